@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on a fresh machine (root or not):
+#   1. makes sure PostgreSQL's server binaries are installed (the Rust tests start their own
+#      throwaway cluster from them; TEST_DATABASE_URL points them at an existing server instead);
+#   2. cargo test: unit tests, the store conformance suite on both stores, gRPC integration
+#      tests over loopback;
+#   3. the end-to-end suite: real Envoy, grpcurl and the OpenAI SDK against the real binary
+#      (scripts/test-e2e.sh, its own virtualenv);
+#   4. the Helm chart: lint, render, schema validation, checkov (scripts/test-helm.sh);
+#   5. checks that no server process was left behind.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+have_postgres() {
+    command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+if ! have_postgres; then
+    say "installing PostgreSQL server binaries"
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "PostgreSQL server binaries (initdb, postgres) are needed: install postgresql" >&2
+        exit 1
+    fi
+fi
+
+say "cargo test (unit, store conformance on memory and Postgres, gRPC over loopback)"
+cargo test --locked --all-targets
+
+say "building the binary for the end-to-end suites"
+cargo build --locked --bins
+export CASOLA_AUTH_BIN="$PWD/target/debug/casola-auth"
+
+say "end to end: Envoy ext_authz, OpenAI SDK, grpcurl"
+VENV=target/py/e2e bash scripts/test-e2e.sh
+
+say "Helm chart: lint, render, kubernetes-validate, checkov"
+VENV=target/py/helm bash scripts/test-helm.sh
+
+say "no process left behind"
+sleep 1
+left=$(pgrep -af 'casola-auth-pg-|casola-e2e|target/debug/casola-auth|envoy' | grep -v pgrep || true)
+if [ -n "$left" ]; then
+    echo "processes left behind:" >&2
+    echo "$left" >&2
+    exit 1
+fi
+echo "none"

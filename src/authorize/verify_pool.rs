@@ -1,0 +1,136 @@
+//! argon2 verifies on a bounded pool: at most `workers` run at once on blocking threads,
+//! at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
+//! piling up memory (each verify holds m KiB) and latency.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::sync::Semaphore;
+
+use crate::error::Error;
+
+/// Pool sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyPoolOptions {
+    /// Verifies running at once.
+    pub workers: usize,
+    /// Verifies waiting for a worker before new ones are refused.
+    pub queue: usize,
+}
+
+impl VerifyPoolOptions {
+    /// One worker per core, bounded by memory (`memory_kib` per verify, at most a quarter of
+    /// `total_memory_kib`), and a queue of 64 per worker.
+    pub fn from_machine(cores: usize, total_memory_kib: u64, memory_kib: u32) -> Self {
+        let by_memory = (total_memory_kib / 4 / u64::from(memory_kib.max(1))).max(1);
+        let workers = cores
+            .max(1)
+            .min(usize::try_from(by_memory).unwrap_or(usize::MAX));
+        Self {
+            workers,
+            queue: workers * 64,
+        }
+    }
+}
+
+/// The bounded verify pool. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct VerifyPool {
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    queue: usize,
+}
+
+impl VerifyPool {
+    /// A pool of this size.
+    pub fn new(options: VerifyPoolOptions) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(options.workers.max(1))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue: options.queue,
+        }
+    }
+
+    /// Calls waiting for a worker now.
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on a blocking thread once a worker is free.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::ResourceExhausted(
+                        "too many token verifications queued",
+                    ));
+                }
+                let permit = self.permits.clone().acquire_owned().await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                permit.map_err(|_| Error::Internal)?
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "verify task failed");
+            Error::Internal
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_size_follows_cores_and_memory() {
+        // 2 cores, 24 GiB, 19 MiB per verify: memory is no limit.
+        let o = VerifyPoolOptions::from_machine(2, 24 * 1024 * 1024, 19_456);
+        assert_eq!(o.workers, 2);
+        assert_eq!(o.queue, 128);
+        // 64 cores but 256 MiB: a quarter of memory holds three verifies.
+        let o = VerifyPoolOptions::from_machine(64, 256 * 1024, 19_456);
+        assert_eq!(o.workers, 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_waiting() {
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 1,
+            queue: 1,
+        });
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || release_rx.recv().ok()).await })
+        };
+        // Wait until the worker is taken.
+        while pool.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(|| 2).await })
+        };
+        while pool.queue_depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = pool.run(|| 3).await;
+        assert!(matches!(refused, Err(Error::ResourceExhausted(_))));
+        release_tx.send(()).unwrap();
+        assert!(busy.await.unwrap().is_ok());
+        assert_eq!(queued.await.unwrap().unwrap(), 2);
+    }
+}

@@ -1,0 +1,381 @@
+//! The `casola-auth` command line: `serve`, and store commands for bootstrap and
+//! emergencies (`migrate`, `token create|list|revoke`, `scopes`) that talk to the
+//! configured store directly.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    config::{Config, DatabaseUrl, LogFormat},
+    manage::{Caller, CreateRequest, ListRequest},
+    server::{self, Services},
+    store::postgres::run_migrations,
+    transport::grpc::token_to_proto,
+};
+
+/// casola-auth: API tokens and authorization for the Casola platform.
+#[derive(Debug, Parser)]
+#[command(name = "casola-auth", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command shares.
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Configuration file (TOML).
+    #[arg(long, env = "CASOLA_AUTH_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Postgres URL; without one the server uses the in-memory store.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (TokenService, AuthorizationService, Envoy ext_authz, health, reflection).
+    Serve {
+        /// gRPC listen address [env CASOLA_AUTH_LISTEN; default 127.0.0.1:50051].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin HTTP listen address [env CASOLA_AUTH_ADMIN_LISTEN; default 127.0.0.1:9090].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Run pending migrations before serving.
+        #[arg(long)]
+        migrate: bool,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run pending database migrations and exit.
+    Migrate {
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Manage tokens directly in the store.
+    Token {
+        /// What to do with tokens.
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the scope catalog and presets.
+    Scopes {
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints the secret alone on stdout, once.
+    Create {
+        /// Owner organisation.
+        #[arg(long)]
+        org: String,
+        /// Owner user.
+        #[arg(long)]
+        user: String,
+        /// Label.
+        #[arg(long)]
+        name: String,
+        /// Notes.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Preset id (user-read, user-full, admin-read, admin-full, ...).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Extra scope (repeatable); tokens:issue is allowed here.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Days to expiry; never expires without it.
+        #[arg(long)]
+        expires_in_days: Option<i32>,
+    },
+    /// List tokens of an organisation (every user) or one user.
+    List {
+        /// Organisation.
+        #[arg(long)]
+        org: String,
+        /// One user only.
+        #[arg(long)]
+        user: Option<String>,
+        /// Include revoked tokens.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke a token by id, at once and for good.
+    Revoke {
+        /// Token id (UUID).
+        id: String,
+    },
+}
+
+#[derive(Serialize, Default)]
+struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<DatabaseUrl>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    migrate: bool,
+}
+
+fn load(common: &Common, overrides: Overrides) -> Result<Config, String> {
+    let overrides = Overrides {
+        database_url: common.database_url.clone().map(DatabaseUrl::new),
+        ..overrides
+    };
+    Config::load(common.config.as_deref(), overrides).map_err(|e| e.to_string())
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries only what a script reads (tokens printed once).
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("casola-auth: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn store_services(common: &Common) -> Result<Services, String> {
+    let config = load(common, Overrides::default())?;
+    init_logging(config.log_format);
+    if config.database_url.is_none() {
+        return Err(
+            "this command needs a database: pass --database-url or set DATABASE_URL".into(),
+        );
+    }
+    Services::open(&config).await.map_err(|e| e.to_string())
+}
+
+async fn dispatch(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            admin_listen,
+            migrate,
+            common,
+        } => {
+            let config = load(
+                &common,
+                Overrides {
+                    listen,
+                    admin_listen,
+                    migrate,
+                    ..Default::default()
+                },
+            )?;
+            init_logging(config.log_format);
+            serve(config).await
+        }
+        Command::Migrate { common } => {
+            let config = load(&common, Overrides::default())?;
+            init_logging(config.log_format);
+            let url = config
+                .database_url
+                .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;
+            let applied = run_migrations(url.expose())
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!("applied {} migration(s)", applied.len());
+            for version in applied {
+                eprintln!("  {version}");
+            }
+            Ok(())
+        }
+        Command::Scopes { common } => {
+            let config = load(&common, Overrides::default())?;
+            let catalog = config.catalog().map_err(|e| e.to_string())?;
+            for category in catalog.categories() {
+                println!("{} - {}", category.name, category.description);
+                for scope in &category.scopes {
+                    let implies = if scope.implies.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (implies {})", scope.implies.join(", "))
+                    };
+                    println!("  {:<16} {}{implies}", scope.name, scope.description);
+                }
+            }
+            println!("presets:");
+            for preset in catalog.presets() {
+                println!(
+                    "  {:<12} {:<18} {}",
+                    preset.id,
+                    preset.label,
+                    preset.scopes.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Token { command, common } => {
+            let services = store_services(&common).await?;
+            token_command(&services, command).await
+        }
+    }
+}
+
+async fn token_command(services: &Services, command: TokenCommand) -> Result<(), String> {
+    let now = chrono::Utc::now();
+    match command {
+        TokenCommand::Create {
+            org,
+            user,
+            name,
+            description,
+            preset,
+            scopes,
+            expires_in_days,
+        } => {
+            let created = services
+                .manager
+                .create(
+                    &Caller::Operator,
+                    CreateRequest {
+                        name,
+                        description,
+                        preset: preset.unwrap_or_default(),
+                        scopes,
+                        expires_in_days,
+                        org_id: org,
+                        user_id: user,
+                    },
+                )
+                .await
+                .map_err(describe)?;
+            let t = token_to_proto(&created.record, now);
+            eprintln!(
+                "created token {} ({}) for {}/{} with scopes {}; the secret below is shown once:",
+                t.id,
+                t.prefix,
+                t.org_id,
+                t.user_id,
+                t.scopes.join(", ")
+            );
+            println!("{}", created.token.expose());
+            Ok(())
+        }
+        TokenCommand::List {
+            org,
+            user,
+            include_revoked,
+        } => {
+            let mut page_token = String::new();
+            loop {
+                let page = services
+                    .manager
+                    .list(
+                        &Caller::Operator,
+                        ListRequest {
+                            page_size: 500,
+                            page_token,
+                            user_id: user.clone().unwrap_or_else(|| "-".into()),
+                            include_revoked,
+                            org_id: org.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(describe)?;
+                for record in &page.tokens {
+                    let t = token_to_proto(record, now);
+                    let status = crate::proto::TokenStatus::try_from(t.status)
+                        .map(|s| {
+                            s.as_str_name()
+                                .trim_start_matches("TOKEN_STATUS_")
+                                .to_ascii_lowercase()
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{}\t{}\t{}\t{}/{}\t{}\t{}",
+                        t.id,
+                        t.prefix,
+                        t.name,
+                        t.org_id,
+                        t.user_id,
+                        status,
+                        t.scopes.join(",")
+                    );
+                }
+                match page.next_page_token {
+                    Some(next) => page_token = next,
+                    None => return Ok(()),
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let record = services
+                .manager
+                .revoke(&Caller::Operator, &id)
+                .await
+                .map_err(describe)?;
+            eprintln!(
+                "revoked token {} ({})",
+                record.id,
+                crate::token::display_prefix(record.lookup_id.as_str())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn describe(err: crate::error::Error) -> String {
+    match err {
+        crate::error::Error::InvalidArgument(violations) => violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let running = server::start(config).await.map_err(|e| e.to_string())?;
+    if let Some(token) = &running.bootstrap_token {
+        println!(
+            "bootstrap token (local use only, in-memory store, admin-full + tokens:issue): {}",
+            token.expose()
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

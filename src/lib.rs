@@ -1,0 +1,23 @@
+//! casola-auth: issues and verifies API tokens for the Casola platform.
+//!
+//! The crate is laid out by concept:
+//! - domain: [`token`] (format, hashing, fields), [`scope`] (catalog, presets, expansion),
+//!   [`principal`], [`permission`] (who may do what), [`authorize`] (the decision path) and
+//!   [`manage`] (token lifecycle use cases). None of these know tonic or diesel.
+//! - [`store`]: one trait, a Postgres and an in-memory implementation.
+//! - [`transport`]: adapters that only convert and delegate: our gRPC API and Envoy ext_authz.
+//! - the edge: [`config`], [`server`] wiring, [`cli`].
+
+pub mod authorize;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod manage;
+pub mod permission;
+pub mod principal;
+pub mod proto;
+pub mod scope;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod transport;

@@ -1,0 +1,235 @@
+//! Who may do what on TokenService (design.md section 5), as pure functions.
+//!
+//! - own tokens: read with user:read (or admin:read), create/update/revoke with user:write
+//!   (revoke also with admin:write);
+//! - the caller's organisation: admin:read reads every token, admin:write revokes any;
+//! - tokens:issue (the dashboard backend): everything, for any owner;
+//! - a new token's scopes must be held by the caller (no escalation) and it may not outlive
+//!   the caller's token; tokens:issue is never granted through the API.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    principal::Principal,
+    scope::{ADMIN_READ, ADMIN_WRITE, ScopeSet, TOKENS_ISSUE, USER_READ, USER_WRITE},
+    token::fields::Owner,
+};
+
+/// An operation on a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Get or list.
+    Read,
+    /// Create a token for the owner.
+    Create,
+    /// Change name or description.
+    Update,
+    /// Revoke.
+    Revoke,
+}
+
+/// The answer of [`access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Permitted.
+    Allowed,
+    /// The caller may see the token but not do this: PERMISSION_DENIED.
+    Denied,
+    /// The caller may not even see the token: NOT_FOUND, so existence is not revealed.
+    Hidden,
+}
+
+/// May `caller` perform `action` on a token owned by `owner`?
+pub fn access(caller: &Principal, action: Action, owner: &Owner) -> Access {
+    if caller.has(TOKENS_ISSUE) {
+        return Access::Allowed;
+    }
+    let own = caller.owner == *owner;
+    let same_org = caller.owner.org_id == owner.org_id;
+    let allowed = match (action, own) {
+        (Action::Read, true) => caller.has(USER_READ) || caller.has(ADMIN_READ),
+        (Action::Create | Action::Update, true) => caller.has(USER_WRITE),
+        (Action::Revoke, true) => caller.has(USER_WRITE) || caller.has(ADMIN_WRITE),
+        (Action::Read, false) => same_org && caller.has(ADMIN_READ),
+        (Action::Revoke, false) => same_org && caller.has(ADMIN_WRITE),
+        (Action::Create | Action::Update, false) => false,
+    };
+    if allowed {
+        Access::Allowed
+    } else if own || (same_org && caller.has(ADMIN_READ)) {
+        Access::Denied
+    } else {
+        Access::Hidden
+    }
+}
+
+/// Why a new token may not be minted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantError {
+    /// The reserved service scope was asked for.
+    Reserved,
+    /// Scopes the caller does not hold.
+    NotHeld(Vec<String>),
+    /// The new token would outlive the caller's, which expires at this time.
+    OutlivesCaller(DateTime<Utc>),
+}
+
+/// Checks that `caller` may mint a token with these (expanded) scopes and expiry.
+pub fn may_grant(
+    caller: &Principal,
+    requested: &ScopeSet,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), GrantError> {
+    if requested.contains(TOKENS_ISSUE) {
+        return Err(GrantError::Reserved);
+    }
+    if !caller.has(TOKENS_ISSUE) {
+        let not_held = requested.difference(&caller.scopes);
+        if !not_held.is_empty() {
+            return Err(GrantError::NotHeld(not_held));
+        }
+    }
+    if let Some(limit) = caller.expires_at
+        && expires_at.is_none_or(|e| e > limit)
+    {
+        return Err(GrantError::OutlivesCaller(limit));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{scope::Catalog, token::fields::OwnerId};
+    use uuid::Uuid;
+
+    fn owner(org: &str, user: &str) -> Owner {
+        Owner {
+            org_id: OwnerId::parse(org).unwrap(),
+            user_id: OwnerId::parse(user).unwrap(),
+        }
+    }
+
+    fn caller(scopes: &[&str]) -> Principal {
+        let c = Catalog::default();
+        Principal {
+            token_id: Uuid::new_v4(),
+            owner: owner("acme", "alice"),
+            scopes: c.expand(&c.resolve(scopes).unwrap()),
+            expires_at: None,
+        }
+    }
+
+    use Access::{Allowed as A, Denied as D, Hidden as H};
+    use Action::{Create, Read, Revoke, Update};
+
+    /// Every single-scope caller x every action x every kind of owner.
+    #[test]
+    fn permission_table_for_every_scope_and_operation() {
+        let own = owner("acme", "alice");
+        let colleague = owner("acme", "bob");
+        let stranger = owner("globex", "carol");
+        //  scope,        action,  own, colleague, other org
+        let table: &[(&[&str], Action, Access, Access, Access)] = &[
+            (&[], Read, D, H, H),
+            (&[], Create, D, H, H),
+            (&[], Update, D, H, H),
+            (&[], Revoke, D, H, H),
+            (&[USER_READ], Read, A, H, H),
+            (&[USER_READ], Create, D, H, H),
+            (&[USER_READ], Update, D, H, H),
+            (&[USER_READ], Revoke, D, H, H),
+            (&[USER_WRITE], Read, A, H, H),
+            (&[USER_WRITE], Create, A, H, H),
+            (&[USER_WRITE], Update, A, H, H),
+            (&[USER_WRITE], Revoke, A, H, H),
+            (&[ADMIN_READ], Read, A, A, H),
+            (&[ADMIN_READ], Create, D, D, H),
+            (&[ADMIN_READ], Update, D, D, H),
+            (&[ADMIN_READ], Revoke, D, D, H),
+            (&[ADMIN_WRITE], Read, A, A, H),
+            (&[ADMIN_WRITE], Create, D, D, H),
+            (&[ADMIN_WRITE], Update, D, D, H),
+            (&[ADMIN_WRITE], Revoke, A, A, H),
+            (&[TOKENS_ISSUE], Read, A, A, A),
+            (&[TOKENS_ISSUE], Create, A, A, A),
+            (&[TOKENS_ISSUE], Update, A, A, A),
+            (&[TOKENS_ISSUE], Revoke, A, A, A),
+        ];
+        for &(scopes, action, want_own, want_colleague, want_stranger) in table {
+            let c = caller(scopes);
+            assert_eq!(
+                access(&c, action, &own),
+                want_own,
+                "{scopes:?} {action:?} own"
+            );
+            assert_eq!(
+                access(&c, action, &colleague),
+                want_colleague,
+                "{scopes:?} {action:?} colleague"
+            );
+            assert_eq!(
+                access(&c, action, &stranger),
+                want_stranger,
+                "{scopes:?} {action:?} other org"
+            );
+        }
+    }
+
+    #[test]
+    fn same_user_id_in_another_org_is_a_stranger() {
+        let c = caller(&[USER_WRITE, ADMIN_WRITE]);
+        assert_eq!(access(&c, Read, &owner("globex", "alice")), H);
+    }
+
+    fn expanded(names: &[&str]) -> ScopeSet {
+        let c = Catalog::default();
+        c.expand(&c.resolve(names).unwrap())
+    }
+
+    #[test]
+    fn minting_cannot_escalate_scopes() {
+        let c = caller(&[USER_WRITE]);
+        assert_eq!(may_grant(&c, &expanded(&[USER_READ]), None), Ok(()));
+        assert_eq!(may_grant(&c, &expanded(&[USER_WRITE]), None), Ok(()));
+        assert_eq!(
+            may_grant(&c, &expanded(&[ADMIN_READ, USER_READ]), None),
+            Err(GrantError::NotHeld(vec![ADMIN_READ.into()]))
+        );
+        let reader = caller(&[USER_READ]);
+        assert_eq!(
+            may_grant(&reader, &expanded(&[USER_WRITE]), None),
+            Err(GrantError::NotHeld(vec![USER_WRITE.into()]))
+        );
+    }
+
+    #[test]
+    fn the_service_scope_is_never_granted_through_the_api() {
+        let issuer = caller(&[TOKENS_ISSUE]);
+        assert_eq!(
+            may_grant(&issuer, &expanded(&[TOKENS_ISSUE]), None),
+            Err(GrantError::Reserved)
+        );
+        assert_eq!(may_grant(&issuer, &expanded(&[ADMIN_WRITE]), None), Ok(()));
+    }
+
+    #[test]
+    fn a_new_token_may_not_outlive_the_minting_one() {
+        let now = Utc::now();
+        let mut c = caller(&[USER_WRITE]);
+        c.expires_at = Some(now + chrono::Duration::days(10));
+        let scopes = expanded(&[USER_READ]);
+        assert_eq!(
+            may_grant(&c, &scopes, None),
+            Err(GrantError::OutlivesCaller(c.expires_at.unwrap()))
+        );
+        assert_eq!(
+            may_grant(&c, &scopes, Some(now + chrono::Duration::days(11))),
+            Err(GrantError::OutlivesCaller(c.expires_at.unwrap()))
+        );
+        assert_eq!(
+            may_grant(&c, &scopes, Some(now + chrono::Duration::days(9))),
+            Ok(())
+        );
+    }
+}

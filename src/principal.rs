@@ -1,0 +1,31 @@
+//! The principal: who a valid token belongs to and what it may do.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{scope::ScopeSet, token::fields::Owner};
+
+/// The identity behind a valid (not revoked, not expired) token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's id.
+    pub token_id: Uuid,
+    /// The token's owner.
+    pub owner: Owner,
+    /// Scopes with implications expanded.
+    pub scopes: ScopeSet,
+    /// When the token expires, if it does.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Principal {
+    /// Whether the (expanded) scopes include `scope`.
+    pub fn has(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// The `created_by` value for tokens this principal mints.
+    pub fn as_creator(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
+}

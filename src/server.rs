@@ -1,0 +1,459 @@
+//! Server wiring: builds the store, the domain services and both transports, serves gRPC
+//! and the admin HTTP port, and shuts down gracefully.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::Layer;
+
+use crate::{
+    authorize::{Authorizer, VerifyPool, VerifyPoolOptions, last_used::LastUsed},
+    config::{Config, ConfigError},
+    manage::{Caller, CreateRequest, TokenManager},
+    proto::{
+        self, authorization_service_server::AuthorizationServiceServer,
+        token_service_server::TokenServiceServer,
+    },
+    scope::{ADMIN_WRITE, TOKENS_ISSUE},
+    store::{
+        StoreError, TokenStore,
+        memory::MemoryStore,
+        postgres::{PgStore, PoolOptions, run_migrations},
+    },
+    token::{
+        PlainToken,
+        hash::{HashError, TokenHasher},
+    },
+    transport::{
+        envoy::{CheckApi, RouteTable},
+        grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
+    },
+};
+
+/// The health service name that is SERVING whenever the process serves: for liveness
+/// probes, which must not depend on the database.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// Health service names that follow the store.
+pub const STORE_BOUND_SERVICES: [&str; 4] = [
+    "",
+    "casola.auth.v1.TokenService",
+    "casola.auth.v1.AuthorizationService",
+    "envoy.service.auth.v3.Authorization",
+];
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad argon2 parameters.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Anything else during start-up.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Which store the server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In memory: nothing is kept.
+    Memory,
+    /// Postgres.
+    Postgres,
+}
+
+/// The domain services over one store.
+#[derive(Clone)]
+pub struct Services {
+    /// The store.
+    pub store: Arc<dyn TokenStore>,
+    /// Which store.
+    pub kind: StoreKind,
+    /// The decision path.
+    pub authorizer: Authorizer,
+    /// The token lifecycle.
+    pub manager: TokenManager,
+    /// Pending last-used times.
+    pub last_used: LastUsed,
+}
+
+fn total_memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(4 * 1024 * 1024)
+}
+
+impl Services {
+    /// Opens the configured store (migrating first when asked) and builds the services.
+    pub async fn open(config: &Config) -> Result<Self, StartError> {
+        let catalog = Arc::new(config.catalog()?);
+        let hasher = TokenHasher::new(config.argon2)?;
+        let (store, kind): (Arc<dyn TokenStore>, _) = match &config.database_url {
+            None => (Arc::new(MemoryStore::new()), StoreKind::Memory),
+            Some(url) => {
+                if config.migrate {
+                    let applied = run_migrations(url.expose()).await?;
+                    tracing::info!(applied = applied.len(), "migrations applied");
+                }
+                let store = PgStore::new(
+                    url.expose(),
+                    PoolOptions {
+                        max_size: config.store.pool_size,
+                        acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
+                    },
+                )?;
+                (Arc::new(store), StoreKind::Postgres)
+            }
+        };
+        let machine = VerifyPoolOptions::from_machine(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            total_memory_kib(),
+            config.argon2.memory_kib,
+        );
+        let workers = config.verify.workers.unwrap_or(machine.workers);
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers,
+            queue: config.verify.queue.unwrap_or(workers * 64),
+        });
+        let last_used = LastUsed::new();
+        let authorizer = Authorizer::new(
+            store.clone(),
+            catalog.clone(),
+            hasher.clone(),
+            pool.clone(),
+            last_used.clone(),
+        );
+        let manager = TokenManager::new(store.clone(), catalog, hasher, pool);
+        Ok(Self {
+            store,
+            kind,
+            authorizer,
+            manager,
+            last_used,
+        })
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound admin HTTP address.
+    pub admin_addr: SocketAddr,
+    /// With the in-memory store: a token with admin-full + tokens:issue, for local use.
+    pub bootstrap_token: Option<PlainToken>,
+    services: Services,
+    health: HealthReporter,
+    grace: Duration,
+    stop: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
+    for name in STORE_BOUND_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Starts serving per `config`.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let services = Services::open(&config).await?;
+    if services.kind == StoreKind::Memory {
+        tracing::warn!(
+            "no database configured: using the in-memory store, nothing is kept across restarts"
+        );
+    }
+    let bootstrap_token = match services.kind {
+        StoreKind::Memory => Some(bootstrap(&services).await?),
+        StoreKind::Postgres => None,
+    };
+    let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
+        .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_store_bound(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+
+    let max = config.max_message_bytes;
+    let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
+        TokenServiceServer::new(TokenApi::new(services.manager.clone()))
+            .max_decoding_message_size(max),
+    );
+    let authorization_service =
+        AuthorizationServiceServer::new(AuthorizationApi::new(services.authorizer.clone()))
+            .max_decoding_message_size(max);
+    let check_service = CheckApi::new(services.authorizer.clone(), routes, config.envoy.clone())
+        .into_server()
+        .max_decoding_message_size(max);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let grpc = {
+        let mut stopped = stopped.clone();
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(token_service)
+            .add_service(authorization_service)
+            .add_service(check_service);
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let admin = tokio::spawn(crate::server::admin::serve(
+        admin_listener,
+        ready.clone(),
+        stopped.clone(),
+    ));
+    let background = vec![
+        tokio::spawn(watch_store_health(
+            services.store.clone(),
+            health.clone(),
+            ready,
+            Duration::from_millis(config.health_interval_ms.max(100)),
+            stopped.clone(),
+        )),
+        tokio::spawn(flush_last_used(
+            services.clone(),
+            Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
+            stopped,
+        )),
+    ];
+    tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        bootstrap_token,
+        services,
+        health,
+        grace: config.shutdown_grace(),
+        stop,
+        grpc,
+        admin,
+        background,
+    })
+}
+
+async fn bootstrap(services: &Services) -> Result<PlainToken, StartError> {
+    let created = services
+        .manager
+        .create(
+            &Caller::Operator,
+            CreateRequest {
+                name: "bootstrap (in-memory store)".into(),
+                description: "Printed at start-up for local use; gone when the process stops"
+                    .into(),
+                preset: "admin-full".into(),
+                scopes: vec![ADMIN_WRITE.into(), TOKENS_ISSUE.into()],
+                org_id: "local".into(),
+                user_id: "admin".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| StartError::Other(format!("creating the bootstrap token: {e}")))?;
+    Ok(created.token)
+}
+
+async fn watch_store_health(
+    store: Arc<dyn TokenStore>,
+    health: HealthReporter,
+    ready: Arc<AtomicBool>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut was_ok = None;
+    loop {
+        let ok = match tokio::time::timeout(every, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                if was_ok != Some(false) {
+                    tracing::warn!(error = %e, "store health check failed");
+                }
+                false
+            }
+            Err(_) => false,
+        };
+        if was_ok != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_store_bound(&health, status).await;
+            ready.store(ok, Ordering::Relaxed);
+            tracing::info!(serving = ok, "store health changed");
+            was_ok = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn flush_last_used(services: Services, every: Duration, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        match services.last_used.flush(services.store.as_ref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tokens = n, "last_used_at flushed"),
+            Err(e) => tracing::warn!(error = %e, "last_used_at flush failed; will retry"),
+        }
+    }
+}
+
+impl Running {
+    /// The domain services, for tests and tools running in-process.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// Graceful shutdown: health NOT_SERVING at once, in-flight calls drain for up to the
+    /// grace period, pending last-used times are flushed.
+    pub async fn shutdown(self) {
+        set_store_bound(&self.health, ServingStatus::NotServing).await;
+        self.health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+            .await;
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.grace, self.grpc).await {
+            Ok(Ok(Ok(()))) => tracing::info!("gRPC server drained"),
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!(grace = ?self.grace, "drain timed out; closing open calls"),
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        if let Err(e) = self
+            .services
+            .last_used
+            .flush(self.services.store.as_ref())
+            .await
+        {
+            tracing::warn!(error = %e, "final last_used_at flush failed");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+        tracing::info!("casola-auth stopped");
+    }
+}
+
+/// The admin HTTP port: probes now, metrics with the observability work.
+pub mod admin {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use axum::{Router, http::StatusCode, routing::get};
+    use tokio::{net::TcpListener, sync::watch};
+
+    /// Serves `/healthz` and `/readyz` until `stopped`.
+    pub async fn serve(
+        listener: TcpListener,
+        ready: Arc<AtomicBool>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let ready = ready.clone();
+                    async move {
+                        if ready.load(Ordering::Relaxed) {
+                            (StatusCode::OK, "ready\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+                        }
+                    }
+                }),
+            );
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    }
+}

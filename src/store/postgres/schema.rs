@@ -1,0 +1,19 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    api_tokens (id) {
+        id -> Uuid,
+        lookup_id -> Text,
+        secret_hash -> Text,
+        name -> Text,
+        description -> Text,
+        scopes -> Array<Text>,
+        org_id -> Text,
+        user_id -> Text,
+        created_at -> Timestamptz,
+        created_by -> Text,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}

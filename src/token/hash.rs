@@ -1,0 +1,239 @@
+//! argon2id hashing of the token's secret part. The stored value is a PHC string, so the
+//! parameters can change over time; a verify reports when a stored hash needs a rehash.
+
+use std::fmt;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use serde::{Deserialize, Serialize};
+
+use super::PlainToken;
+
+/// argon2id cost parameters (design.md: m=19456 KiB, t=2, p=1 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HashParams {
+    /// Memory cost in KiB.
+    pub memory_kib: u32,
+    /// Number of passes.
+    pub iterations: u32,
+    /// Degree of parallelism.
+    pub parallelism: u32,
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// The stored PHC string of a token's secret. Not a secret itself, but kept out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    /// Wraps a PHC string read from the store.
+    pub fn from_stored(phc: String) -> Self {
+        Self(phc)
+    }
+
+    /// The PHC string, for the store.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash(..)")
+    }
+}
+
+/// The outcome of checking a token against its stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// The secret matches; `needs_rehash` when the stored parameters differ from ours.
+    Match {
+        /// The stored hash was made with other parameters.
+        needs_rehash: bool,
+    },
+    /// The secret does not match.
+    Mismatch,
+}
+
+/// Hashing errors: invalid parameters, or a stored hash we cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The configured parameters are out of argon2's range.
+    #[error("invalid argon2 parameters: {0}")]
+    Params(argon2::Error),
+    /// The stored hash is not a readable argon2 PHC string.
+    #[error("stored hash is not a valid argon2 PHC string")]
+    Corrupt,
+    /// Hashing failed (e.g. the OS RNG for the salt).
+    #[error("argon2 hashing failed")]
+    Hashing,
+}
+
+/// argon2id hasher with the configured parameters.
+#[derive(Clone)]
+pub struct TokenHasher {
+    params: Params,
+}
+
+impl fmt::Debug for TokenHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenHasher")
+            .field("m_cost", &self.params.m_cost())
+            .field("t_cost", &self.params.t_cost())
+            .field("p_cost", &self.params.p_cost())
+            .finish()
+    }
+}
+
+impl TokenHasher {
+    /// A hasher with these parameters, checked now so a bad config fails at start-up.
+    pub fn new(params: HashParams) -> Result<Self, HashError> {
+        let params = Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            None,
+        )
+        .map_err(HashError::Params)?;
+        Ok(Self { params })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// Hashes the token's secret part with a fresh random salt. CPU-heavy: call it off the
+    /// async runtime.
+    pub fn hash(&self, token: &PlainToken) -> Result<SecretHash, HashError> {
+        let hash = self
+            .argon2()
+            .hash_password(token.secret_part())
+            .map_err(|_| HashError::Hashing)?;
+        Ok(SecretHash(hash.to_string()))
+    }
+
+    /// Verifies the token's secret part against a stored hash, with the stored parameters.
+    /// CPU-heavy: call it off the async runtime.
+    pub fn verify(
+        &self,
+        token: &PlainToken,
+        stored: &SecretHash,
+    ) -> Result<Verification, HashError> {
+        let parsed = PasswordHash::new(stored.as_str()).map_err(|_| HashError::Corrupt)?;
+        let stored_params = Params::try_from(&parsed).map_err(|_| HashError::Corrupt)?;
+        match self.argon2().verify_password(token.secret_part(), &parsed) {
+            Ok(()) => Ok(Verification::Match {
+                needs_rehash: parsed.algorithm.as_str() != argon2::ARGON2ID_IDENT.as_str()
+                    || stored_params.m_cost() != self.params.m_cost()
+                    || stored_params.t_cost() != self.params.t_cost()
+                    || stored_params.p_cost() != self.params.p_cost(),
+            }),
+            Err(argon2::password_hash::Error::PasswordInvalid) => Ok(Verification::Mismatch),
+            Err(_) => Err(HashError::Corrupt),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> HashParams {
+        HashParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn a_hash_verifies_its_own_token_and_no_other() {
+        let hasher = TokenHasher::new(fast()).unwrap();
+        let token = PlainToken::generate();
+        let hash = hasher.hash(&token).unwrap();
+        assert_eq!(
+            hasher.verify(&token, &hash).unwrap(),
+            Verification::Match {
+                needs_rehash: false
+            }
+        );
+        let other = PlainToken::generate();
+        assert_eq!(
+            hasher.verify(&other, &hash).unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[test]
+    fn the_stored_hash_is_argon2id_phc_and_holds_no_secret() {
+        let hasher = TokenHasher::new(fast()).unwrap();
+        let token = PlainToken::generate();
+        let hash = hasher.hash(&token).unwrap();
+        assert!(hash.as_str().starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        let secret = std::str::from_utf8(token.secret_part()).unwrap();
+        assert!(!hash.as_str().contains(secret));
+        assert_eq!(format!("{hash:?}"), "SecretHash(..)");
+    }
+
+    #[test]
+    fn salts_differ_between_hashes_of_one_token() {
+        let hasher = TokenHasher::new(fast()).unwrap();
+        let token = PlainToken::generate();
+        assert_ne!(hasher.hash(&token).unwrap(), hasher.hash(&token).unwrap());
+    }
+
+    #[test]
+    fn changed_parameters_ask_for_a_rehash() {
+        let old = TokenHasher::new(fast()).unwrap();
+        let new = TokenHasher::new(HashParams {
+            memory_kib: 128,
+            ..fast()
+        })
+        .unwrap();
+        let token = PlainToken::generate();
+        let hash = old.hash(&token).unwrap();
+        assert_eq!(
+            new.verify(&token, &hash).unwrap(),
+            Verification::Match { needs_rehash: true }
+        );
+    }
+
+    #[test]
+    fn a_corrupt_stored_hash_is_an_error_not_a_match() {
+        let hasher = TokenHasher::new(fast()).unwrap();
+        let token = PlainToken::generate();
+        let corrupt = SecretHash::from_stored("not a phc string".into());
+        assert!(matches!(
+            hasher.verify(&token, &corrupt),
+            Err(HashError::Corrupt)
+        ));
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_refused() {
+        assert!(
+            TokenHasher::new(HashParams {
+                memory_kib: 1,
+                iterations: 1,
+                parallelism: 1
+            })
+            .is_err()
+        );
+        assert!(
+            TokenHasher::new(HashParams {
+                iterations: 0,
+                ..HashParams::default()
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `casola.auth.v1.AuthorizationService`: Authorize and WhoAmI over [`Authorizer`].
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use super::convert::{principal_to_proto, token_to_proto};
+use crate::{
+    authorize::{Authenticated, Authorizer, Decision, Denial},
+    error::Error,
+    proto::{self, authorization_service_server::AuthorizationService},
+    scope::ScopeMatch,
+};
+
+/// The AuthorizationService implementation.
+#[derive(Clone)]
+pub struct AuthorizationApi {
+    authorizer: Authorizer,
+}
+
+impl AuthorizationApi {
+    /// Handlers over `authorizer`.
+    pub fn new(authorizer: Authorizer) -> Self {
+        Self { authorizer }
+    }
+}
+
+/// The wire form of a decision.
+pub(crate) fn decision_to_proto(decision: Decision) -> proto::AuthorizeResponse {
+    use proto::{Decision as D, DenyReason as R};
+    let deny = |reason: R| proto::AuthorizeResponse {
+        decision: D::Deny.into(),
+        deny_reason: reason.into(),
+        ..Default::default()
+    };
+    match decision {
+        Decision::Allow(principal) => proto::AuthorizeResponse {
+            decision: D::Allow.into(),
+            deny_reason: R::Unspecified.into(),
+            principal: Some(principal_to_proto(&principal)),
+            missing_scopes: Vec::new(),
+        },
+        Decision::Deny(Denial::Malformed) => deny(R::Malformed),
+        Decision::Deny(Denial::Unknown) => deny(R::Unknown),
+        Decision::Deny(Denial::Revoked) => deny(R::Revoked),
+        Decision::Deny(Denial::Expired) => deny(R::Expired),
+        Decision::Deny(Denial::InsufficientScope { principal, missing }) => {
+            proto::AuthorizeResponse {
+                principal: Some(principal_to_proto(&principal)),
+                missing_scopes: missing,
+                ..deny(R::InsufficientScope)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthorizationService for AuthorizationApi {
+    async fn authorize(
+        &self,
+        request: Request<proto::AuthorizeRequest>,
+    ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let r = request.into_inner();
+        let mode = match proto::ScopeMatch::try_from(r.r#match) {
+            Ok(proto::ScopeMatch::Unspecified | proto::ScopeMatch::All) => ScopeMatch::All,
+            Ok(proto::ScopeMatch::Any) => ScopeMatch::Any,
+            Err(_) => {
+                return Err(
+                    Error::invalid("match", format!("unknown scope match {}", r.r#match)).into(),
+                );
+            }
+        };
+        let required = self
+            .authorizer
+            .required_scopes("required_scopes", &r.required_scopes)?;
+        let decision = self.authorizer.authorize(&r.token, &required, mode).await?;
+        Ok(Response::new(decision_to_proto(decision)))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<proto::WhoAmIRequest>,
+    ) -> Result<Response<proto::WhoAmIResponse>, Status> {
+        let Some(credential) = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(Error::Unauthenticated(
+                "missing credentials: send `authorization: Bearer <token>`",
+            )
+            .into());
+        };
+        match self.authorizer.authenticate(credential).await? {
+            Ok(Authenticated { principal, record }) => Ok(Response::new(proto::WhoAmIResponse {
+                principal: Some(principal_to_proto(&principal)),
+                token: Some(token_to_proto(&record, Utc::now())),
+            })),
+            Err(denial) => {
+                tracing::info!(reason = denial.as_str(), "who-am-I token refused");
+                Err(Status::unauthenticated(format!(
+                    "token not accepted: {}",
+                    denial.as_str()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Domain types to `casola.auth.v1` messages.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    principal::Principal, proto, scope::Catalog, store::TokenRecord, token::display_prefix,
+};
+
+/// A protobuf timestamp.
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).expect("below 2e9"),
+    }
+}
+
+/// A stored token as the API shows it (never a secret), status as of `now`.
+pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token {
+    let status = if record.revoked_at.is_some() {
+        proto::TokenStatus::Revoked
+    } else if record.is_expired_at(now) {
+        proto::TokenStatus::Expired
+    } else {
+        proto::TokenStatus::Active
+    };
+    proto::Token {
+        id: record.id.to_string(),
+        prefix: display_prefix(record.lookup_id.as_str()),
+        name: record.name.clone(),
+        description: record.description.clone(),
+        scopes: record.scopes.clone(),
+        org_id: record.owner.org_id.to_string(),
+        user_id: record.owner.user_id.to_string(),
+        created_at: Some(timestamp(record.created_at)),
+        created_by: record.created_by.clone(),
+        expires_at: record.expires_at.map(timestamp),
+        last_used_at: record.last_used_at.map(timestamp),
+        revoked_at: record.revoked_at.map(timestamp),
+        status: status.into(),
+    }
+}
+
+/// A principal as the API shows it.
+pub fn principal_to_proto(p: &Principal) -> proto::Principal {
+    proto::Principal {
+        token_id: p.token_id.to_string(),
+        org_id: p.owner.org_id.to_string(),
+        user_id: p.owner.user_id.to_string(),
+        scopes: p.scopes.to_vec(),
+        expires_at: p.expires_at.map(timestamp),
+    }
+}
+
+/// The catalog as ListScopes shows it.
+pub fn catalog_to_proto(catalog: &Catalog) -> proto::ListScopesResponse {
+    proto::ListScopesResponse {
+        categories: catalog
+            .categories()
+            .iter()
+            .map(|c| proto::ScopeCategory {
+                name: c.name.clone(),
+                description: c.description.clone(),
+                scopes: c
+                    .scopes
+                    .iter()
+                    .map(|s| proto::Scope {
+                        name: s.name.clone(),
+                        description: s.description.clone(),
+                        implies: s.implies.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        presets: catalog
+            .presets()
+            .iter()
+            .map(|p| proto::ScopePreset {
+                id: p.id.clone(),
+                label: p.label.clone(),
+                description: p.description.clone(),
+                scopes: p.scopes.clone(),
+            })
+            .collect(),
+    }
+}

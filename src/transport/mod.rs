@@ -1,0 +1,6 @@
+//! Transport adapters: they convert wire types to domain calls and back, and nothing else.
+//! - [`grpc`]: our `casola.auth.v1` services, with caller authentication as a tower layer;
+//! - [`envoy`]: Envoy's ext_authz `Authorization/Check`, on the same decision path.
+
+pub mod envoy;
+pub mod grpc;

@@ -1,0 +1,398 @@
+//! One conformance suite, run against both stores: what the rest of the service relies on.
+
+mod common;
+
+use std::sync::Arc;
+
+use casola_auth::{
+    store::{
+        Cursor, ListQuery, NewToken, StoreError, TokenPatch, TokenStore,
+        memory::MemoryStore,
+        now_micros,
+        postgres::{PgStore, PoolOptions},
+    },
+    token::{
+        PlainToken,
+        fields::{Description, Owner, OwnerId, TokenName},
+        hash::SecretHash,
+    },
+};
+use chrono::Duration;
+use uuid::Uuid;
+
+fn owner(org: &str, user: &str) -> Owner {
+    Owner {
+        org_id: OwnerId::parse(org).unwrap(),
+        user_id: OwnerId::parse(user).unwrap(),
+    }
+}
+
+fn new_token(owner: &Owner, minutes_ago: i64) -> NewToken {
+    let token = PlainToken::generate();
+    NewToken {
+        id: Uuid::new_v4(),
+        lookup_id: token.lookup_id().clone(),
+        secret_hash: SecretHash::from_stored(format!(
+            "$argon2id$v=19$m=1024,t=1,p=1$fake${}",
+            Uuid::new_v4().simple()
+        )),
+        name: TokenName::parse("CI pipeline").unwrap(),
+        description: Description::parse("builds").unwrap(),
+        scopes: vec!["user:read".into(), "user:write".into()],
+        owner: owner.clone(),
+        created_at: now_micros() - Duration::minutes(minutes_ago),
+        created_by: "cli".into(),
+        expires_at: Some(now_micros() + Duration::days(30)),
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn inserted_tokens_are_found_by_id_and_lookup_id(store: &dyn TokenStore) {
+        let new = new_token(&owner("acme", "alice"), 0);
+        let inserted = store.insert(new.clone()).await.unwrap();
+        assert_eq!(inserted.id, new.id);
+        assert_eq!(inserted.name, "CI pipeline");
+        assert_eq!(inserted.scopes, ["user:read", "user:write"]);
+        assert_eq!(inserted.created_at, new.created_at);
+        assert_eq!(inserted.expires_at, new.expires_at);
+        assert_eq!(inserted.last_used_at, None);
+        assert_eq!(inserted.revoked_at, None);
+        assert_eq!(store.get(new.id).await.unwrap(), Some(inserted.clone()));
+        assert_eq!(
+            store.find_by_lookup_id(&new.lookup_id).await.unwrap(),
+            Some(inserted)
+        );
+        assert_eq!(store.get(Uuid::new_v4()).await.unwrap(), None);
+        let other = PlainToken::generate();
+        assert_eq!(
+            store.find_by_lookup_id(other.lookup_id()).await.unwrap(),
+            None
+        );
+    }
+
+    pub async fn a_duplicate_lookup_id_or_id_is_a_conflict_and_writes_nothing(
+        store: &dyn TokenStore,
+    ) {
+        let first = new_token(&owner("acme", "alice"), 0);
+        store.insert(first.clone()).await.unwrap();
+        let same_lookup = NewToken {
+            id: Uuid::new_v4(),
+            ..new_token(&owner("acme", "bob"), 0)
+        };
+        let same_lookup = NewToken {
+            lookup_id: first.lookup_id.clone(),
+            ..same_lookup
+        };
+        let id = same_lookup.id;
+        assert!(matches!(
+            store.insert(same_lookup).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.get(id).await.unwrap(), None, "nothing half-written");
+        let same_id = NewToken {
+            id: first.id,
+            ..new_token(&owner("acme", "bob"), 0)
+        };
+        assert!(matches!(
+            store.insert(same_id).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    pub async fn listing_is_newest_first_filtered_and_paged(store: &dyn TokenStore) {
+        let alice = owner("acme", "alice");
+        let bob = owner("acme", "bob");
+        let mut alice_ids = Vec::new();
+        for minutes in [50, 40, 30, 20, 10] {
+            alice_ids.push(store.insert(new_token(&alice, minutes)).await.unwrap().id);
+        }
+        store.insert(new_token(&bob, 5)).await.unwrap();
+        store
+            .insert(new_token(&owner("globex", "alice"), 1))
+            .await
+            .unwrap();
+        alice_ids.reverse(); // newest first
+        let query = |after, limit| ListQuery {
+            org_id: alice.org_id.clone(),
+            user_id: Some(alice.user_id.clone()),
+            include_revoked: false,
+            after,
+            limit,
+        };
+        let first = store.list(&query(None, 2)).await.unwrap();
+        assert_eq!(
+            first.iter().map(|t| t.id).collect::<Vec<_>>(),
+            alice_ids[..2]
+        );
+        let last = first.last().unwrap();
+        let rest = store
+            .list(&query(
+                Some(Cursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                }),
+                10,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.iter().map(|t| t.id).collect::<Vec<_>>(),
+            alice_ids[2..]
+        );
+
+        let whole_org = store
+            .list(&ListQuery {
+                user_id: None,
+                ..query(None, 100)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            whole_org.len(),
+            6,
+            "alice's five and bob's one, not globex's"
+        );
+
+        store.revoke(alice_ids[0], now_micros()).await.unwrap();
+        let active = store.list(&query(None, 100)).await.unwrap();
+        assert_eq!(active.len(), 4);
+        assert!(active.iter().all(|t| t.id != alice_ids[0]));
+        let all = store
+            .list(&ListQuery {
+                include_revoked: true,
+                ..query(None, 100)
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 5);
+    }
+
+    pub async fn ties_on_created_at_are_paged_by_id_without_loss(store: &dyn TokenStore) {
+        let alice = owner("acme", "alice");
+        let at = now_micros();
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let t = NewToken {
+                created_at: at,
+                ..new_token(&alice, 0)
+            };
+            ids.push(store.insert(t).await.unwrap().id);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list(&ListQuery {
+                    org_id: alice.org_id.clone(),
+                    user_id: Some(alice.user_id.clone()),
+                    include_revoked: false,
+                    after,
+                    limit: 2,
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(Cursor {
+                created_at: last.created_at,
+                id: last.id,
+            });
+            seen.extend(page.iter().map(|t| t.id));
+        }
+        ids.sort();
+        ids.reverse();
+        assert_eq!(seen, ids);
+    }
+
+    pub async fn update_changes_only_name_and_description(store: &dyn TokenStore) {
+        let t = store
+            .insert(new_token(&owner("acme", "alice"), 0))
+            .await
+            .unwrap();
+        let renamed = store
+            .update(
+                t.id,
+                &TokenPatch {
+                    name: Some(TokenName::parse("laptop").unwrap()),
+                    description: None,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(renamed.name, "laptop");
+        assert_eq!(renamed.description, t.description);
+        assert_eq!(renamed.scopes, t.scopes);
+        let described = store
+            .update(
+                t.id,
+                &TokenPatch {
+                    name: None,
+                    description: Some(Description::parse("").unwrap()),
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(described.name, "laptop");
+        assert_eq!(described.description, "");
+        assert_eq!(
+            store
+                .update(Uuid::new_v4(), &TokenPatch::default())
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    pub async fn revocation_is_idempotent_and_keeps_the_first_time(store: &dyn TokenStore) {
+        let t = store
+            .insert(new_token(&owner("acme", "alice"), 0))
+            .await
+            .unwrap();
+        let at = now_micros();
+        let revoked = store.revoke(t.id, at).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(at));
+        let again = store
+            .revoke(t.id, at + Duration::minutes(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.revoked_at, Some(at), "revoking again changes nothing");
+        assert_eq!(store.get(t.id).await.unwrap().unwrap().revoked_at, Some(at));
+        assert_eq!(store.revoke(Uuid::new_v4(), at).await.unwrap(), None);
+    }
+
+    pub async fn last_used_is_batched_and_never_moves_backwards(store: &dyn TokenStore) {
+        let a = store
+            .insert(new_token(&owner("acme", "alice"), 0))
+            .await
+            .unwrap();
+        let b = store
+            .insert(new_token(&owner("acme", "bob"), 0))
+            .await
+            .unwrap();
+        let t1 = now_micros();
+        let t0 = t1 - Duration::minutes(1);
+        let written = store
+            .record_last_used(&[(a.id, t1), (b.id, t0), (Uuid::new_v4(), t1)])
+            .await
+            .unwrap();
+        assert_eq!(written, 2, "unknown ids are skipped");
+        store.record_last_used(&[(a.id, t0)]).await.unwrap();
+        assert_eq!(
+            store.get(a.id).await.unwrap().unwrap().last_used_at,
+            Some(t1)
+        );
+        assert_eq!(
+            store.get(b.id).await.unwrap().unwrap().last_used_at,
+            Some(t0)
+        );
+        assert_eq!(store.record_last_used(&[]).await.unwrap(), 0);
+    }
+
+    pub async fn the_hash_can_be_replaced(store: &dyn TokenStore) {
+        let t = store
+            .insert(new_token(&owner("acme", "alice"), 0))
+            .await
+            .unwrap();
+        let new_hash = SecretHash::from_stored("$argon2id$v=19$m=2048,t=1,p=1$new$hash".into());
+        store.replace_hash(t.id, &new_hash).await.unwrap();
+        assert_eq!(
+            store.get(t.id).await.unwrap().unwrap().secret_hash,
+            new_hash
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            conformance!(@cases $make;
+                inserted_tokens_are_found_by_id_and_lookup_id,
+                a_duplicate_lookup_id_or_id_is_a_conflict_and_writes_nothing,
+                listing_is_newest_first_filtered_and_paged,
+                ties_on_created_at_are_paged_by_id_without_loss,
+                update_changes_only_name_and_description,
+                revocation_is_idempotent_and_keeps_the_first_time,
+                last_used_is_batched_and_never_moves_backwards,
+                the_hash_can_be_replaced,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let store: Arc<dyn TokenStore> = $make;
+                cases::$case(store.as_ref()).await;
+            }
+        )*
+    };
+}
+
+conformance!(memory, Arc::new(MemoryStore::new()));
+conformance!(
+    postgres,
+    Arc::new(
+        PgStore::new(
+            &common::pg::fresh_database().await.url,
+            PoolOptions::default()
+        )
+        .unwrap()
+    )
+);
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_unavailable_not_empty() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = PgStore::new(
+        &format!("postgres://postgres@127.0.0.1:{port}/none"),
+        PoolOptions {
+            max_size: 2,
+            acquire_timeout: std::time::Duration::from_millis(500),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let token = PlainToken::generate();
+    assert!(matches!(
+        store.find_by_lookup_id(token.lookup_id()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn postgres_refuses_to_unrevoke_even_by_hand() {
+    let db = common::pg::fresh_database().await;
+    let store = PgStore::new(&db.url, PoolOptions::default()).unwrap();
+    let t = store
+        .insert(new_token(&owner("acme", "alice"), 0))
+        .await
+        .unwrap();
+    store.revoke(t.id, now_micros()).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let err = client
+        .batch_execute(&format!(
+            "update api_tokens set revoked_at = null where id = '{}'",
+            t.id
+        ))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("irreversible"), "{err:?}");
+    assert!(store.get(t.id).await.unwrap().unwrap().revoked_at.is_some());
+}
