@@ -19,6 +19,7 @@
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
 //! | `last_used.flush_interval_ms` | 5000 | write-behind period of last_used_at |
+//! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 
@@ -36,6 +37,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    authorize::cache::CacheConfig,
     scope::{Catalog, CatalogSpec, ScopeMatch},
     token::hash::HashParams,
 };
@@ -209,6 +211,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// last_used_at write-behind.
     pub last_used: LastUsedConfig,
+    /// Verified-token cache.
+    pub cache: CacheConfig,
     /// Operator scope catalog.
     pub catalog: CatalogConfig,
     /// Envoy ext_authz.
@@ -231,6 +235,7 @@ impl Default for Config {
             verify: VerifyConfig::default(),
             store: StoreConfig::default(),
             last_used: LastUsedConfig::default(),
+            cache: CacheConfig::default(),
             catalog: CatalogConfig::default(),
             envoy: EnvoyConfig::default(),
         }
@@ -309,7 +314,10 @@ impl Config {
 }
 
 #[cfg(test)]
-#[expect(clippy::result_large_err, reason = "figment's Jail closures return figment::Error")]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment's Jail closures return figment::Error"
+)]
 mod tests {
     use super::*;
 

@@ -9,7 +9,7 @@ use chrono::DateTime;
 use uuid::Uuid;
 
 use crate::{
-    authorize::VerifyPool,
+    authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
     permission::{self, Access, Action, GrantError},
     principal::Principal,
@@ -109,6 +109,7 @@ pub struct TokenManager {
     catalog: Arc<Catalog>,
     hasher: TokenHasher,
     pool: VerifyPool,
+    cache: TokenCache,
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -137,12 +138,14 @@ impl TokenManager {
         catalog: Arc<Catalog>,
         hasher: TokenHasher,
         pool: VerifyPool,
+        cache: TokenCache,
     ) -> Self {
         Self {
             store,
             catalog,
             hasher,
             pool,
+            cache,
         }
     }
 
@@ -487,6 +490,8 @@ impl TokenManager {
             .revoke(id, now_micros())
             .await?
             .ok_or_else(|| Error::NotFound(format!("token {id} not found")))?;
+        // This replica stops accepting it now; the others hear the store's notice.
+        self.cache.revoked(record.lookup_id.clone());
         tracing::info!(token.id = %id, "token revoked");
         Ok(record)
     }

@@ -17,7 +17,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 
 use crate::{
-    authorize::{Authorizer, VerifyPool, VerifyPoolOptions, last_used::LastUsed},
+    authorize::{
+        Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
+    },
     config::{Config, ConfigError},
     manage::{Caller, CreateRequest, TokenManager},
     proto::{
@@ -28,7 +30,11 @@ use crate::{
     store::{
         StoreError, TokenStore,
         memory::MemoryStore,
-        postgres::{PgStore, PoolOptions, run_migrations},
+        postgres::{
+            PgStore, PoolOptions,
+            listener::{self, ListenerOptions, RevocationSink},
+            run_migrations,
+        },
     },
     token::{
         PlainToken,
@@ -145,14 +151,17 @@ impl Services {
             queue: config.verify.queue.unwrap_or(workers * 64),
         });
         let last_used = LastUsed::new();
+        // In memory, revocations are in-process: the "listener" is always up.
+        let cache = TokenCache::new(config.cache, kind == StoreKind::Memory);
         let authorizer = Authorizer::new(
             store.clone(),
             catalog.clone(),
             hasher.clone(),
             pool.clone(),
             last_used.clone(),
+            cache.clone(),
         );
-        let manager = TokenManager::new(store.clone(), catalog, hasher, pool);
+        let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache);
         Ok(Self {
             store,
             kind,
@@ -278,7 +287,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ready.clone(),
         stopped.clone(),
     ));
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(watch_store_health(
             services.store.clone(),
             health.clone(),
@@ -292,6 +301,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped,
         )),
     ];
+    if let Some(url) = config
+        .listen_database_url
+        .as_ref()
+        .or(config.database_url.as_ref())
+    {
+        background.push(tokio::spawn(listener::run(
+            url.expose().to_owned(),
+            CacheSink(services.authorizer.cache().clone()),
+            ListenerOptions::default(),
+            stop.subscribe(),
+        )));
+    }
     tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
@@ -305,6 +326,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin,
         background,
     })
+}
+
+/// Revocation notices into the verified-token cache.
+struct CacheSink(TokenCache);
+
+impl RevocationSink for CacheSink {
+    fn connected(&self) {
+        self.0.listener_connected();
+    }
+
+    fn revoked(&self, lookup_id: crate::token::LookupId) {
+        self.0.revoked(lookup_id);
+    }
+
+    fn disconnected(&self) {
+        self.0.listener_disconnected();
+    }
 }
 
 async fn bootstrap(services: &Services) -> Result<PlainToken, StartError> {

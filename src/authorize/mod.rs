@@ -2,6 +2,7 @@
 //! Envoy's Check (design.md sections 6 and 7): parse -> store read by lookup id -> argon2
 //! verify on a bounded pool -> revoked / expired -> scopes -> last-used noted in memory.
 
+pub mod cache;
 pub mod last_used;
 mod verify_pool;
 
@@ -9,8 +10,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use self::last_used::LastUsed;
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
+use self::{
+    cache::{MissError, TokenCache, Verified},
+    last_used::LastUsed,
+};
 use crate::{
     error::Error,
     principal::Principal,
@@ -81,6 +85,7 @@ pub struct Authorizer {
     hasher: TokenHasher,
     pool: VerifyPool,
     last_used: LastUsed,
+    cache: TokenCache,
 }
 
 impl Authorizer {
@@ -91,6 +96,7 @@ impl Authorizer {
         hasher: TokenHasher,
         pool: VerifyPool,
         last_used: LastUsed,
+        cache: TokenCache,
     ) -> Self {
         Self {
             store,
@@ -98,7 +104,18 @@ impl Authorizer {
             hasher,
             pool,
             last_used,
+            cache,
         }
+    }
+
+    /// The argon2 pool.
+    pub fn verify_pool(&self) -> &VerifyPool {
+        &self.pool
+    }
+
+    /// The verified-token cache (revocation notices go here).
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
     }
 
     /// The scope catalog.
@@ -128,8 +145,9 @@ impl Authorizer {
     }
 
     /// Authenticates a credential (a raw token or an `Authorization` value). `Err` only for
-    /// service trouble (store unreachable, verify pool full): never for a bad token.
-    #[tracing::instrument(name = "authenticate", skip_all, fields(token.id))]
+    /// service trouble (store unreachable, verify pool full, revocations unheard for too
+    /// long): never for a bad token.
+    #[tracing::instrument(name = "authenticate", skip_all, fields(token.id, cache))]
     pub async fn authenticate(
         &self,
         credential: &str,
@@ -137,14 +155,66 @@ impl Authorizer {
         let Ok(token) = PlainToken::parse_credential(credential) else {
             return Ok(Err(Denial::Malformed));
         };
-        let Some(record) = self.store.find_by_lookup_id(token.lookup_id()).await? else {
-            // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
-            return Ok(Err(Denial::Unknown));
+        if !self.cache.is_fresh() {
+            // Revocation notices have not arrived for longer than max_staleness: fail closed.
+            return Err(Error::Unavailable);
+        }
+        let lookup_id = token.lookup_id().clone();
+        let key = self.cache.key_of(&token);
+        let span = tracing::Span::current();
+        let verified = match self.cache.get(&key).await {
+            Some(hit) => {
+                span.record("cache", "hit");
+                hit
+            }
+            None => {
+                span.record("cache", "miss");
+                match self
+                    .cache
+                    .get_or_load(key, self.load_and_verify(token))
+                    .await
+                {
+                    Ok(verified) => verified,
+                    Err(MissError::Unknown) => return Ok(Err(Denial::Unknown)),
+                    Err(MissError::Unavailable) => return Err(Error::Unavailable),
+                    Err(MissError::Exhausted) => {
+                        return Err(Error::ResourceExhausted(
+                            "too many token verifications queued",
+                        ));
+                    }
+                    Err(MissError::Internal) => return Err(Error::Internal),
+                }
+            }
         };
-        tracing::Span::current().record("token.id", tracing::field::display(record.id));
+        span.record("token.id", tracing::field::display(verified.record.id));
+        // Checked after the secret is proven, on hits and misses alike: a notice that raced
+        // a miss still wins.
+        if self.cache.is_revoked(&lookup_id) {
+            return Ok(Err(Denial::Revoked));
+        }
+        Ok(self.judge(&verified.record, Utc::now()))
+    }
+
+    /// The cold path: one store read and one argon2 verify on the bounded pool.
+    async fn load_and_verify(&self, token: PlainToken) -> Result<Arc<Verified>, MissError> {
+        let record = match self.store.find_by_lookup_id(token.lookup_id()).await {
+            // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
+            Ok(None) => return Err(MissError::Unknown),
+            Ok(Some(record)) => record,
+            Err(e) => {
+                return Err(match Error::from(e) {
+                    Error::Unavailable => MissError::Unavailable,
+                    _ => MissError::Internal,
+                });
+            }
+        };
+        let lookup_id = token.lookup_id().clone();
+        if !self.cache.take_verify_slot(&lookup_id) {
+            return Err(MissError::Unknown);
+        }
         let hasher = self.hasher.clone();
         let stored = record.secret_hash.clone();
-        let verification = self
+        let outcome = self
             .pool
             .run(move || {
                 let verification = hasher.verify(&token, &stored);
@@ -154,26 +224,38 @@ impl Authorizer {
                 };
                 (verification, rehash)
             })
-            .await?;
+            .await;
+        let (verification, rehash) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                // Not judged: the slot goes back for the next try.
+                self.cache.release_verify_slot(&lookup_id);
+                return Err(match e {
+                    Error::ResourceExhausted(_) => MissError::Exhausted,
+                    _ => MissError::Internal,
+                });
+            }
+        };
         match verification {
-            (Ok(Verification::Match { .. }), rehash) => {
+            Ok(Verification::Match { .. }) => {
+                self.cache.release_verify_slot(&lookup_id);
                 if let Some(new_hash) = rehash
                     && let Err(e) = self.store.replace_hash(record.id, &new_hash).await
                 {
                     tracing::warn!(token.id = %record.id, error = %e, "rehash not stored");
                 }
+                Ok(Arc::new(Verified { record }))
             }
-            (Ok(Verification::Mismatch), _) => return Ok(Err(Denial::Unknown)),
-            (Err(e), _) => {
+            Ok(Verification::Mismatch) => Err(MissError::Unknown),
+            Err(e) => {
                 tracing::error!(token.id = %record.id, error = %e, "stored hash unreadable");
-                return Ok(Err(Denial::Unknown));
+                Err(MissError::Unknown)
             }
         }
-        Ok(self.judge(record, Utc::now()))
     }
 
     /// Revocation and expiry of a verified token.
-    fn judge(&self, record: TokenRecord, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
+    fn judge(&self, record: &TokenRecord, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
         if record.revoked_at.is_some() {
             return Err(Denial::Revoked);
         }
@@ -191,7 +273,7 @@ impl Authorizer {
                 scopes,
                 expires_at: record.expires_at,
             },
-            record,
+            record: record.clone(),
         })
     }
 

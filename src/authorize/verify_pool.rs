@@ -4,7 +4,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use tokio::sync::Semaphore;
@@ -41,6 +41,7 @@ pub struct VerifyPool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     queue: usize,
+    runs: Arc<AtomicU64>,
 }
 
 impl VerifyPool {
@@ -50,12 +51,18 @@ impl VerifyPool {
             permits: Arc::new(Semaphore::new(options.workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue: options.queue,
+            runs: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Calls waiting for a worker now.
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Jobs run since start (hashes and verifies).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Runs `work` on a blocking thread once a worker is free.
@@ -78,6 +85,7 @@ impl VerifyPool {
                 permit.map_err(|_| Error::Internal)?
             }
         };
+        self.runs.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()

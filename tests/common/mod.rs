@@ -134,3 +134,20 @@ pub fn bearer<T>(token: &str, message: T) -> Request<T> {
     );
     request
 }
+
+/// The same lookup id as `real` with another secret (variant `n`) and a valid checksum.
+pub fn forge_secret(real: &str, n: usize) -> String {
+    const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut body: Vec<u8> = real[..48].bytes().collect();
+    let pos = 16 + n % 32;
+    let current = BASE62.iter().position(|&c| c == body[pos]).unwrap();
+    body[pos] = BASE62[(current + 1 + n / 32) % 62];
+    let body = String::from_utf8(body).unwrap();
+    let mut crc = crc32fast::hash(body.as_bytes());
+    let mut sum = [b'0'; 6];
+    for slot in sum.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{body}{}", String::from_utf8(sum.to_vec()).unwrap())
+}

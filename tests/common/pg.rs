@@ -325,6 +325,21 @@ pub async fn exec(url: &str, sql: &str) -> u64 {
     n
 }
 
+/// Runs a query returning one bigint.
+pub async fn query_i64(url: &str, sql: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(conn);
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(client);
+    let _ = task.await;
+    row.get(0)
+}
+
 /// A full plain-text dump of a test database.
 pub fn dump(db: &TestDb) -> String {
     let out = Command::new(pg_binary("pg_dump"))

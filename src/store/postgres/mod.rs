@@ -2,6 +2,7 @@
 //! the binary. Revocations are announced with NOTIFY on [`REVOCATION_CHANNEL`] in the same
 //! transaction as the UPDATE, so a listener never hears of an uncommitted revocation.
 
+pub mod listener;
 mod schema;
 
 use std::time::Duration;

@@ -1,0 +1,205 @@
+//! The verified-token cache of the hot path (design.md section 7).
+//!
+//! - Positive entries are keyed by a keyed BLAKE3 hash of the whole token with a random
+//!   per-process key, so the cache never holds a token or its secret, and a hit proves the
+//!   caller presented the exact token that was verified. Bounded in entries, with a TTL as
+//!   the staleness backstop.
+//! - Verify slots per lookup id: at most one argon2 verify per lookup id per interval unless
+//!   the token turns out valid, so a flood of wrong secrets for one lookup id costs one
+//!   verify per interval. (A valid token presented for the first time while such a flood
+//!   holds the slot is refused for at most that interval.)
+//! - Revoked lookup ids are remembered (revocation is forever) for twice the TTL and
+//!   checked on every answer, so a revocation notice can never be undone by a racing miss.
+//! - Freshness: the revocation listener reports up/down; cached answers are served while it
+//!   is up, or for at most `max_staleness` after it went down. Past that the cache refuses
+//!   to answer (UNAVAILABLE) rather than risk allowing a revoked token.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use moka::{future::Cache, sync::Cache as SyncCache};
+use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    store::TokenRecord,
+    token::{LookupId, PlainToken},
+};
+
+/// Cache settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most verified tokens held.
+    pub max_entries: u64,
+    /// How long a verified token is trusted without a store read (backstop for a missed
+    /// revocation notice).
+    pub ttl_seconds: u64,
+    /// The verify-slot interval per lookup id after a wrong secret.
+    pub negative_ttl_ms: u64,
+    /// How long cached answers may still be served while the revocation listener is down.
+    pub max_staleness_seconds: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            ttl_seconds: 60,
+            negative_ttl_ms: 1000,
+            max_staleness_seconds: 30,
+        }
+    }
+}
+
+/// A verified token's row, as cached. Holds the hash, never the secret.
+#[derive(Debug)]
+pub struct Verified {
+    /// The row as read when it was verified.
+    pub record: TokenRecord,
+}
+
+/// Why a cold lookup did not produce a verified token; shared by every caller waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissError {
+    /// No such token, or a wrong secret, or a verify slot taken by a recent wrong secret.
+    Unknown,
+    /// The store could not be reached.
+    Unavailable,
+    /// The argon2 queue is full.
+    Exhausted,
+    /// Something unexpected (logged where it happened).
+    Internal,
+}
+
+#[derive(Debug)]
+enum Listener {
+    /// Revocation notices arrive.
+    Up,
+    /// No notices since this instant.
+    Down(Instant),
+}
+
+/// The cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TokenCache {
+    key: Arc<[u8; 32]>,
+    verified: Cache<[u8; 32], Arc<Verified>>,
+    slots: SyncCache<LookupId, ()>,
+    revoked: SyncCache<LookupId, ()>,
+    listener: Arc<Mutex<Listener>>,
+    max_staleness: Duration,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.verified.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    /// A cache with these settings. `listener_up` says whether revocation notices already
+    /// arrive (true for the in-memory store, whose revocations are in-process).
+    pub fn new(config: CacheConfig, listener_up: bool) -> Self {
+        let mut key = [0u8; 32];
+        UnwrapErr(SysRng).fill(&mut key);
+        let ttl = Duration::from_secs(config.ttl_seconds.max(1));
+        Self {
+            key: Arc::new(key),
+            verified: Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(ttl)
+                .build(),
+            slots: SyncCache::builder()
+                .max_capacity(config.max_entries.max(1024))
+                .time_to_live(Duration::from_millis(config.negative_ttl_ms.max(1)))
+                .build(),
+            revoked: SyncCache::builder()
+                .max_capacity(config.max_entries.max(1024))
+                .time_to_live(ttl * 2)
+                .build(),
+            listener: Arc::new(Mutex::new(if listener_up {
+                Listener::Up
+            } else {
+                Listener::Down(Instant::now())
+            })),
+            max_staleness: Duration::from_secs(config.max_staleness_seconds),
+        }
+    }
+
+    /// The cache key of a token: keyed BLAKE3 of the whole token.
+    pub fn key_of(&self, token: &PlainToken) -> [u8; 32] {
+        *blake3::keyed_hash(&self.key, token.expose().as_bytes()).as_bytes()
+    }
+
+    /// Whether cached answers may be served now.
+    pub fn is_fresh(&self) -> bool {
+        match *self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
+            Listener::Up => true,
+            Listener::Down(since) => since.elapsed() < self.max_staleness,
+        }
+    }
+
+    /// A verified token, if cached.
+    pub async fn get(&self, key: &[u8; 32]) -> Option<Arc<Verified>> {
+        self.verified.get(key).await
+    }
+
+    /// The verified token for `key`, loading it with `load` on a miss; concurrent misses
+    /// for one key share one load.
+    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Verified>, MissError>
+    where
+        F: Future<Output = Result<Arc<Verified>, MissError>>,
+    {
+        self.verified.try_get_with(key, load).await.map_err(|e| *e)
+    }
+
+    /// Takes the verify slot of a lookup id; false if a verify ran within the interval.
+    pub fn take_verify_slot(&self, lookup_id: &LookupId) -> bool {
+        self.slots.entry(lookup_id.clone()).or_insert(()).is_fresh()
+    }
+
+    /// Frees the verify slot (the token was valid).
+    pub fn release_verify_slot(&self, lookup_id: &LookupId) {
+        self.slots.invalidate(lookup_id);
+    }
+
+    /// Whether a revocation of this lookup id was announced.
+    pub fn is_revoked(&self, lookup_id: &LookupId) -> bool {
+        self.revoked.contains_key(lookup_id)
+    }
+
+    /// A revocation notice.
+    pub fn revoked(&self, lookup_id: LookupId) {
+        self.revoked.insert(lookup_id, ());
+    }
+
+    /// The revocation listener is (again) receiving notices. Anything revoked while it was
+    /// away went unheard, so every cached entry is dropped.
+    pub fn listener_connected(&self) {
+        self.verified.invalidate_all();
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Listener::Up;
+    }
+
+    /// The revocation listener lost its connection.
+    pub fn listener_disconnected(&self) {
+        let mut state = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*state, Listener::Up) {
+            *state = Listener::Down(Instant::now());
+        }
+    }
+
+    /// Verified tokens held (approximate).
+    pub fn entry_count(&self) -> u64 {
+        self.verified.entry_count()
+    }
+
+    /// Runs pending cache maintenance (for exact counts in tools).
+    pub async fn run_pending_tasks(&self) {
+        self.verified.run_pending_tasks().await;
+    }
+}

@@ -1,0 +1,457 @@
+//! Hot-path correctness (never timing): the verified-token cache, revocation across
+//! replicas (two real server processes on one Postgres), the listener's reconnect, the
+//! write-behind of last_used_at, single-flight verifies and exact expiry.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use casola_auth::proto::{
+    AuthorizeRequest, Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
+    authorization_service_client::AuthorizationServiceClient,
+    token_service_client::TokenServiceClient,
+};
+use common::{TestServer, bearer, pg, test_config};
+use tonic::{Code, transport::Channel};
+
+fn authorize(token: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        token: token.into(),
+        ..Default::default()
+    }
+}
+
+async fn decide(
+    client: &mut AuthorizationServiceClient<Channel>,
+    token: &str,
+) -> (Decision, DenyReason) {
+    let r = client
+        .authorize(authorize(token))
+        .await
+        .expect("authorize")
+        .into_inner();
+    (r.decision(), r.deny_reason())
+}
+
+/// Polls until `check` holds, failing after `limit` (a bound for a correctness test, not a
+/// speed claim).
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `casola-auth serve` child process; killed when dropped.
+struct Replica {
+    child: Child,
+    port: u16,
+}
+
+impl Replica {
+    fn start(db: &str, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casola-auth"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--database-url", db])
+            .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
+            .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
+            .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        // SAFETY: prctl in the child before exec; it only asks for SIGKILL if we die.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        Self {
+            child: cmd.spawn().expect("spawn casola-auth"),
+            port,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
+                .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+            assert!(Instant::now() < deadline, "replica did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits (without blocking the runtime: the client side of the
+    /// graceful HTTP/2 shutdown must keep running) for a clean exit.
+    async fn terminate(&mut self) {
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "replica exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a token with the CLI (the operator path) and returns it.
+fn cli_token(db: &str, user: &str, preset: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_casola-auth"))
+        .args([
+            "token",
+            "create",
+            "--database-url",
+            db,
+            "--org",
+            "acme",
+            "--user",
+            user,
+        ])
+        .args(["--name", "replica test", "--preset", preset])
+        .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
+        .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn token_id(channel: &Channel, token: &str) -> String {
+    AuthorizationServiceClient::new(channel.clone())
+        .who_am_i(bearer(token, casola_auth::proto::WhoAmIRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap()
+        .token_id
+}
+
+#[tokio::test]
+async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
+    let db = pg::fresh_database().await;
+    // Long TTL: only the revocation notice can make the second replica deny.
+    let env = [("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")];
+    let a = Replica::start(&db.url, &env);
+    let b = Replica::start(&db.url, &env);
+    let (ca, cb) = (a.channel().await, b.channel().await);
+    let issuer = cli_token(&db.url, "backend", "admin-full");
+    let mut revoker = TokenServiceClient::new(ca.clone());
+    let mut on_b = AuthorizationServiceClient::new(cb.clone());
+
+    for round in 0..5 {
+        let token = cli_token(&db.url, &format!("user{round}"), "user-read");
+        // Warm on B: cached there.
+        assert_eq!(
+            decide(&mut on_b, &token).await,
+            (Decision::Allow, DenyReason::Unspecified)
+        );
+        assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
+        let id = token_id(&cb, &token).await;
+        revoker
+            .revoke_token(bearer(&issuer, RevokeTokenRequest { id }))
+            .await
+            .expect("revoke on A");
+        eventually(Duration::from_secs(10), "B denies the revoked token", || {
+            let mut on_b = on_b.clone();
+            let token = token.clone();
+            async move { decide(&mut on_b, &token).await == (Decision::Deny, DenyReason::Revoked) }
+        })
+        .await;
+        // Once denied, never allowed again.
+        for _ in 0..50 {
+            assert_eq!(
+                decide(&mut on_b, &token).await,
+                (Decision::Deny, DenyReason::Revoked)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_listener_reconnects_and_drops_the_cache() {
+    let db = pg::fresh_database().await;
+    let b = Replica::start(&db.url, &[("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")]);
+    let cb = b.channel().await;
+    let mut on_b = AuthorizationServiceClient::new(cb.clone());
+    let token = cli_token(&db.url, "alice", "user-read");
+    // Wait for the listener, then warm the token.
+    let app = format!("casola-auth-revocations-{}", b.child.id());
+    let listeners =
+        format!("select count(*) from pg_stat_activity where application_name = '{app}'");
+    eventually(Duration::from_secs(10), "listener connected", || {
+        let (url, q) = (db.url.clone(), listeners.clone());
+        async move { pg::query_i64(&url, &q).await == 1 }
+    })
+    .await;
+    assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
+
+    // Revoke behind the service's back: no NOTIFY, so only a dropped cache can notice.
+    let lookup = &token[4..16];
+    pg::exec(
+        &db.url,
+        &format!("update api_tokens set revoked_at = now() where lookup_id = '{lookup}'"),
+    )
+    .await;
+    assert_eq!(
+        decide(&mut on_b, &token).await.0,
+        Decision::Allow,
+        "still served from the cache: no notice was sent"
+    );
+
+    // Kill the listener's connection: it reconnects and drops the whole cache.
+    let killed = pg::query_i64(
+        &db.url,
+        &format!("select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity where application_name = '{app}') t"),
+    )
+    .await;
+    assert_eq!(killed, 1);
+    eventually(
+        Duration::from_secs(15),
+        "the revoked token is denied after the reconnect",
+        || {
+            let mut on_b = on_b.clone();
+            let token = token.clone();
+            async move { decide(&mut on_b, &token).await == (Decision::Deny, DenyReason::Revoked) }
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the listener is back", || {
+        let (url, q) = (db.url.clone(), listeners.clone());
+        async move { pg::query_i64(&url, &q).await == 1 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
+    let db = pg::fresh_database().await;
+    let dead = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let b = Replica::start(
+        &db.url,
+        &[
+            ("CASOLA_AUTH_LISTEN_DATABASE_URL", &dead),
+            ("CASOLA_AUTH_CACHE__MAX_STALENESS_SECONDS", "1"),
+        ],
+    );
+    let mut on_b = AuthorizationServiceClient::new(b.channel().await);
+    let token = cli_token(&db.url, "alice", "user-read");
+    eventually(Duration::from_secs(15), "fails closed with UNAVAILABLE", || {
+        let mut on_b = on_b.clone();
+        let token = token.clone();
+        async move {
+            matches!(on_b.authorize(authorize(&token)).await, Err(s) if s.code() == Code::Unavailable)
+        }
+    })
+    .await;
+    // Malformed input needs no state and is still a plain denial.
+    assert_eq!(decide(&mut on_b, "nope").await.1, DenyReason::Malformed);
+}
+
+#[tokio::test]
+async fn last_used_is_written_behind_and_flushed_at_shutdown() {
+    let db = pg::fresh_database().await;
+    let token = cli_token(&db.url, "alice", "user-read");
+    let lookup = token[4..16].to_owned();
+    let last_used = format!(
+        "select count(*) from api_tokens where lookup_id = '{lookup}' and last_used_at is not null"
+    );
+
+    // A long interval: only the shutdown flush can write it.
+    let mut slow = Replica::start(
+        &db.url,
+        &[("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "3600000")],
+    );
+    let mut client = AuthorizationServiceClient::new(slow.channel().await);
+    for _ in 0..100 {
+        assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
+    }
+    assert_eq!(
+        pg::query_i64(&db.url, &last_used).await,
+        0,
+        "not written per request"
+    );
+    slow.terminate().await;
+    assert_eq!(
+        pg::query_i64(&db.url, &last_used).await,
+        1,
+        "flushed at shutdown"
+    );
+
+    // A short interval: written while serving.
+    let other = cli_token(&db.url, "bob", "user-read");
+    let other_lookup = other[4..16].to_owned();
+    let fast = Replica::start(
+        &db.url,
+        &[("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "200")],
+    );
+    let channel = fast.channel().await;
+    let mut client = AuthorizationServiceClient::new(channel.clone());
+    assert_eq!(decide(&mut client, &other).await.0, Decision::Allow);
+    eventually(Duration::from_secs(10), "last_used_at written while serving", || {
+        let url = db.url.clone();
+        let q = format!("select count(*) from api_tokens where lookup_id = '{other_lookup}' and last_used_at is not null");
+        async move { pg::query_i64(&url, &q).await == 1 }
+    })
+    .await;
+    let id = token_id(&channel, &other).await;
+    let shown = TokenServiceClient::new(channel)
+        .get_token(bearer(&other, GetTokenRequest { id }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert!(
+        shown.last_used_at.is_some(),
+        "the API shows when it was last used"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_for_one_token_run_one_verify() {
+    for server in TestServer::each_store().await {
+        let token = server
+            .operator_token("acme", "alice", "user-read", &[])
+            .await;
+        let pool = server.running.services().authorizer.verify_pool().clone();
+        let before = pool.runs();
+        let calls = (0..64).map(|_| {
+            let mut client = server.authz();
+            let token = token.clone();
+            tokio::spawn(async move { decide(&mut client, &token).await })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert_eq!(call.unwrap().0, Decision::Allow);
+        }
+        assert_eq!(
+            pool.runs() - before,
+            1,
+            "one argon2 verify for 64 concurrent cold requests"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_secrets_for_one_lookup_id_costs_one_verify_per_interval() {
+    let mut config = test_config(None);
+    config.cache.negative_ttl_ms = 3_600_000;
+    let server = TestServer::with_config(config, None).await;
+    let token = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let pool = server.running.services().authorizer.verify_pool().clone();
+    let before = pool.runs();
+    let mut client = server.authz();
+    for i in 0..40 {
+        let forged = common::forge_secret(&token, i);
+        assert_eq!(
+            decide(&mut client, &forged).await,
+            (Decision::Deny, DenyReason::Unknown)
+        );
+    }
+    assert_eq!(pool.runs() - before, 1);
+}
+
+#[tokio::test]
+async fn a_cached_token_stops_working_exactly_at_its_expiry() {
+    let server = TestServer::postgres().await;
+    let token = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let db = server.db.as_ref().unwrap();
+    let lookup = &token[4..16];
+    pg::exec(
+        &db.url,
+        &format!("update api_tokens set expires_at = now() + interval '1500 milliseconds' where lookup_id = '{lookup}'"),
+    )
+    .await;
+    let mut client = server.authz();
+    assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
+    let pool = server.running.services().authorizer.verify_pool().clone();
+    let cached_runs = pool.runs();
+    assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
+    assert_eq!(
+        pool.runs(),
+        cached_runs,
+        "the second answer came from the cache"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(
+        decide(&mut client, &token).await,
+        (Decision::Deny, DenyReason::Expired)
+    );
+}
+
+#[tokio::test]
+async fn revocation_is_instant_on_the_memory_store_too() {
+    let server = TestServer::memory().await;
+    let issuer = server
+        .operator_token("local", "admin", "admin-full", &["tokens:issue"])
+        .await;
+    let token = server
+        .operator_token("local", "alice", "user-read", &[])
+        .await;
+    let mut client = server.authz();
+    assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
+    let id = client
+        .who_am_i(bearer(&token, casola_auth::proto::WhoAmIRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap()
+        .token_id;
+    server
+        .tokens()
+        .revoke_token(bearer(&issuer, RevokeTokenRequest { id }))
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&mut client, &token).await,
+        (Decision::Deny, DenyReason::Revoked)
+    );
+}
