@@ -99,8 +99,7 @@ impl PlainToken {
             let i = rng.random_range(0..BASE62.len());
             body.push(char::from(BASE62[i]));
         }
-        let checksum = encode_checksum(crc32fast::hash(body.as_bytes()));
-        body.push_str(&checksum);
+        body.push_str(&checksum(&body));
         let lookup_id = LookupId(body[TOKEN_PREFIX.len()..][..LOOKUP_ID_LEN].to_owned());
         Self {
             full: SecretString::from(body),
@@ -118,10 +117,9 @@ impl PlainToken {
         if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ParseError::Alphabet);
         }
-        let (body, checksum) = raw.split_at(TOKEN_LEN - CHECKSUM_LEN);
-        let expected = encode_checksum(crc32fast::hash(body.as_bytes()));
+        let (body, given) = raw.split_at(TOKEN_LEN - CHECKSUM_LEN);
         // The checksum is not secret (anyone can compute it); a plain comparison is fine.
-        if checksum != expected {
+        if given != checksum(body) {
             return Err(ParseError::Checksum);
         }
         Ok(Self {
@@ -168,8 +166,13 @@ impl fmt::Debug for PlainToken {
     }
 }
 
-fn encode_checksum(mut value: u32) -> String {
+/// The checksum part for a token body (`csl_` + lookup id + secret): CRC32 (IEEE) as six
+/// base62 digits, most significant first. Public so tools and tests can build well-formed
+/// strings; a [`PlainToken`] still only comes from `generate` or `parse`.
+pub fn checksum(body: &str) -> String {
+    let mut value = crc32fast::hash(body.as_bytes());
     let mut out = [b'0'; CHECKSUM_LEN];
+    // 62^6 > 2^32: six digits always hold the whole CRC.
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(value % 62) as usize];
         value /= 62;

@@ -143,11 +143,6 @@ pub fn forge_secret(real: &str, n: usize) -> String {
     let current = BASE62.iter().position(|&c| c == body[pos]).unwrap();
     body[pos] = BASE62[(current + 1 + n / 32) % 62];
     let body = String::from_utf8(body).unwrap();
-    let mut crc = crc32fast::hash(body.as_bytes());
-    let mut sum = [b'0'; 6];
-    for slot in sum.iter_mut().rev() {
-        *slot = BASE62[(crc % 62) as usize];
-        crc /= 62;
-    }
-    format!("{body}{}", String::from_utf8(sum.to_vec()).unwrap())
+    let sum = casola_auth::token::checksum(&body);
+    format!("{body}{sum}")
 }
