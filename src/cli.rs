@@ -12,7 +12,8 @@ use crate::{
     manage::{Caller, CreateRequest, ListRequest},
     server::{self, Services},
     store::postgres::run_migrations,
-    transport::grpc::token_to_proto,
+    token::hash::TokenHasher,
+    transport::{envoy::RouteTable, grpc::token_to_proto},
 };
 
 /// casola-auth: API tokens and authorization for the Casola platform.
@@ -64,6 +65,13 @@ pub enum Command {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
+        /// Shared options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check a configuration (file, environment, scope catalog, Envoy route table, argon2
+    /// parameters) without starting anything; prints a summary without secrets.
+    CheckConfig {
         /// Shared options.
         #[command(flatten)]
         common: Common,
@@ -208,6 +216,34 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             for version in applied {
                 eprintln!("  {version}");
             }
+            Ok(())
+        }
+        Command::CheckConfig { common } => {
+            let config = load(&common, Overrides::default())?;
+            let catalog = config.catalog().map_err(|e| e.to_string())?;
+            TokenHasher::new(config.argon2).map_err(|e| e.to_string())?;
+            RouteTable::from_config(&config.envoy, &catalog)
+                .map_err(|e| format!("envoy route table: {e}"))?;
+            let scopes: usize = catalog.categories().iter().map(|c| c.scopes.len()).sum();
+            println!("configuration ok");
+            println!("  listen {} / admin {}", config.listen, config.admin_listen);
+            println!(
+                "  store: {}",
+                if config.database_url.is_some() {
+                    "postgres"
+                } else {
+                    "in-memory"
+                }
+            );
+            println!(
+                "  argon2id m={} KiB t={} p={}",
+                config.argon2.memory_kib, config.argon2.iterations, config.argon2.parallelism
+            );
+            println!(
+                "  catalog: {scopes} scopes, {} presets",
+                catalog.presets().len()
+            );
+            println!("  envoy: {} fallback routes", config.envoy.routes.len());
             Ok(())
         }
         Command::Scopes { common } => {

@@ -242,6 +242,26 @@ impl Default for Config {
     }
 }
 
+/// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
+const TOP_LEVEL_KEYS: [&str; 16] = [
+    "listen",
+    "admin_listen",
+    "database_url",
+    "listen_database_url",
+    "migrate",
+    "log_format",
+    "shutdown_grace_seconds",
+    "max_message_bytes",
+    "health_interval_ms",
+    "argon2",
+    "verify",
+    "store",
+    "last_used",
+    "cache",
+    "catalog",
+    "envoy",
+];
+
 /// Flag overrides for [`Config::load`] when there are none.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct NoOverrides {}
@@ -278,11 +298,13 @@ impl Config {
         }
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]))
-            .merge(
-                Env::prefixed("CASOLA_AUTH_")
-                    .split("__")
-                    .ignore(&["CONFIG"]),
-            )
+            // Only our own keys: other CASOLA_AUTH_* variables exist in the wild (Kubernetes
+            // service links for a Service named casola-auth, test harness variables) and
+            // must not stop start-up. A misspelt key is still refused in the file.
+            .merge(Env::prefixed("CASOLA_AUTH_").split("__").filter(|key| {
+                let top = key.as_str().split('.').next().unwrap_or("");
+                TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            }))
             .merge(Serialized::defaults(overrides));
         figment
             .extract()
@@ -383,6 +405,35 @@ mod tests {
                 err.contains("SHUTDOWN_GRACE_SECONDS") && err.contains("CASOLA_AUTH_"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_environment_key_list_is_every_top_level_key() {
+        let value = figment::value::Value::serialize(Config {
+            database_url: Some(DatabaseUrl::new("x")),
+            listen_database_url: Some(DatabaseUrl::new("x")),
+            ..Config::default()
+        })
+        .unwrap();
+        let mut keys: Vec<String> = value.into_dict().unwrap().into_keys().collect();
+        keys.sort();
+        let mut listed: Vec<String> = TOP_LEVEL_KEYS.iter().map(|k| (*k).to_owned()).collect();
+        listed.sort();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn foreign_casola_auth_variables_do_not_stop_start_up() {
+        figment::Jail::expect_with(|jail| {
+            // What Kubernetes injects for a Service named casola-auth.
+            jail.set_env("CASOLA_AUTH_PORT", "tcp://10.0.0.7:50051");
+            jail.set_env("CASOLA_AUTH_SERVICE_HOST", "10.0.0.7");
+            jail.set_env("CASOLA_AUTH_BIN", "/usr/local/bin/casola-auth");
+            jail.set_env("CASOLA_AUTH_LISTEN", "0.0.0.0:50051");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.listen, "0.0.0.0:50051".parse().unwrap());
             Ok(())
         });
     }

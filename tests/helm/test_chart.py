@@ -770,3 +770,62 @@ def test_notes_show_grpcurl(chart):
     )
     assert "grpcurl -plaintext localhost:50051 list" in notes
     assert f"{FULLNAME}-database" in notes
+
+
+# ----------------------------------------------------------------------------------------
+# the rendered configuration is one the real binary accepts
+
+
+def casola_auth_bin() -> Path | None:
+    raw = os.environ.get("CASOLA_AUTH_BIN")
+    if not raw:
+        return None
+    p = Path(raw)
+    return p if p.is_absolute() else ROOT / p
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_binary_accepts_the_rendered_config(chart, name, tmp_path):
+    binary = casola_auth_bin()
+    if binary is None:
+        pytest.skip("CASOLA_AUTH_BIN is not set (scripts/test.sh sets it)")
+    assert binary.exists(), f"CASOLA_AUTH_BIN={binary} does not exist"
+    docs = render(chart, copy.deepcopy(VALUE_SETS[name]))
+    cm = one(docs, "ConfigMap")
+    text = cm["data"]["config.toml"]
+    if "scopes.toml" in cm["data"]:
+        (tmp_path / "scopes.toml").write_text(cm["data"]["scopes.toml"])
+        # The pod mounts the ConfigMap at /etc/casola-auth; here the files sit in tmp_path.
+        text = text.replace("/etc/casola-auth/scopes.toml", str(tmp_path / "scopes.toml"))
+    (tmp_path / "config.toml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASOLA_AUTH_") and k != "DATABASE_URL"}
+    cp = subprocess.run(
+        [str(binary), "check-config", "--config", str(tmp_path / "config.toml")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert cp.returncode == 0, f"casola-auth rejected the rendered config:\n{cp.stderr}\n{text}"
+    assert "configuration ok" in cp.stdout
+    routes = len(config_toml(docs).get("envoy", {}).get("routes", []))
+    assert f"envoy: {routes} fallback routes" in cp.stdout
+
+
+def test_the_binary_rejects_a_rendered_config_with_an_unknown_route_scope(chart, tmp_path):
+    binary = casola_auth_bin()
+    if binary is None:
+        pytest.skip("CASOLA_AUTH_BIN is not set (scripts/test.sh sets it)")
+    values = {"config": {"envoy": {"routes": [
+        {"method": "GET", "pathPrefix": "/api/", "scopes": ["user:read", "no-such:scope"]}
+    ]}}}
+    cm = one(render(chart, values), "ConfigMap")
+    (tmp_path / "config.toml").write_text(cm["data"]["config.toml"])
+    cp = subprocess.run([str(binary), "check-config", "--config", str(tmp_path / "config.toml")],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode != 0
+    assert "no-such:scope" in cp.stderr
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_pods_get_no_service_links(chart, name):
+    # Kubernetes would inject CASOLA_AUTH_SERVICE_HOST etc. for a Service named casola-auth.
+    for kind, spec in pod_specs(render(chart, copy.deepcopy(VALUE_SETS[name]))):
+        assert spec.get("enableServiceLinks") is False, kind
