@@ -37,6 +37,16 @@ pub enum Caller {
     Operator,
 }
 
+impl Caller {
+    /// The caller's own owner, if it is a token holder.
+    fn owner(&self) -> Option<&Owner> {
+        match self {
+            Caller::Token(p) => Some(&p.owner),
+            Caller::Operator => None,
+        }
+    }
+}
+
 /// What to create; raw fields, validated by [`TokenManager::create`].
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
@@ -110,6 +120,25 @@ pub struct TokenManager {
     hasher: TokenHasher,
     pool: VerifyPool,
     cache: TokenCache,
+}
+
+/// An owner id field: the caller's own when empty (an operator has none: then required).
+fn owner_id(
+    field: &str,
+    raw: &str,
+    default: Option<&OwnerId>,
+    bad: &mut Vec<FieldViolation>,
+) -> Option<OwnerId> {
+    match (raw.is_empty(), default) {
+        (true, Some(own)) => Some(own.clone()),
+        (true, None) => {
+            bad.push(FieldViolation::new(field, "must not be empty"));
+            None
+        }
+        (false, _) => OwnerId::parse(raw)
+            .map_err(|e| bad.push(FieldViolation::new(field, e)))
+            .ok(),
+    }
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -297,24 +326,9 @@ impl TokenManager {
         user: &str,
         bad: &mut Vec<FieldViolation>,
     ) -> Option<Owner> {
-        let own = match caller {
-            Caller::Token(p) => Some(&p.owner),
-            Caller::Operator => None,
-        };
-        let mut pick = |field: &str, raw: &str, default: Option<&OwnerId>| -> Option<OwnerId> {
-            match (raw.is_empty(), default) {
-                (true, Some(d)) => Some(d.clone()),
-                (true, None) => {
-                    bad.push(FieldViolation::new(field, "must not be empty"));
-                    None
-                }
-                (false, _) => OwnerId::parse(raw)
-                    .map_err(|e| bad.push(FieldViolation::new(field, e)))
-                    .ok(),
-            }
-        };
-        let org_id = pick("org_id", org, own.map(|o| &o.org_id));
-        let user_id = pick("user_id", user, own.map(|o| &o.user_id));
+        let own = caller.owner();
+        let org_id = owner_id("org_id", org, own.map(|o| &o.org_id), bad);
+        let user_id = owner_id("user_id", user, own.map(|o| &o.user_id), bad);
         Some(Owner {
             org_id: org_id?,
             user_id: user_id?,
@@ -373,30 +387,35 @@ impl TokenManager {
             }
             c
         };
+        // `-` lists every user of the organisation (AIP-159's wildcard).
         let all_users = req.user_id == "-";
-        let user = if all_users { "" } else { req.user_id.as_str() };
-        let owner = match caller {
-            Caller::Operator if all_users && !req.org_id.is_empty() => {
-                OwnerId::parse(&req.org_id).ok().map(|org_id| Owner {
-                    org_id,
-                    user_id: OwnerId::from_stored(String::new()),
-                })
-            }
-            _ => self.owner_for(caller, &req.org_id, user, &mut bad),
+        let own = caller.owner();
+        let org_id = owner_id("org_id", &req.org_id, own.map(|o| &o.org_id), &mut bad);
+        let user_id = if all_users {
+            None
+        } else {
+            owner_id("user_id", &req.user_id, own.map(|o| &o.user_id), &mut bad)
         };
-        let (Some(size), Some(owner), true) = (size, owner, bad.is_empty()) else {
+        let (Some(size), Some(org_id), true) = (size, org_id, bad.is_empty()) else {
             return Err(Error::InvalidArgument(bad));
         };
         if let Caller::Token(p) = caller {
-            let allowed = if all_users {
-                p.has(TOKENS_ISSUE) || (p.owner.org_id == owner.org_id && p.has(ADMIN_READ))
-            } else {
-                permission::access(p, Action::Read, &owner) == Access::Allowed
+            let allowed = match &user_id {
+                None => p.has(TOKENS_ISSUE) || (p.owner.org_id == org_id && p.has(ADMIN_READ)),
+                Some(user_id) => {
+                    let owner = Owner {
+                        org_id: org_id.clone(),
+                        user_id: user_id.clone(),
+                    };
+                    permission::access(p, Action::Read, &owner) == Access::Allowed
+                }
             };
             if !allowed {
-                return Err(Error::PermissionDenied(if p.owner == owner {
+                let own_tokens =
+                    p.owner.org_id == org_id && user_id.as_ref() == Some(&p.owner.user_id);
+                return Err(Error::PermissionDenied(if own_tokens {
                     "listing tokens needs the user:read scope".into()
-                } else if p.owner.org_id == owner.org_id {
+                } else if p.owner.org_id == org_id {
                     "listing another user's tokens needs the admin:read scope".into()
                 } else {
                     format!("listing another organisation's tokens needs {TOKENS_ISSUE}")
@@ -404,8 +423,8 @@ impl TokenManager {
             }
         }
         let query = ListQuery {
-            org_id: owner.org_id,
-            user_id: (!all_users).then_some(owner.user_id),
+            org_id,
+            user_id,
             include_revoked: req.include_revoked,
             after,
             limit: size.get() + 1,
