@@ -134,16 +134,22 @@ def main() -> int:
         flood = mint(pg, 5000, work / "flood.txt")
         revoke = mint(pg, 200, work / "revoke.txt")
 
-        a_ = Replica("a", pg.url).start()
-        b_ = Replica("b", pg.url).start()
-        # Warm every token once, then measure.
-        load(a_.target, "authorize", 3, tokens=warm)
+        # A TTL longer than the whole matrix, so the warm set stays warm across runs; with the
+        # default 60 s every hot token costs one extra verify a minute, which is noise.
+        long_ttl = {"CASOLA_AUTH_CACHE__TTL_SECONDS": "1800"}
+        a_ = Replica("a", pg.url, long_ttl).start()
+        b_ = Replica("b", pg.url, long_ttl).start()
+        # Warm every token once on both replicas (a first use costs a full verify), then measure.
+        for rep in (a_, b_):
+            load(rep.target, "authorize", 300, tokens=warm, extra=("--once",))
         r = {}
         r["baseline"] = load(a_.target, "baseline", s)
         r["warm"] = load(a_.target, "authorize", s, tokens=warm)
         r["check"] = load(a_.target, "check", s, tokens=warm)
         half = r["warm"]["rps"] / 2
-        r["warm_half"] = load(a_.target, "authorize", s, tokens=warm, extra=("--rate", f"{half:.0f}"))
+        paced = ("--rate", f"{half:.0f}", "--concurrency", "8")
+        r["baseline_half"] = load(a_.target, "baseline", s, extra=paced)
+        r["warm_half"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
         r["cold"] = load(a_.target, "authorize", s, tokens=cold, extra=("--once",))
 
         # Warm p99 at half load while a flood of wrong secrets for 5,000 lookup ids runs.
@@ -153,7 +159,7 @@ def main() -> int:
             stdout=subprocess.PIPE, text=True, env=clean_env(),
         )
         time.sleep(1)
-        r["warm_half_flood"] = load(a_.target, "authorize", s, tokens=warm, extra=("--rate", f"{half:.0f}"))
+        r["warm_half_flood"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
         r["flood"] = json.loads(flood_proc.communicate(timeout=120)[0].strip().splitlines()[-1])
         log(f"flood: {r['flood']['rps']:.0f} req/s, shed {r['flood']['shed']}, denied {r['flood']['denied']}")
 
@@ -192,7 +198,7 @@ def main() -> int:
         many = mint(pg, 100_000, work / "many.txt", params=cheap)
         c = Replica("c", pg.url, {"CASOLA_AUTH_ARGON2__MEMORY_KIB": "64", "CASOLA_AUTH_ARGON2__ITERATIONS": "1",
                                    "CASOLA_AUTH_CACHE__TTL_SECONDS": "3600", "CASOLA_AUTH_CACHE__MAX_ENTRIES": "200000"}).start()
-        load(c.target, "authorize", 2, tokens=warm)  # settle allocator and pools
+        load(c.target, "baseline", 2)  # settle allocator and connections
         rss_before = c.rss_kib()
         fill = load(c.target, "authorize", 600, tokens=many, extra=("--once", "--concurrency", "32"))
         time.sleep(1)
@@ -252,7 +258,7 @@ same run on the same server build: `grpc.health.v1.Health/Check`, an RPC that do
 |---|---|---|---|
 | warm Authorize req/s ÷ baseline req/s | {warm_ratio:.2f} ({r['warm']['rps']:.0f} / {base:.0f}) | ≥ 0.85 | {ok(warm_ratio >= 0.85)} |
 | warm Check req/s ÷ baseline req/s | {check_ratio:.2f} ({r['check']['rps']:.0f} / {base:.0f}) | (same path) | |
-| warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
+| warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms (baseline at the same rate: {r['baseline_half']['p99_ms']:.3f} ms) | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
 | cold verifies/s ÷ (cores / argon2 time) | {cold_ratio:.2f} ({r['cold']['ok'] / r['cold']['seconds']:.1f} / {theory:.1f}) | ≥ 0.9 | {ok(cold_ratio >= 0.9)} |
 | warm p99 during a wrong-secret flood ÷ quiet warm p99 | {flood_ratio:.2f} ({r['warm_half_flood']['p99_ms']:.3f} / {r['warm_half']['p99_ms']:.3f} ms) | ≤ 2 | {ok(flood_ratio <= 2)} |
 | revocation A → B, p50 / p99 over {r['revocation']['revocations']} | {r['revocation']['p50_ms']:.2f} / {r['revocation']['p99_ms']:.2f} ms | p99 ≤ 50 ms | {ok(r['revocation']['p99_ms'] <= 50)} |
@@ -271,7 +277,8 @@ took {res['argon2']['verify_ms']:.2f} ms on one thread here, so {cores} cores ca
 {row('baseline: Health/Check', r['baseline'])}
 {row('Authorize warm, 1,000 tokens', r['warm'])}
 {row('Check warm, 1,000 tokens', r['check'])}
-{row('Authorize warm at half of peak', r['warm_half'])}
+{row('baseline at half of peak (paced)', r['baseline_half'])}
+{row('Authorize warm at half of peak (paced)', r['warm_half'])}
 {row('Authorize cold (fresh token per call)', r['cold'])}
 {row('Authorize warm at half of peak, during flood', r['warm_half_flood'])}
 {row('wrong-secret flood, 5,000 lookup ids', r['flood'])}
@@ -304,6 +311,8 @@ casola-auth-bench revoke-latency --a http://127.0.0.1:$A --b http://127.0.0.1:$B
   competing for the same cores; paced runs (`--rate`) measure from the actual send, so they
   under-report queueing behind a stalled client (coordinated omission), which matters little
   at half load.
+- Replicas A and B run with `cache.ttl_seconds = 1800` so the warm set stays cached for the
+  whole matrix; with the default 60 s each hot token is re-verified once a minute.
 - "Cold" tokens were minted sharing one secret part, so one argon2 hash serves all their rows;
   each still costs a full verify on first use because its cache key (the whole token) is new.
 - The revocation figure runs from the moment RevokeToken returned on replica A to the first
