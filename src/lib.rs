@@ -7,6 +7,7 @@
 //! - [`store`]: one trait, a Postgres and an in-memory implementation.
 //! - [`transport`]: adapters that only convert and delegate: our gRPC API and Envoy ext_authz.
 //! - the edge: [`config`], [`server`] wiring, [`cli`].
+//! - [`telemetry`]: logs, traces and metrics, across all of the above.
 
 pub mod authorize;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod proto;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod transport;
