@@ -17,6 +17,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 
 use crate::{
+    admin::AdminState,
     authorize::{Authorizer, VerifyPool, VerifyPoolOptions, last_used::LastUsed},
     config::{Config, ConfigError},
     manage::{Caller, CreateRequest, TokenManager},
@@ -29,7 +30,9 @@ use crate::{
         StoreError, TokenStore,
         memory::MemoryStore,
         postgres::{PgStore, PoolOptions, run_migrations},
+        timed::TimedStore,
     },
+    telemetry::{self, grpc::GrpcTelemetryLayer},
     token::{
         PlainToken,
         hash::{HashError, TokenHasher},
@@ -134,6 +137,11 @@ impl Services {
                 (Arc::new(store), StoreKind::Postgres)
             }
         };
+        let system = match kind {
+            StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgresql",
+        };
+        let store: Arc<dyn TokenStore> = Arc::new(TimedStore::new(store, system));
         let machine = VerifyPoolOptions::from_machine(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             total_memory_kib(),
@@ -188,6 +196,7 @@ async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
 
 /// Starts serving per `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = telemetry::metrics::install();
     let services = Services::open(&config).await?;
     if services.kind == StoreKind::Memory {
         tracing::warn!(
@@ -219,6 +228,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+
+    let grpc_telemetry = GrpcTelemetryLayer::new(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        crate::transport::envoy::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| StartError::Other(format!("descriptor sets: {e}")))?;
 
     let max = config.max_message_bytes;
     let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
@@ -259,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let router = Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(grpc_telemetry)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -273,9 +292,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .await
         })
     };
-    let admin = tokio::spawn(crate::server::admin::serve(
+    let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
-        ready.clone(),
+        AdminState {
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            store: services.store.clone(),
+        },
         stopped.clone(),
     ));
     let background = vec![
@@ -289,8 +312,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(flush_last_used(
             services.clone(),
             Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
-            stopped,
+            stopped.clone(),
         )),
+        tokio::spawn(metrics_upkeep(metrics, stopped)),
     ];
     tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
@@ -379,6 +403,20 @@ async fn flush_last_used(services: Services, every: Duration, mut stopped: watch
     }
 }
 
+/// Drains histogram samples into their buckets between scrapes, so memory stays bounded
+/// when nobody scrapes.
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 impl Running {
     /// The domain services, for tests and tools running in-process.
     pub fn services(&self) -> &Services {
@@ -412,48 +450,5 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         tracing::info!("casola-auth stopped");
-    }
-}
-
-/// The admin HTTP port: probes now, metrics with the observability work.
-pub mod admin {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
-
-    use axum::{Router, http::StatusCode, routing::get};
-    use tokio::{net::TcpListener, sync::watch};
-
-    /// Serves `/healthz` and `/readyz` until `stopped`.
-    pub async fn serve(
-        listener: TcpListener,
-        ready: Arc<AtomicBool>,
-        mut stopped: watch::Receiver<bool>,
-    ) {
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let ready = ready.clone();
-                    async move {
-                        if ready.load(Ordering::Relaxed) {
-                            (StatusCode::OK, "ready\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
-                        }
-                    }
-                }),
-            );
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin server failed");
-        }
     }
 }
