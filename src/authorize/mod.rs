@@ -142,6 +142,7 @@ impl Authorizer {
             return Ok(Err(Denial::Unknown));
         };
         tracing::Span::current().record("token.id", tracing::field::display(record.id));
+        crate::telemetry::note_token_id(record.id);
         let hasher = self.hasher.clone();
         let stored = record.secret_hash.clone();
         let verification = self
@@ -155,6 +156,7 @@ impl Authorizer {
                 (verification, rehash)
             })
             .await?;
+        crate::telemetry::argon2_verified(&verification.0);
         match verification {
             (Ok(Verification::Match { .. }), rehash) => {
                 if let Some(new_hash) = rehash
