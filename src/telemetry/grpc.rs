@@ -355,7 +355,7 @@ impl Drop for Finish {
             log_level(code, &note, self.method.info_on_success),
             rpc,
             code = code_label,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            latency_ms = elapsed.as_micros() as f64 / 1000.0,
             decision = verdict.map(|v| v.decision.as_str()),
             reason = verdict
                 .filter(|v| v.decision != DecisionKind::Allow)
