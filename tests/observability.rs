@@ -5,6 +5,7 @@
 
 #[path = "observability/binary.rs"]
 mod binary;
+mod common;
 #[path = "observability/otlp.rs"]
 mod otlp;
 
@@ -196,6 +197,15 @@ async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_header
         attr(&denied.span.attributes, "deny.reason").as_deref(),
         Some("malformed")
     );
+    // Its log line carries the trace and span ids, to go from a log to the trace.
+    let logged = server
+        .stderr()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "request" && l["trace_id"] == trace)
+        .expect("a request line in the trace");
+    assert_eq!(logged["span_id"], hex(&denied.span.span_id));
+    assert_eq!(logged["reason"], "malformed");
 
     // Check: the caller's context is in the checked request's HTTP headers.
     let (trace, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
@@ -557,6 +567,52 @@ async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_metrics_and_pool_connections_on_postgres() {
+    let db = common::pg::fresh_database().await;
+    let server = Binary::start(&[("DATABASE_URL", &db.url)]);
+    let channel = server.channel().await;
+    let unknown = PlainToken::generate();
+    let r = AuthorizationServiceClient::new(channel)
+        .authorize(authorize(unknown.expose(), &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.deny_reason(), DenyReason::Unknown);
+
+    let (_, _, body) = server.admin_get("/metrics").await;
+    let scrape = Scrape::parse(&body);
+    let pool = |state: &str| {
+        scrape
+            .0
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "casola_auth_store_pool_connections"
+                    && s.labels.get("state") == Some(state)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                ref other => panic!("not a gauge: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no pool gauge {state}: {body}"))
+    };
+    // The read above held a connection and gave it back.
+    assert!(pool("in_use") + pool("idle") >= 1.0, "{body}");
+    assert_eq!(
+        scrape.histogram_count(
+            "casola_auth_store_call_duration_seconds",
+            &[("op", "find_by_lookup_id")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scrape.counter("casola_auth_store_errors_total", &[]),
+        0.0,
+        "{body}"
+    );
 }
 
 /// The secret of a token and its 32-character secret part.

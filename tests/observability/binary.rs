@@ -70,7 +70,7 @@ pub struct Binary {
     pub grpc: SocketAddr,
     /// The admin HTTP address.
     pub admin: SocketAddr,
-    /// The bootstrap token it printed.
+    /// The bootstrap token it printed (in-memory store only; empty on Postgres).
     pub bootstrap: String,
 }
 
@@ -141,7 +141,11 @@ impl Binary {
                     .unwrap();
             }
         };
+        let on_postgres = env.iter().any(|(k, _)| *k == "DATABASE_URL");
         let bootstrap = loop {
+            if on_postgres {
+                break String::new();
+            }
             let state = stdout.state.lock().unwrap();
             if let Some(token) = state.0.iter().find_map(|l| l.strip_prefix(BOOTSTRAP_LINE)) {
                 break token.to_owned();
