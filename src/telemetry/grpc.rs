@@ -60,10 +60,11 @@ pub const REQUEST_LOG_TARGET: &str = "casola_auth::request";
 
 #[derive(Debug)]
 struct Method {
-    /// `package.Service/Method`: span name and `rpc` label.
-    rpc: String,
-    service: String,
-    method: String,
+    /// `package.Service/Method`: span name and `rpc` label. Shared strings: every call
+    /// clones them into labels and attributes.
+    rpc: Arc<str>,
+    service: Arc<str>,
+    method: Arc<str>,
     traced: bool,
     parent_from_handler: bool,
     info_on_success: bool,
@@ -76,17 +77,17 @@ impl Method {
             traced: !UNTRACED_SERVICES.contains(&service),
             parent_from_handler: rpc == CHECK_METHOD,
             info_on_success: LOGGED_WRITES.contains(&rpc.as_str()),
-            rpc,
-            service: service.to_owned(),
-            method: method.to_owned(),
+            rpc: rpc.into(),
+            service: service.into(),
+            method: method.into(),
         }
     }
 
     fn unknown() -> Self {
         Self {
-            rpc: UNKNOWN_METHOD.to_owned(),
-            service: UNKNOWN_METHOD.to_owned(),
-            method: UNKNOWN_METHOD.to_owned(),
+            rpc: UNKNOWN_METHOD.into(),
+            service: UNKNOWN_METHOD.into(),
+            method: UNKNOWN_METHOD.into(),
             traced: false,
             parent_from_handler: false,
             info_on_success: false,
@@ -130,7 +131,7 @@ impl GrpcTelemetryLayer {
 
     /// The `rpc` label values, sorted.
     pub fn methods(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.methods.values().map(|m| m.rpc.as_str()).collect();
+        let mut names: Vec<&str> = self.methods.values().map(|m| &*m.rpc).collect();
         names.sort_unstable();
         names
     }
@@ -181,7 +182,7 @@ where
             tracing::info_span!(
                 parent: None,
                 "grpc",
-                otel.name = method.rpc.as_str(),
+                otel.name = &*method.rpc,
                 otel.kind = "server",
             )
         } else {
@@ -321,11 +322,11 @@ impl Drop for Finish {
         // No status seen and the body is gone: the client cancelled or the connection broke.
         let code = self.code.unwrap_or(Code::Cancelled);
         let elapsed = self.start.elapsed();
-        let rpc = self.method.rpc.as_str();
+        let rpc = &*self.method.rpc;
         let code_label = code_name(code);
-        metrics::counter!(REQUESTS_TOTAL, "rpc" => rpc.to_owned(), "code" => code_label)
+        metrics::counter!(REQUESTS_TOTAL, "rpc" => self.method.rpc.clone(), "code" => code_label)
             .increment(1);
-        metrics::histogram!(REQUEST_DURATION_SECONDS, "rpc" => rpc.to_owned())
+        metrics::histogram!(REQUEST_DURATION_SECONDS, "rpc" => self.method.rpc.clone())
             .record(elapsed.as_secs_f64());
 
         let note = self.call.note();
