@@ -1,7 +1,7 @@
 //! What one gRPC call tells telemetry beyond its status: the decision taken on it (for the
 //! decision metric, the span and the request log line) and the token it was about.
 //!
-//! The gRPC layer ([`super::grpc`]) opens a [`Call`] for every request and runs the service
+//! The gRPC layer ([`super::grpc`]) opens a call record for every request and runs the service
 //! inside it (a task-local), so an adapter records its decision with one line,
 //! [`record`], without passing anything around. Outside a call (unit tests, the CLI) the
 //! functions here only count metrics.
