@@ -8,10 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    config::{Config, DatabaseUrl, LogFormat},
+    config::{Config, DatabaseUrl},
     manage::{Caller, CreateRequest, ListRequest},
     server::{self, Services},
     store::postgres::run_migrations,
+    telemetry,
     token::hash::TokenHasher,
     transport::{envoy::RouteTable, grpc::token_to_proto},
 };
@@ -150,17 +151,6 @@ fn load(common: &Common, overrides: Overrides) -> Result<Config, String> {
     Config::load(common.config.as_deref(), overrides).map_err(|e| e.to_string())
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr: stdout carries only what a script reads (tokens printed once).
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 /// Runs the command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
@@ -174,7 +164,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn store_services(common: &Common) -> Result<Services, String> {
     let config = load(common, Overrides::default())?;
-    init_logging(config.log_format);
+    telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
     if config.database_url.is_none() {
         return Err(
             "this command needs a database: pass --database-url or set DATABASE_URL".into(),
@@ -200,12 +190,12 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
                     ..Default::default()
                 },
             )?;
-            init_logging(config.log_format);
-            serve(config).await
+            let telemetry = telemetry::init(config.log_format).map_err(|e| e.to_string())?;
+            serve(config, telemetry).await
         }
         Command::Migrate { common } => {
             let config = load(&common, Overrides::default())?;
-            init_logging(config.log_format);
+            telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
             let url = config
                 .database_url
                 .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;
@@ -392,8 +382,14 @@ fn describe(err: crate::error::Error) -> String {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    let running = server::start(config).await.map_err(|e| e.to_string())?;
+async fn serve(config: Config, telemetry: telemetry::Telemetry) -> Result<(), String> {
+    let running = match server::start(config).await {
+        Ok(running) => running,
+        Err(e) => {
+            telemetry.shutdown().await;
+            return Err(e.to_string());
+        }
+    };
     if let Some(token) = &running.bootstrap_token {
         println!(
             "bootstrap token (local use only, in-memory store, admin-full + tokens:issue): {}",
@@ -403,6 +399,8 @@ async fn serve(config: Config) -> Result<(), String> {
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;
+    // Last: the spans of the drained calls are still to be exported.
+    telemetry.shutdown().await;
     Ok(())
 }
 

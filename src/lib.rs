@@ -6,8 +6,10 @@
 //!   [`manage`] (token lifecycle use cases). None of these know tonic or diesel.
 //! - [`store`]: one trait, a Postgres and an in-memory implementation.
 //! - [`transport`]: adapters that only convert and delegate: our gRPC API and Envoy ext_authz.
-//! - the edge: [`config`], [`server`] wiring, [`cli`].
+//! - the edge: [`config`], [`server`] wiring, [`admin`] HTTP port, [`cli`].
+//! - [`telemetry`]: logs, traces and metrics, across all of the above.
 
+pub mod admin;
 pub mod authorize;
 pub mod cli;
 pub mod config;
@@ -19,5 +21,6 @@ pub mod proto;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod transport;

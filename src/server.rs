@@ -16,6 +16,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 
 use crate::{
+    admin::AdminState,
     authorize::{
         Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
     },
@@ -34,7 +35,9 @@ use crate::{
             listener::{self, ListenerOptions, RevocationSink},
             run_migrations,
         },
+        timed::TimedStore,
     },
+    telemetry::{self, grpc::GrpcTelemetryLayer},
     token::{
         PlainToken,
         hash::{HashError, TokenHasher},
@@ -139,6 +142,11 @@ impl Services {
                 (Arc::new(store), StoreKind::Postgres)
             }
         };
+        let system = match kind {
+            StoreKind::Memory => "memory",
+            StoreKind::Postgres => "postgresql",
+        };
+        let store: Arc<dyn TokenStore> = Arc::new(TimedStore::new(store, system));
         let machine = VerifyPoolOptions::from_machine(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             total_memory_kib(),
@@ -196,6 +204,7 @@ async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
 
 /// Starts serving per `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = telemetry::metrics::install();
     let services = Services::open(&config).await?;
     if services.kind == StoreKind::Memory {
         tracing::warn!(
@@ -227,6 +236,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+
+    let grpc_telemetry = GrpcTelemetryLayer::new(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        crate::transport::envoy::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| StartError::Other(format!("descriptor sets: {e}")))?;
 
     let max = config.max_message_bytes;
     let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
@@ -266,6 +284,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let mut stopped = stopped.clone();
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(grpc_telemetry)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -286,9 +305,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .await
         })
     };
-    let admin = tokio::spawn(crate::server::admin::serve(
+    let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
-        ready.clone(),
+        AdminState {
+            ready: ready.clone(),
+            metrics: metrics.clone(),
+            store: services.store.clone(),
+        },
         stopped.clone(),
     ));
     let mut background = vec![
@@ -302,6 +325,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(flush_last_used(
             services.clone(),
             Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
+            stopped.clone(),
+        )),
+        tokio::spawn(metrics_upkeep(
+            metrics,
+            services.authorizer.cache().clone(),
             stopped,
         )),
     ];
@@ -310,6 +338,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .as_ref()
         .or(config.database_url.as_ref())
     {
+        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(0.0);
         background.push(tokio::spawn(listener::run(
             url.expose().to_owned(),
             CacheSink(services.authorizer.cache().clone()),
@@ -338,14 +367,18 @@ struct CacheSink(TokenCache);
 impl RevocationSink for CacheSink {
     fn connected(&self) {
         self.0.listener_connected();
+        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(1.0);
     }
 
     fn revoked(&self, lookup_id: crate::token::LookupId) {
         self.0.revoked(lookup_id);
+        metrics::counter!(telemetry::metrics::REVOCATION_NOTICES_TOTAL).increment(1);
     }
 
     fn disconnected(&self) {
         self.0.listener_disconnected();
+        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(0.0);
+        metrics::counter!(telemetry::metrics::REVOCATION_LISTENER_RECONNECTS_TOTAL).increment(1);
     }
 }
 
@@ -421,6 +454,22 @@ async fn flush_last_used(services: Services, every: Duration, mut stopped: watch
     }
 }
 
+/// Drains histogram samples into their buckets between scrapes, so memory stays bounded
+/// when nobody scrapes.
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    cache: TokenCache,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        metrics::gauge!(telemetry::metrics::CACHE_ENTRIES).set(cache.entry_count() as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 impl Running {
     /// The domain services, for tests and tools running in-process.
     pub fn services(&self) -> &Services {
@@ -454,48 +503,5 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         tracing::info!("casola-auth stopped");
-    }
-}
-
-/// The admin HTTP port: probes now, metrics with the observability work.
-pub mod admin {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
-
-    use axum::{Router, http::StatusCode, routing::get};
-    use tokio::{net::TcpListener, sync::watch};
-
-    /// Serves `/healthz` and `/readyz` until `stopped`.
-    pub async fn serve(
-        listener: TcpListener,
-        ready: Arc<AtomicBool>,
-        mut stopped: watch::Receiver<bool>,
-    ) {
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let ready = ready.clone();
-                    async move {
-                        if ready.load(Ordering::Relaxed) {
-                            (StatusCode::OK, "ready\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
-                        }
-                    }
-                }),
-            );
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin server failed");
-        }
     }
 }

@@ -113,6 +113,14 @@ impl TokenCache {
             verified: Cache::builder()
                 .max_capacity(config.max_entries)
                 .time_to_live(ttl)
+                .eviction_listener(|_key, _value, cause| {
+                    // Explicit removal is the drop after a listener reconnect; count the
+                    // rest (capacity, expiry, replacement).
+                    if cause != moka::notification::RemovalCause::Explicit {
+                        metrics::counter!(crate::telemetry::metrics::CACHE_EVICTIONS_TOTAL)
+                            .increment(1);
+                    }
+                })
                 .build(),
             slots: SyncCache::builder()
                 .max_capacity(config.max_entries.max(1024))

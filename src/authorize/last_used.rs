@@ -10,7 +10,10 @@ use std::{
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::{StoreError, TokenStore, truncate_micros};
+use crate::{
+    store::{StoreError, TokenStore, truncate_micros},
+    telemetry,
+};
 
 /// Pending last-used times. Cheap to clone.
 #[derive(Clone, Default, Debug)]
@@ -52,8 +55,12 @@ impl LastUsed {
             return Ok(0);
         }
         match store.record_last_used(&batch).await {
-            Ok(_) => Ok(batch.len()),
+            Ok(_) => {
+                telemetry::last_used_flushed(batch.len());
+                Ok(batch.len())
+            }
             Err(e) => {
+                telemetry::last_used_flush_failed();
                 for (id, at) in batch {
                     self.note(id, at);
                 }

@@ -20,6 +20,7 @@ use crate::{
     principal::Principal,
     scope::{Catalog, ScopeMatch, ScopeSet},
     store::{TokenRecord, TokenStore},
+    telemetry::metrics as telemetry,
     token::{
         PlainToken,
         hash::{TokenHasher, Verification},
@@ -165,10 +166,12 @@ impl Authorizer {
         let verified = match self.cache.get(&key).await {
             Some(hit) => {
                 span.record("cache", "hit");
+                metrics::counter!(telemetry::CACHE_HITS_TOTAL).increment(1);
                 hit
             }
             None => {
                 span.record("cache", "miss");
+                metrics::counter!(telemetry::CACHE_MISSES_TOTAL).increment(1);
                 match self
                     .cache
                     .get_or_load(key, self.load_and_verify(token))
@@ -187,6 +190,7 @@ impl Authorizer {
             }
         };
         span.record("token.id", tracing::field::display(verified.record.id));
+        crate::telemetry::note_token_id(verified.record.id);
         // Checked after the secret is proven, on hits and misses alike: a notice that raced
         // a miss still wins.
         if self.cache.is_revoked(&lookup_id) {
@@ -210,6 +214,7 @@ impl Authorizer {
         };
         let lookup_id = token.lookup_id().clone();
         if !self.cache.take_verify_slot(&lookup_id) {
+            metrics::counter!(telemetry::NEGATIVE_CACHE_HITS_TOTAL).increment(1);
             return Err(MissError::Unknown);
         }
         let hasher = self.hasher.clone();
@@ -236,6 +241,7 @@ impl Authorizer {
                 });
             }
         };
+        crate::telemetry::argon2_verified(&verification);
         match verification {
             Ok(Verification::Match { .. }) => {
                 self.cache.release_verify_slot(&lookup_id);

@@ -2,14 +2,24 @@
 //! at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
 //! piling up memory (each verify holds m KiB) and latency.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
 };
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    telemetry::metrics::{
+        ARGON2_QUEUE_DEPTH, ARGON2_QUEUE_WAIT_SECONDS, ARGON2_REJECTED_TOTAL,
+        ARGON2_VERIFY_DURATION_SECONDS,
+    },
+};
 
 /// Pool sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,36 +75,77 @@ impl VerifyPool {
         self.runs.load(Ordering::Relaxed)
     }
 
-    /// Runs `work` on a blocking thread once a worker is free.
+    /// Runs `work` on a blocking thread once a worker is free. Observed: queue depth, wait
+    /// and compute time, refusals; a child span when called inside a traced request.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("argon2", queue_wait_ms = tracing::field::Empty)
+        };
+        self.run_observed(work).instrument(span).await
+    }
+
+    async fn run_observed<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let queued_at = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    metrics::counter!(ARGON2_REJECTED_TOTAL).increment(1);
                     return Err(Error::ResourceExhausted(
                         "too many token verifications queued",
                     ));
                 }
+                // Leaves the queue however the wait ends, also when the caller gives up.
+                let _waiting = Waiting::enter(&self.waiting);
                 let permit = self.permits.clone().acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
                 permit.map_err(|_| Error::Internal)?
             }
         };
         self.runs.fetch_add(1, Ordering::Relaxed);
+        let waited = queued_at.elapsed();
+        metrics::histogram!(ARGON2_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+        tracing::Span::current().record("queue_wait_ms", waited.as_secs_f64() * 1000.0);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            work()
+            let started = Instant::now();
+            let output = work();
+            metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            output
         })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "verify task failed");
             Error::Internal
         })
+    }
+}
+
+/// One call counted in the queue (already added to `waiting`) until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiting: &'a AtomicUsize) -> Self {
+        metrics::gauge!(ARGON2_QUEUE_DEPTH).increment(1.0);
+        Self(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(ARGON2_QUEUE_DEPTH).decrement(1.0);
     }
 }
 
@@ -140,5 +191,35 @@ mod tests {
         release_tx.send(()).unwrap();
         assert!(busy.await.unwrap().is_ok());
         assert_eq!(queued.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_the_queue() {
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 1,
+            queue: 1,
+        });
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || release_rx.recv().ok()).await })
+        };
+        while pool.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(|| 2).await })
+        };
+        while pool.queue_depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The request is cancelled while it waits: its place in the queue is freed.
+        queued.abort();
+        let _ = queued.await;
+        assert_eq!(pool.queue_depth(), 0);
+        release_tx.send(()).unwrap();
+        assert!(busy.await.unwrap().is_ok());
+        assert_eq!(pool.run(|| 4).await.unwrap(), 4);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod timed;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -151,6 +152,10 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Records last-used times in one write; a time never moves backwards. Returns the
     /// number of rows written.
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError>;
+    /// Pool connections `(in use, idle)`, for metrics; `None` for a store without a pool.
+    fn pool_connections(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// The current time, truncated to the microseconds both stores keep.

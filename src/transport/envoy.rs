@@ -17,6 +17,7 @@ use envoy_types::{
     pb::google::protobuf::{Struct, Value, value::Kind},
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::{
     authorize::{Authorizer, Decision, Denial},
@@ -24,6 +25,7 @@ use crate::{
     error::Error,
     principal::Principal,
     scope::{Catalog, ScopeMatch, ScopeSet},
+    telemetry::{self, Entry, Verdict, metrics::reasons},
 };
 
 /// Descriptor set of `envoy/service/auth/v3/external_auth.proto` and its imports, for
@@ -200,9 +202,13 @@ impl CheckApi {
     async fn decide(&self, req: &CheckRequest) -> Outcome {
         let requirement = match self.requirement(req) {
             Ok(r) => r,
-            Err(message) => return Outcome::Misconfigured(message),
+            Err(message) => {
+                telemetry::record(Entry::Check, Verdict::deny(reasons::MISCONFIGURED_ROUTE));
+                return Outcome::Misconfigured(message);
+            }
         };
         let Some(credential) = self.credential(req.get_client_headers()) else {
+            telemetry::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
             return Outcome::Unauthenticated(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
             );
@@ -211,7 +217,10 @@ impl CheckApi {
             Some(r) => (r.scopes.clone(), r.mode, true),
             None => (ScopeSet::default(), ScopeMatch::All, false),
         };
-        match self.authorizer.authorize(credential, &required, mode).await {
+        let decision = self.authorizer.authorize(credential, &required, mode).await;
+        let covered = matched || self.config.allow_unmatched;
+        telemetry::record(Entry::Check, check_verdict(&decision, covered));
+        match decision {
             Ok(Decision::Allow(principal)) if matched || self.config.allow_unmatched => {
                 Outcome::Allow(principal)
             }
@@ -375,6 +384,17 @@ impl CheckApi {
     }
 }
 
+/// The verdict of a Check: an allowed token on a route no rule covers is refused.
+fn check_verdict(decision: &Result<Decision, Error>, covered: bool) -> Verdict {
+    match decision {
+        Ok(Decision::Allow(principal)) if !covered => Verdict {
+            token_id: Some(principal.token_id),
+            ..Verdict::deny(reasons::UNMATCHED_ROUTE)
+        },
+        other => Verdict::of_decision(other),
+    }
+}
+
 fn json_error(
     status: HttpStatusCode,
     message: &str,
@@ -404,7 +424,9 @@ impl Authorization for CheckApi {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
-        let outcome = self.decide(&req).await;
+        // The checked request's traceparent joins our span to the caller's trace.
+        let span = telemetry::check_span(req.get_client_headers());
+        let outcome = self.decide(&req).instrument(span).await;
         Ok(Response::new(self.respond(&req, outcome)))
     }
 }

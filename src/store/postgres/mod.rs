@@ -393,4 +393,8 @@ impl TokenStore for PgStore {
         .map_err(map_err)?;
         Ok(written as u64)
     }
+
+    fn pool_connections(&self) -> Option<(usize, usize)> {
+        Some(self.pool_status())
+    }
 }

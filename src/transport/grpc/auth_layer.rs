@@ -10,7 +10,10 @@ use std::{
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
 
-use crate::authorize::Authorizer;
+use crate::{
+    authorize::Authorizer,
+    telemetry::{self, Entry, Verdict, metrics::reasons},
+};
 
 /// Wraps a service with caller authentication.
 #[derive(Clone)]
@@ -75,12 +78,21 @@ where
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
             else {
+                telemetry::record(
+                    Entry::CallerAuth,
+                    Verdict::deny(reasons::MISSING_CREDENTIAL),
+                );
                 return Ok(Status::unauthenticated(
                     "missing credentials: send `authorization: Bearer <token>`",
                 )
                 .into_http());
             };
-            match authorizer.authenticate(credential).await {
+            let authenticated = authorizer.authenticate(credential).await;
+            telemetry::record(
+                Entry::CallerAuth,
+                Verdict::of_authentication(&authenticated),
+            );
+            match authenticated {
                 Ok(Ok(authenticated)) => {
                     req.extensions_mut().insert(authenticated.principal);
                     inner.call(req).await

@@ -9,6 +9,7 @@ use crate::{
     error::Error,
     proto::{self, authorization_service_server::AuthorizationService},
     scope::ScopeMatch,
+    telemetry::{self, Entry, Verdict, metrics::reasons},
 };
 
 /// The AuthorizationService implementation.
@@ -72,8 +73,9 @@ impl AuthorizationService for AuthorizationApi {
         let required = self
             .authorizer
             .required_scopes("required_scopes", &r.required_scopes)?;
-        let decision = self.authorizer.authorize(&r.token, &required, mode).await?;
-        Ok(Response::new(decision_to_proto(decision)))
+        let decision = self.authorizer.authorize(&r.token, &required, mode).await;
+        telemetry::record(Entry::Authorize, Verdict::of_decision(&decision));
+        Ok(Response::new(decision_to_proto(decision?)))
     }
 
     async fn who_am_i(
@@ -85,12 +87,15 @@ impl AuthorizationService for AuthorizationApi {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
         else {
+            telemetry::record(Entry::WhoAmI, Verdict::deny(reasons::MISSING_CREDENTIAL));
             return Err(Error::Unauthenticated(
                 "missing credentials: send `authorization: Bearer <token>`",
             )
             .into());
         };
-        match self.authorizer.authenticate(credential).await? {
+        let authenticated = self.authorizer.authenticate(credential).await;
+        telemetry::record(Entry::WhoAmI, Verdict::of_authentication(&authenticated));
+        match authenticated? {
             Ok(Authenticated { principal, record }) => Ok(Response::new(proto::WhoAmIResponse {
                 principal: Some(principal_to_proto(&principal)),
                 token: Some(token_to_proto(&record, Utc::now())),

@@ -1,0 +1,501 @@
+//! The gRPC server's telemetry layer, around every service: per call a span joined to the
+//! caller's W3C trace, the request counter and latency histogram, and one log line.
+//!
+//! A call ends when its response body ends (for unary calls: the trailers with
+//! `grpc-status`), or when the body is dropped unfinished (the client went away:
+//! CANCELLED); that is when the status is known and everything is recorded.
+//!
+//! Labels stay bounded: the `rpc` label is a method of the served descriptor sets or
+//! `unknown`, whatever path a client sends.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use opentelemetry::trace::{Status as SpanStatus, TraceContextExt};
+use prost::Message;
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+use tracing::{Instrument, Level, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{
+    context,
+    metrics::{REQUEST_DURATION_SECONDS, REQUESTS_TOTAL},
+    request::{Call, DecisionKind, Note},
+};
+
+/// The Envoy Check method: its span's parent comes from the checked request's headers,
+/// which only the handler sees ([`super::request::check_span`]).
+pub const CHECK_METHOD: &str = "envoy.service.auth.v3.Authorization/Check";
+
+/// Services that get metrics and log lines but no span: probes and reflection would fill
+/// a tracing backend with one-span traces every few seconds.
+const UNTRACED_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Calls whose log line is at INFO when they succeed: writes, which are rare and worth an
+/// audit trail. Every other success (Authorize and Check allows at thousands a second,
+/// reads, probes) is at DEBUG.
+const LOGGED_WRITES: [&str; 3] = [
+    "casola.auth.v1.TokenService/CreateToken",
+    "casola.auth.v1.TokenService/UpdateToken",
+    "casola.auth.v1.TokenService/RevokeToken",
+];
+
+/// The `rpc` label of a path outside the served descriptor sets.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The log target of the per-call line, to filter it apart (`RUST_LOG=info,casola_auth::request=warn`).
+pub const REQUEST_LOG_TARGET: &str = "casola_auth::request";
+
+#[derive(Debug)]
+struct Method {
+    /// `package.Service/Method`: span name and `rpc` label. Shared strings: every call
+    /// clones them into labels and attributes.
+    rpc: Arc<str>,
+    service: Arc<str>,
+    method: Arc<str>,
+    traced: bool,
+    parent_from_handler: bool,
+    info_on_success: bool,
+}
+
+impl Method {
+    fn new(service: &str, method: &str) -> Self {
+        let rpc = format!("{service}/{method}");
+        Self {
+            traced: !UNTRACED_SERVICES.contains(&service),
+            parent_from_handler: rpc == CHECK_METHOD,
+            info_on_success: LOGGED_WRITES.contains(&rpc.as_str()),
+            rpc: rpc.into(),
+            service: service.into(),
+            method: method.into(),
+        }
+    }
+
+    fn unknown() -> Self {
+        Self {
+            rpc: UNKNOWN_METHOD.into(),
+            service: UNKNOWN_METHOD.into(),
+            method: UNKNOWN_METHOD.into(),
+            traced: false,
+            parent_from_handler: false,
+            info_on_success: false,
+        }
+    }
+}
+
+/// Adds telemetry to every call of a tonic server (`Server::builder().layer(..)`).
+#[derive(Clone, Debug)]
+pub struct GrpcTelemetryLayer {
+    /// By request path (`/package.Service/Method`).
+    methods: Arc<HashMap<String, Arc<Method>>>,
+    unknown: Arc<Method>,
+}
+
+impl GrpcTelemetryLayer {
+    /// A layer that knows the methods of these encoded `FileDescriptorSet`s (those the
+    /// server serves).
+    pub fn new(descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut methods = HashMap::new();
+        for encoded in descriptor_sets {
+            let set = prost_types::FileDescriptorSet::decode(*encoded)?;
+            for file in &set.file {
+                for service in &file.service {
+                    let name = match file.package() {
+                        "" => service.name().to_owned(),
+                        package => format!("{package}.{}", service.name()),
+                    };
+                    for method in &service.method {
+                        let m = Method::new(&name, method.name());
+                        methods.insert(format!("/{}", m.rpc), Arc::new(m));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            methods: Arc::new(methods),
+            unknown: Arc::new(Method::unknown()),
+        })
+    }
+
+    /// The `rpc` label values, sorted.
+    pub fn methods(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.methods.values().map(|m| &*m.rpc).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+impl<S> Layer<S> for GrpcTelemetryLayer {
+    type Service = GrpcTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcTelemetry {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// A service with telemetry.
+#[derive(Clone, Debug)]
+pub struct GrpcTelemetry<S> {
+    inner: S,
+    layer: GrpcTelemetryLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for GrpcTelemetry<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = self
+            .layer
+            .methods
+            .get(req.uri().path())
+            .unwrap_or(&self.layer.unknown)
+            .clone();
+        let remote = context::from_metadata(req.headers());
+        let span = if method.traced {
+            tracing::info_span!(
+                parent: None,
+                "grpc",
+                otel.name = &*method.rpc,
+                otel.kind = "server",
+            )
+        } else {
+            Span::none()
+        };
+        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.service", method.service.clone());
+        span.set_attribute("rpc.method", method.method.clone());
+        // Check's parent is picked by its handler, from the checked request's headers; it
+        // must not be entered (started) before that.
+        let entered = if method.parent_from_handler {
+            Span::none()
+        } else {
+            if context::remote_span(&remote).is_some() {
+                let _ = span.set_parent(remote.clone());
+            }
+            span.clone()
+        };
+        let call = Call::new(span, remote);
+        // The ready service is the one to call; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = inner.call(req).instrument(entered);
+        Box::pin(async move {
+            // Recorded when dropped: at the end of the body, or here if the call fails or
+            // the client goes away before the response.
+            let mut finish = Finish {
+                start,
+                method,
+                call: call.clone(),
+                code: None,
+            };
+            let response = match call.run(future).await {
+                Ok(response) => response,
+                Err(e) => {
+                    finish.code = Some(Code::Unknown);
+                    return Err(e);
+                }
+            };
+            let (parts, body) = response.into_parts();
+            finish.code = grpc_status(&parts.headers);
+            let body = ObservedBody {
+                inner: body,
+                finish: Some(finish),
+            };
+            Ok(http::Response::from_parts(parts, Body::new(body)))
+        })
+    }
+}
+
+/// The `grpc-status` of a header or trailer map.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.parse::<i32>().ok().map(Code::from)
+}
+
+/// The canonical name of a gRPC code, as the `code` label and in logs.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Codes that are the server's fault (OpenTelemetry's rule for gRPC server spans, plus
+/// RESOURCE_EXHAUSTED: our overload answer).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+    )
+}
+
+/// The level of a call's log line. Trouble of ours is WARN (the cause was logged where it
+/// happened); a refusal (a denial, a client error) INFO, since someone may be locked out
+/// or probing; a success DEBUG, except token writes (INFO), so that allows at high rates
+/// cost nothing unless asked for.
+fn log_level(code: Code, note: &Note, info_on_success: bool) -> Level {
+    if is_server_error(code) && code != Code::Unimplemented {
+        return Level::WARN;
+    }
+    if code != Code::Ok {
+        return Level::INFO;
+    }
+    match note.verdict.map(|v| v.decision) {
+        Some(DecisionKind::Error) => Level::WARN,
+        Some(DecisionKind::Deny) => Level::INFO,
+        _ if info_on_success => Level::INFO,
+        _ => Level::DEBUG,
+    }
+}
+
+/// Records a call when dropped.
+struct Finish {
+    start: Instant,
+    method: Arc<Method>,
+    call: Arc<Call>,
+    /// The status, once seen (in the response headers or trailers).
+    code: Option<Code>,
+}
+
+macro_rules! request_event {
+    ($level:expr, $($rest:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::error!(target: REQUEST_LOG_TARGET, parent: None, $($rest)+),
+            Level::WARN => tracing::warn!(target: REQUEST_LOG_TARGET, parent: None, $($rest)+),
+            Level::INFO => tracing::info!(target: REQUEST_LOG_TARGET, parent: None, $($rest)+),
+            Level::DEBUG => tracing::debug!(target: REQUEST_LOG_TARGET, parent: None, $($rest)+),
+            Level::TRACE => tracing::trace!(target: REQUEST_LOG_TARGET, parent: None, $($rest)+),
+        }
+    };
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // No status seen and the body is gone: the client cancelled or the connection broke.
+        let code = self.code.unwrap_or(Code::Cancelled);
+        let elapsed = self.start.elapsed();
+        let rpc = &*self.method.rpc;
+        let code_label = code_name(code);
+        metrics::counter!(REQUESTS_TOTAL, "rpc" => self.method.rpc.clone(), "code" => code_label)
+            .increment(1);
+        metrics::histogram!(REQUEST_DURATION_SECONDS, "rpc" => self.method.rpc.clone())
+            .record(elapsed.as_secs_f64());
+
+        let note = self.call.note();
+        let span = &self.call.span;
+        span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
+        if let Some(verdict) = note.verdict {
+            span.set_attribute("decision", verdict.decision.as_str());
+            if verdict.decision != DecisionKind::Allow {
+                span.set_attribute("deny.reason", verdict.reason);
+            }
+        }
+        if let Some(id) = note.token_id {
+            span.set_attribute("token.id", id.to_string());
+        }
+        if is_server_error(code) {
+            span.set_status(SpanStatus::error(code_label));
+        } else if note
+            .verdict
+            .is_some_and(|v| v.decision == DecisionKind::Error)
+        {
+            span.set_status(SpanStatus::error("no decision"));
+        }
+        let (trace_id, span_id) = ids(&self.call);
+
+        let verdict = note.verdict;
+        request_event!(
+            log_level(code, &note, self.method.info_on_success),
+            rpc,
+            code = code_label,
+            latency_ms = elapsed.as_micros() as f64 / 1000.0,
+            decision = verdict.map(|v| v.decision.as_str()),
+            reason = verdict
+                .filter(|v| v.decision != DecisionKind::Allow)
+                .map(|v| v.reason),
+            token.id = note.token_id.map(tracing::field::display),
+            trace_id = trace_id.map(tracing::field::display),
+            span_id = span_id.map(tracing::field::display),
+            "request"
+        );
+    }
+}
+
+/// The trace and span id of a call, for log correlation: ours when tracing is on, else the
+/// caller's trace id as it came in.
+fn ids(call: &Call) -> (Option<String>, Option<String>) {
+    let cx = call.span.context();
+    let span = cx.span();
+    let ours = span.span_context();
+    if ours.is_valid() {
+        return (
+            Some(ours.trace_id().to_string()),
+            Some(ours.span_id().to_string()),
+        );
+    }
+    let remote = context::remote_span(&call.remote);
+    (remote.map(|r| r.trace_id().to_string()), None)
+}
+
+/// A response body that completes its call's telemetry when it ends (or is dropped).
+struct ObservedBody {
+    inner: Body,
+    finish: Option<Finish>,
+}
+
+impl ObservedBody {
+    /// Ends the call's telemetry with `code`, or the status seen in the headers.
+    fn complete(&mut self, code: Option<Code>) {
+        if let Some(mut finish) = self.finish.take() {
+            finish.code = code.or(finish.code);
+        }
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers);
+                    self.complete(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code();
+                self.complete(Some(code));
+            }
+            Poll::Ready(None) => self.complete(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::request::Verdict;
+
+    #[test]
+    fn only_served_methods_become_labels() {
+        let layer = GrpcTelemetryLayer::new(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            crate::transport::envoy::FILE_DESCRIPTOR_SET,
+        ])
+        .unwrap();
+        let methods = layer.methods();
+        assert!(methods.contains(&"casola.auth.v1.AuthorizationService/Authorize"));
+        assert!(methods.contains(&CHECK_METHOD));
+        assert!(methods.contains(&"grpc.health.v1.Health/Check"));
+        assert!(
+            !layer
+                .methods
+                .contains_key("/casola.auth.v1.TokenService/Nope")
+        );
+        assert!(layer.methods[&format!("/{CHECK_METHOD}")].parent_from_handler);
+        assert!(!layer.methods["/grpc.health.v1.Health/Check"].traced);
+        assert!(layer.methods["/casola.auth.v1.TokenService/RevokeToken"].info_on_success);
+    }
+
+    #[test]
+    fn log_levels_follow_outcome() {
+        let none = Note::default();
+        let allow = Note {
+            verdict: Some(Verdict::allow(uuid::Uuid::nil())),
+            token_id: None,
+        };
+        let deny = Note {
+            verdict: Some(Verdict::deny("revoked")),
+            token_id: None,
+        };
+        let error = Note {
+            verdict: Some(Verdict::error(&crate::error::Error::Unavailable)),
+            token_id: None,
+        };
+        assert_eq!(log_level(Code::Ok, &allow, false), Level::DEBUG);
+        assert_eq!(log_level(Code::Ok, &none, false), Level::DEBUG);
+        assert_eq!(log_level(Code::Ok, &allow, true), Level::INFO);
+        assert_eq!(log_level(Code::Ok, &deny, false), Level::INFO);
+        // Check answers OK with a 503 inside when it cannot decide.
+        assert_eq!(log_level(Code::Ok, &error, false), Level::WARN);
+        assert_eq!(log_level(Code::Unauthenticated, &deny, false), Level::INFO);
+        assert_eq!(log_level(Code::Unimplemented, &none, false), Level::INFO);
+        assert_eq!(log_level(Code::Unavailable, &none, false), Level::WARN);
+        assert_eq!(
+            log_level(Code::ResourceExhausted, &none, false),
+            Level::WARN
+        );
+    }
+
+    #[test]
+    fn code_names_are_the_canonical_ones() {
+        assert_eq!(code_name(Code::from(0)), "OK");
+        assert_eq!(code_name(Code::from(14)), "UNAVAILABLE");
+        assert_eq!(code_name(Code::from(16)), "UNAUTHENTICATED");
+    }
+}

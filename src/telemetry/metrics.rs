@@ -1,0 +1,314 @@
+//! Every metric name of the service, as constants both the code that records and
+//! docs/observability.md use, their help texts ([`describe`]) and the Prometheus recorder
+//! ([`install`]) whose text the admin port serves at `/metrics`.
+//!
+//! Rules for every metric here: Prometheus naming (`casola_auth_` prefix, `_total` on
+//! counters, base units in the name: `_seconds`), and only bounded label values: method
+//! names from the served descriptor sets, gRPC code names, fixed reason and operation
+//! names. Never a token id, an owner or anything a client chooses freely.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::token::hash::{HashError, Verification};
+
+/// Counter, labels `rpc` (`package.Service/Method`, or `unknown`) and `code` (gRPC status
+/// name): finished gRPC calls.
+pub const REQUESTS_TOTAL: &str = "casola_auth_requests_total";
+/// Histogram, label `rpc`: seconds from the request's headers to the end of the response.
+pub const REQUEST_DURATION_SECONDS: &str = "casola_auth_request_duration_seconds";
+/// Counter, labels `rpc` (`authorize`, `check`, `caller_auth`, `who_am_i`), `decision`
+/// (`allow`, `deny`, `error`) and `reason` (`none` for allow, else a [`reasons`] value).
+pub const DECISIONS_TOTAL: &str = "casola_auth_decisions_total";
+
+/// Counter: verified-token cache lookups that found an entry.
+pub const CACHE_HITS_TOTAL: &str = "casola_auth_cache_hits_total";
+/// Counter: verified-token cache lookups that found nothing.
+pub const CACHE_MISSES_TOTAL: &str = "casola_auth_cache_misses_total";
+/// Counter: entries evicted from the verified-token cache (capacity, expiry, revocation).
+pub const CACHE_EVICTIONS_TOTAL: &str = "casola_auth_cache_evictions_total";
+/// Gauge: entries in the verified-token cache now.
+pub const CACHE_ENTRIES: &str = "casola_auth_cache_entries";
+/// Counter: lookups answered by the negative cache (recently unknown lookup ids).
+pub const NEGATIVE_CACHE_HITS_TOTAL: &str = "casola_auth_negative_cache_hits_total";
+
+/// Counter, label `outcome` (`match`, `mismatch`, `error`): argon2 verifies of a secret.
+pub const ARGON2_VERIFIES_TOTAL: &str = "casola_auth_argon2_verifies_total";
+/// Histogram: seconds one argon2 job (a verify, or the hash of a new token) computes.
+pub const ARGON2_VERIFY_DURATION_SECONDS: &str = "casola_auth_argon2_verify_duration_seconds";
+/// Gauge: argon2 jobs waiting for a worker now.
+pub const ARGON2_QUEUE_DEPTH: &str = "casola_auth_argon2_queue_depth";
+/// Histogram: seconds an argon2 job waited for a worker (0 when one was free).
+pub const ARGON2_QUEUE_WAIT_SECONDS: &str = "casola_auth_argon2_queue_wait_seconds";
+/// Counter: argon2 jobs refused because the queue was full (RESOURCE_EXHAUSTED).
+pub const ARGON2_REJECTED_TOTAL: &str = "casola_auth_argon2_rejected_total";
+
+/// Histogram, label `op` (the `TokenStore` method): seconds per store call.
+pub const STORE_CALL_DURATION_SECONDS: &str = "casola_auth_store_call_duration_seconds";
+/// Counter, labels `op` and `kind` (`unavailable`, `conflict`, `internal`): failed store calls.
+pub const STORE_ERRORS_TOTAL: &str = "casola_auth_store_errors_total";
+/// Gauge, label `state` (`in_use`, `idle`): Postgres pool connections, sampled at scrape.
+pub const STORE_POOL_CONNECTIONS: &str = "casola_auth_store_pool_connections";
+
+/// Counter: revocation notices received from the store (Postgres NOTIFY).
+pub const REVOCATION_NOTICES_TOTAL: &str = "casola_auth_revocation_notices_total";
+/// Gauge: 1 while the revocation listener is connected and listening, else 0.
+pub const REVOCATION_LISTENER_UP: &str = "casola_auth_revocation_listener_up";
+/// Counter: reconnects of the revocation listener.
+pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
+    "casola_auth_revocation_listener_reconnects_total";
+
+/// Counter: last-used flushes that wrote a batch.
+pub const LAST_USED_FLUSHES_TOTAL: &str = "casola_auth_last_used_flushes_total";
+/// Histogram: tokens per last-used flush.
+pub const LAST_USED_FLUSH_SIZE: &str = "casola_auth_last_used_flush_size";
+/// Counter: last-used flushes that failed (the batch is kept and retried).
+pub const LAST_USED_FLUSH_ERRORS_TOTAL: &str = "casola_auth_last_used_flush_errors_total";
+
+/// Every metric name, for docs and tests.
+pub const ALL: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION_SECONDS,
+    DECISIONS_TOTAL,
+    CACHE_HITS_TOTAL,
+    CACHE_MISSES_TOTAL,
+    CACHE_EVICTIONS_TOTAL,
+    CACHE_ENTRIES,
+    NEGATIVE_CACHE_HITS_TOTAL,
+    ARGON2_VERIFIES_TOTAL,
+    ARGON2_VERIFY_DURATION_SECONDS,
+    ARGON2_QUEUE_DEPTH,
+    ARGON2_QUEUE_WAIT_SECONDS,
+    ARGON2_REJECTED_TOTAL,
+    STORE_CALL_DURATION_SECONDS,
+    STORE_ERRORS_TOTAL,
+    STORE_POOL_CONNECTIONS,
+    REVOCATION_NOTICES_TOTAL,
+    REVOCATION_LISTENER_UP,
+    REVOCATION_LISTENER_RECONNECTS_TOTAL,
+    LAST_USED_FLUSHES_TOTAL,
+    LAST_USED_FLUSH_SIZE,
+    LAST_USED_FLUSH_ERRORS_TOTAL,
+];
+
+/// The values of the `reason` label of [`DECISIONS_TOTAL`] besides the deny reasons of
+/// `authorize::Denial::as_str`.
+pub mod reasons {
+    /// An allow.
+    pub const NONE: &str = "none";
+    /// No credential in the request.
+    pub const MISSING_CREDENTIAL: &str = "missing_credential";
+    /// Check: a valid token on a route no rule covers.
+    pub const UNMATCHED_ROUTE: &str = "unmatched_route";
+    /// Check: the route's scope extension is invalid.
+    pub const MISCONFIGURED_ROUTE: &str = "misconfigured_route";
+    /// The store could not be reached.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// The argon2 queue was full.
+    pub const OVERLOADED: &str = "overloaded";
+    /// Anything else that kept the service from deciding.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// Buckets for latencies, in seconds: 0.5 ms (a cache hit) to 10 s (a stuck store).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for last-used flush sizes, in tokens.
+const FLUSH_SIZE_BUCKETS: [f64; 7] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0];
+
+/// Registers the help text and unit of every metric with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Finished gRPC calls by method and status."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "gRPC call latency by method, from request headers to the end of the response."
+    );
+    describe_counter!(
+        DECISIONS_TOTAL,
+        Unit::Count,
+        "Authorization decisions by entry point, decision (allow, deny, error) and reason."
+    );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Verified-token cache lookups that found an entry."
+    );
+    describe_counter!(
+        CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Verified-token cache lookups that found nothing."
+    );
+    describe_counter!(
+        CACHE_EVICTIONS_TOTAL,
+        Unit::Count,
+        "Entries evicted from the verified-token cache."
+    );
+    describe_gauge!(
+        CACHE_ENTRIES,
+        Unit::Count,
+        "Entries in the verified-token cache."
+    );
+    describe_counter!(
+        NEGATIVE_CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Lookups answered by the negative cache of unknown lookup ids."
+    );
+    describe_counter!(
+        ARGON2_VERIFIES_TOTAL,
+        Unit::Count,
+        "argon2 verifies of a token secret by outcome (match, mismatch, error)."
+    );
+    describe_histogram!(
+        ARGON2_VERIFY_DURATION_SECONDS,
+        Unit::Seconds,
+        "Compute time of one argon2 job on the verify pool."
+    );
+    describe_gauge!(
+        ARGON2_QUEUE_DEPTH,
+        Unit::Count,
+        "argon2 jobs waiting for a verify worker."
+    );
+    describe_histogram!(
+        ARGON2_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time an argon2 job waited for a verify worker."
+    );
+    describe_counter!(
+        ARGON2_REJECTED_TOTAL,
+        Unit::Count,
+        "argon2 jobs refused with RESOURCE_EXHAUSTED because the queue was full."
+    );
+    describe_histogram!(
+        STORE_CALL_DURATION_SECONDS,
+        Unit::Seconds,
+        "Token store call latency by operation."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed token store calls by operation and kind (unavailable, conflict, internal)."
+    );
+    describe_gauge!(
+        STORE_POOL_CONNECTIONS,
+        Unit::Count,
+        "Postgres pool connections by state (in_use, idle)."
+    );
+    describe_counter!(
+        REVOCATION_NOTICES_TOTAL,
+        Unit::Count,
+        "Revocation notices received from the store."
+    );
+    describe_gauge!(
+        REVOCATION_LISTENER_UP,
+        "1 while the revocation listener is connected, else 0."
+    );
+    describe_counter!(
+        REVOCATION_LISTENER_RECONNECTS_TOTAL,
+        Unit::Count,
+        "Reconnects of the revocation listener."
+    );
+    describe_counter!(
+        LAST_USED_FLUSHES_TOTAL,
+        Unit::Count,
+        "last_used_at flushes that wrote a batch."
+    );
+    describe_histogram!(
+        LAST_USED_FLUSH_SIZE,
+        Unit::Count,
+        "Tokens written per last_used_at flush."
+    );
+    describe_counter!(
+        LAST_USED_FLUSH_ERRORS_TOTAL,
+        Unit::Count,
+        "last_used_at flushes that failed; the batch is retried."
+    );
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once (later calls return the same handle)
+/// and describes every metric. The recorder has no HTTP listener of its own: the admin port
+/// renders the handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LAST_USED_FLUSH_SIZE.into()),
+                        &FLUSH_SIZE_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                // Only an embedding program can get here; its recorder gets our metrics.
+                tracing::warn!("a metrics recorder was installed already; /metrics stays empty");
+            }
+            describe();
+            // Zero the counters and gauges alerts watch, so a rate exists from the start.
+            metrics::counter!(ARGON2_REJECTED_TOTAL).absolute(0);
+            metrics::gauge!(ARGON2_QUEUE_DEPTH).increment(0.0);
+            metrics::counter!(LAST_USED_FLUSH_ERRORS_TOTAL).absolute(0);
+            handle
+        })
+        .clone()
+}
+
+/// The Prometheus text of every metric, as `/metrics` serves it.
+pub fn render(handle: &PrometheusHandle) -> String {
+    // Publishes pending descriptions and drains histogram samples into their buckets.
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Counts an argon2 verify by outcome.
+pub fn argon2_verified(result: &Result<Verification, HashError>) {
+    let outcome = match result {
+        Ok(Verification::Match { .. }) => "match",
+        Ok(Verification::Mismatch) => "mismatch",
+        Err(_) => "error",
+    };
+    metrics::counter!(ARGON2_VERIFIES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Counts a last-used flush that wrote `tokens` rows.
+pub fn last_used_flushed(tokens: usize) {
+    metrics::counter!(LAST_USED_FLUSHES_TOTAL).increment(1);
+    metrics::histogram!(LAST_USED_FLUSH_SIZE).record(tokens as f64);
+}
+
+/// Counts a failed last-used flush.
+pub fn last_used_flush_failed() {
+    metrics::counter!(LAST_USED_FLUSH_ERRORS_TOTAL).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn metric_names_are_unique_and_prometheus_style() {
+        assert_eq!(ALL.iter().collect::<HashSet<_>>().len(), ALL.len());
+        for name in ALL {
+            assert!(name.starts_with("casola_auth_"), "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+        }
+    }
+}
