@@ -60,6 +60,13 @@ pub const STORE_BOUND_SERVICES: [&str; 4] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// The descriptor sets reflection serves: our services, health, and Envoy's ext_authz.
+const SERVED_DESCRIPTOR_SETS: [&[u8]; 3] = [
+    proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    crate::transport::envoy::FILE_DESCRIPTOR_SET,
+];
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -224,18 +231,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::transport::envoy::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+    // v1 for current clients, v1alpha for grpcurl 1.8.6 and other older ones.
+    let reflection = || {
+        SERVED_DESCRIPTOR_SETS.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let reflection_error = |e| StartError::Other(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
     let grpc_telemetry = GrpcTelemetryLayer::new(&[
         proto::FILE_DESCRIPTOR_SET,

@@ -24,6 +24,7 @@ use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    principal::Principal,
     store::TokenRecord,
     token::{LookupId, PlainToken},
 };
@@ -54,11 +55,14 @@ impl Default for CacheConfig {
     }
 }
 
-/// A verified token's row, as cached. Holds the hash, never the secret.
+/// A verified token, as cached: its row (the hash, never the secret) and its principal,
+/// expanded once when it was verified rather than on every hit.
 #[derive(Debug)]
 pub struct Verified {
     /// The row as read when it was verified.
     pub record: TokenRecord,
+    /// Who it is, scopes expanded.
+    pub principal: Principal,
 }
 
 /// Why a cold lookup did not produce a verified token; shared by every caller waiting on it.

@@ -19,7 +19,7 @@ use crate::{
     error::Error,
     principal::Principal,
     scope::{Catalog, ScopeMatch, ScopeSet},
-    store::{TokenRecord, TokenStore},
+    store::TokenStore,
     telemetry::metrics as telemetry,
     token::{
         PlainToken,
@@ -60,13 +60,13 @@ impl Denial {
     }
 }
 
-/// A valid token: who it is, and its row (for WhoAmI).
+/// A valid token: who it is, and its cached row (for WhoAmI).
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The principal.
     pub principal: Principal,
-    /// The token's row.
-    pub record: TokenRecord,
+    /// The verified token, shared with the cache.
+    pub verified: Arc<Verified>,
 }
 
 /// The decision on one request.
@@ -196,7 +196,7 @@ impl Authorizer {
         if self.cache.is_revoked(&lookup_id) {
             return Ok(Err(Denial::Revoked));
         }
-        Ok(self.judge(&verified.record, Utc::now()))
+        Ok(self.judge(verified, Utc::now()))
     }
 
     /// The cold path: one store read and one argon2 verify on the bounded pool.
@@ -250,7 +250,16 @@ impl Authorizer {
                 {
                     tracing::warn!(token.id = %record.id, error = %e, "rehash not stored");
                 }
-                Ok(Arc::new(Verified { record }))
+                let scopes = self
+                    .catalog
+                    .expand(&self.catalog.from_stored(&record.scopes));
+                let principal = Principal {
+                    token_id: record.id,
+                    owner: record.owner.clone(),
+                    scopes,
+                    expires_at: record.expires_at,
+                };
+                Ok(Arc::new(Verified { record, principal }))
             }
             Ok(Verification::Mismatch) => Err(MissError::Unknown),
             Err(e) => {
@@ -261,7 +270,8 @@ impl Authorizer {
     }
 
     /// Revocation and expiry of a verified token.
-    fn judge(&self, record: &TokenRecord, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
+    fn judge(&self, verified: Arc<Verified>, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
+        let record = &verified.record;
         if record.revoked_at.is_some() {
             return Err(Denial::Revoked);
         }
@@ -269,17 +279,9 @@ impl Authorizer {
             return Err(Denial::Expired);
         }
         self.last_used.note(record.id, now);
-        let scopes = self
-            .catalog
-            .expand(&self.catalog.from_stored(&record.scopes));
         Ok(Authenticated {
-            principal: Principal {
-                token_id: record.id,
-                owner: record.owner.clone(),
-                scopes,
-                expires_at: record.expires_at,
-            },
-            record: record.clone(),
+            principal: verified.principal.clone(),
+            verified,
         })
     }
 

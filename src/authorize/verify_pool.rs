@@ -118,6 +118,7 @@ impl VerifyPool {
         tracing::Span::current().record("queue_wait_ms", waited.as_secs_f64() * 1000.0);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            yield_cpu_to_the_warm_path();
             let started = Instant::now();
             let output = work();
             metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS)
@@ -130,6 +131,31 @@ impl VerifyPool {
             Error::Internal
         })
     }
+}
+
+/// Niceness of threads that run argon2 (0 is normal, 19 lowest).
+const ARGON2_NICE: i32 = 10;
+
+/// Lowers the scheduling priority of the current blocking thread, once per thread: argon2
+/// still gets every idle cycle, but the warm path (cache hits on the runtime's workers) is
+/// not made to wait behind a flood of cold verifies when the cores are busy. Linux keeps the
+/// nice value per thread; lowering one's own priority needs no privilege.
+fn yield_cpu_to_the_warm_path() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            // SAFETY: gettid and setpriority on the calling thread only; no memory involved.
+            let result = unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, ARGON2_NICE)
+            };
+            if result != 0 {
+                tracing::debug!("could not lower the argon2 thread's priority");
+            }
+        }
+    });
 }
 
 /// One call counted in the queue (already added to `waiting`) until dropped.

@@ -96,9 +96,12 @@ impl AuthorizationService for AuthorizationApi {
         let authenticated = self.authorizer.authenticate(credential).await;
         telemetry::record(Entry::WhoAmI, Verdict::of_authentication(&authenticated));
         match authenticated? {
-            Ok(Authenticated { principal, record }) => Ok(Response::new(proto::WhoAmIResponse {
+            Ok(Authenticated {
+                principal,
+                verified,
+            }) => Ok(Response::new(proto::WhoAmIResponse {
                 principal: Some(principal_to_proto(&principal)),
-                token: Some(token_to_proto(&record, Utc::now())),
+                token: Some(token_to_proto(&verified.record, Utc::now())),
             })),
             Err(denial) => {
                 tracing::info!(reason = denial.as_str(), "who-am-I token refused");
