@@ -199,7 +199,7 @@ async fn dispatch(cli: Cli) -> Result<(), String> {
             let url = config
                 .database_url
                 .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;
-            let applied = run_migrations(url.expose())
+            let applied = run_migrations(url.expose(), config.store.tls_ca_file.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!("applied {} migration(s)", applied.len());

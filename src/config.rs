@@ -18,6 +18,7 @@
 //! | `argon2.memory_kib` / `iterations` / `parallelism` | 19456 / 2 / 1 | argon2id cost |
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
+//! | `store.tls_ca_file` | none (Mozilla roots) | CA for TLS to Postgres (`sslmode` in the URL) |
 //! | `last_used.flush_interval_ms` | 5000 | write-behind period of last_used_at |
 //! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
@@ -88,13 +89,15 @@ pub struct VerifyConfig {
 }
 
 /// Postgres pool settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Connections per replica.
     pub pool_size: usize,
     /// Wait for a connection before UNAVAILABLE.
     pub acquire_timeout_ms: u64,
+    /// PEM CA certificate(s) to trust for TLS to Postgres instead of the Mozilla roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -102,6 +105,7 @@ impl Default for StoreConfig {
         Self {
             pool_size: 16,
             acquire_timeout_ms: 3000,
+            tls_ca_file: None,
         }
     }
 }

@@ -136,7 +136,8 @@ impl Services {
             None => (Arc::new(MemoryStore::new()), StoreKind::Memory),
             Some(url) => {
                 if config.migrate {
-                    let applied = run_migrations(url.expose()).await?;
+                    let applied =
+                        run_migrations(url.expose(), config.store.tls_ca_file.as_deref()).await?;
                     tracing::info!(applied = applied.len(), "migrations applied");
                 }
                 let store = PgStore::new(
@@ -144,6 +145,7 @@ impl Services {
                     PoolOptions {
                         max_size: config.store.pool_size,
                         acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
+                        tls_ca_file: config.store.tls_ca_file.clone(),
                     },
                 )?;
                 (Arc::new(store), StoreKind::Postgres)
@@ -347,7 +349,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         background.push(tokio::spawn(listener::run(
             url.expose().to_owned(),
             CacheSink(services.authorizer.cache().clone()),
-            ListenerOptions::default(),
+            ListenerOptions {
+                tls_ca_file: config.store.tls_ca_file.clone(),
+                ..ListenerOptions::default()
+            },
             stop.subscribe(),
         )));
     }

@@ -359,6 +359,7 @@ async fn an_unreachable_postgres_is_unavailable_not_empty() {
         PoolOptions {
             max_size: 2,
             acquire_timeout: std::time::Duration::from_millis(500),
+            ..PoolOptions::default()
         },
     )
     .unwrap();

@@ -172,11 +172,9 @@ impl Authorizer {
             None => {
                 span.record("cache", "miss");
                 metrics::counter!(telemetry::CACHE_MISSES_TOTAL).increment(1);
-                match self
-                    .cache
-                    .get_or_load(key, self.load_and_verify(token))
-                    .await
-                {
+                // Boxed: the cold path's state machine is large, and moving it with every
+                // warm request's future cost more than the allocation on a miss.
+                match Box::pin(self.cache.get_or_load(key, self.load_and_verify(token))).await {
                     Ok(verified) => verified,
                     Err(MissError::Unknown) => return Ok(Err(Denial::Unknown)),
                     Err(MissError::Unavailable) => return Err(Error::Unavailable),

@@ -115,7 +115,95 @@ fn sweep_stale(parent: &Path) {
     }
 }
 
+/// Makes a throwaway CA and a server certificate for 127.0.0.1 in `dir` with the openssl
+/// command; returns (ca.crt, server.crt, server.key).
+fn make_certificates(
+    dir: &Path,
+    who: Option<(u32, u32)>,
+) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=casola-auth test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    let key = dir.join("server.key");
+    // Postgres insists that only its user can read the key.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    if let Some((uid, gid)) = who {
+        for f in ["server.key", "server.crt", "ca.crt"] {
+            chown(dir.join(f), Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok((dir.join("ca.crt"), dir.join("server.crt"), key))
+}
+
 fn start_cluster() -> Result<Server, String> {
+    start_cluster_with(false).map(|(server, _)| server)
+}
+
+/// Starts a cluster; with `tls`, one that offers TLS with a certificate of a throwaway CA,
+/// whose path is returned.
+fn start_cluster_with(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
     let bin = bin_dir()?;
     let who = run_as()?;
     let parent = std::env::temp_dir();
@@ -157,6 +245,17 @@ fn start_cluster() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    let mut ca = None;
+    let mut tls_settings = Vec::new();
+    if tls {
+        let (ca_crt, crt, key) = make_certificates(&root, who)?;
+        tls_settings = vec![
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", crt.display()),
+            format!("ssl_key_file={}", key.display()),
+        ];
+        ca = Some(ca_crt);
+    }
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -178,6 +277,11 @@ fn start_cluster() -> Result<Server, String> {
             "full_page_writes=off",
         ])
         .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
+        .args(
+            tls_settings
+                .iter()
+                .flat_map(|s| ["-c".to_owned(), s.clone()]),
+        )
         .stdout(Stdio::null())
         .stderr(
             std::fs::File::create(root.join("postgres.log"))
@@ -236,10 +340,13 @@ fn start_cluster() -> Result<Server, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(Server {
-        base,
-        bin_dir: Some(bin),
-    })
+    Ok((
+        Server {
+            base,
+            bin_dir: Some(bin),
+        },
+        ca,
+    ))
 }
 
 fn server() -> &'static Server {
@@ -272,6 +379,18 @@ async fn admin_exec(sql: &str) {
     let _ = task.await;
 }
 
+static TLS_SERVER: OnceLock<Result<(Server, Option<PathBuf>), String>> = OnceLock::new();
+
+/// A second cluster, offering TLS: the base URL (no database) and the CA that signed its
+/// certificate.
+pub fn tls_server() -> (String, PathBuf) {
+    let (server, ca) = TLS_SERVER
+        .get_or_init(|| start_cluster_with(true))
+        .as_ref()
+        .expect("test PostgreSQL with TLS");
+    (server.base.clone(), ca.clone().expect("a CA"))
+}
+
 /// The superuser URL of database `name`.
 pub fn url_of(name: &str) -> String {
     format!("{}/{name}", server().base)
@@ -291,7 +410,7 @@ pub async fn fresh_database() -> TestDb {
     if !*ready {
         admin_exec(&format!("drop database if exists {TEMPLATE}")).await;
         admin_exec(&format!("create database {TEMPLATE}")).await;
-        casola_auth::store::postgres::run_migrations(&url_of(TEMPLATE))
+        casola_auth::store::postgres::run_migrations(&url_of(TEMPLATE), None)
             .await
             .expect("migrate the template");
         *ready = true;

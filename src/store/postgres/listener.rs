@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::REVOCATION_CHANNEL;
 use crate::token::LookupId;
@@ -23,7 +24,7 @@ pub trait RevocationSink: Send + Sync + 'static {
 }
 
 /// Listener timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerOptions {
     /// First reconnect delay; doubles up to `max_backoff`.
     pub min_backoff: Duration,
@@ -31,6 +32,8 @@ pub struct ListenerOptions {
     pub max_backoff: Duration,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// CA to trust for TLS instead of the Mozilla roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ListenerOptions {
@@ -39,6 +42,7 @@ impl Default for ListenerOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             heartbeat: Duration::from_secs(5),
+            tls_ca_file: None,
         }
     }
 }
@@ -50,9 +54,18 @@ pub async fn run(
     options: ListenerOptions,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let tls = match super::tls::connector(options.tls_ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            // Without a connector nothing can be heard: stay down, so max_staleness fails closed.
+            tracing::error!(error = %e, "revocation listener cannot start");
+            sink.disconnected();
+            return;
+        }
+    };
     let mut backoff = options.min_backoff;
     loop {
-        let session = listen_once(&url, &sink, options.heartbeat);
+        let session = listen_once(&url, &sink, options.heartbeat, tls.clone());
         let ended = tokio::select! {
             ended = session => ended,
             _ = stopped.wait_for(|s| *s) => return,
@@ -79,12 +92,13 @@ async fn listen_once(
     url: &str,
     sink: &impl RevocationSink,
     heartbeat: Duration,
+    tls: MakeRustlsConnect,
 ) -> Result<(), String> {
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e| format!("listener URL: {e}"))?;
     // Named per process so operators (and tests) can tell the listener apart in pg_stat_activity.
     config.application_name(format!("casola-auth-revocations-{}", std::process::id()));
-    let connect = config.connect(NoTls);
+    let connect = config.connect(tls);
     let (client, mut connection) = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| "connect timed out".to_owned())?

@@ -4,6 +4,7 @@
 
 pub mod listener;
 mod schema;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -17,11 +18,12 @@ use diesel::{
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
     pooled_connection::{
-        AsyncDieselConnectionManager,
+        AsyncDieselConnectionManager, ManagerConfig,
         deadpool::{Object, Pool},
     },
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use self::schema::api_tokens;
@@ -42,21 +44,36 @@ pub const REVOCATION_CHANNEL: &str = "casola_auth_revocations";
 const MIGRATION_LOCK_KEY: i64 = 0x6361_736f_6c61;
 
 /// Pool settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Most connections held.
     pub max_size: usize,
     /// How long a call waits for a connection (including connecting) before UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// CA to trust for TLS instead of the Mozilla roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PoolOptions {
+    /// 16 connections, 3 s to get one, Mozilla roots for TLS.
     fn default() -> Self {
         Self {
             max_size: 16,
             acquire_timeout: Duration::from_secs(3),
+            tls_ca_file: None,
         }
     }
+}
+
+/// Connects one diesel-async connection through `tls` (honouring the URL's sslmode).
+pub async fn establish(
+    url: &str,
+    tls: MakeRustlsConnect,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let (client, connection) = tokio_postgres::connect(url, tls)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
 }
 
 /// Tokens in Postgres.
@@ -79,7 +96,14 @@ impl PgStore {
     /// A store over a pool to `url`. Connections are made lazily, so this does not fail
     /// when the database is down; calls then answer UNAVAILABLE.
     pub fn new(url: &str, options: PoolOptions) -> Result<Self, StoreError> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let tls = tls::connector(options.tls_ca_file.as_deref())?;
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(move |url| {
+            let (url, tls) = (url.to_owned(), tls.clone());
+            Box::pin(async move { establish(&url, tls).await })
+        });
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         let pool = Pool::builder(manager)
             .max_size(options.max_size)
             .build()
@@ -110,8 +134,11 @@ impl PgStore {
 
 /// Runs pending migrations on `url`, one runner at a time across replicas. Returns the
 /// versions applied.
-pub async fn run_migrations(url: &str) -> Result<Vec<String>, StoreError> {
-    let mut conn = AsyncPgConnection::establish(url)
+pub async fn run_migrations(
+    url: &str,
+    tls_ca_file: Option<&std::path::Path>,
+) -> Result<Vec<String>, StoreError> {
+    let mut conn = establish(url, tls::connector(tls_ca_file)?)
         .await
         .map_err(|e| StoreError::Unavailable(format!("connecting: {e}")))?;
     diesel::sql_query("select pg_advisory_lock($1)")
