@@ -143,9 +143,18 @@ def main() -> int:
         for rep in (a_, b_):
             load(rep.target, "authorize", 300, tokens=warm, extra=("--once",))
         r = {}
-        r["baseline"] = load(a_.target, "baseline", s)
-        r["warm"] = load(a_.target, "authorize", s, tokens=warm)
-        r["check"] = load(a_.target, "check", s, tokens=warm)
+        # Three interleaved rounds of baseline, Authorize and Check: the machine's speed
+        # drifts, so each ratio is taken within one round and the median round is reported.
+        rounds = []
+        for _ in range(3):
+            rounds.append({
+                "baseline": load(a_.target, "baseline", s),
+                "warm": load(a_.target, "authorize", s, tokens=warm),
+                "check": load(a_.target, "check", s, tokens=warm),
+            })
+        rounds.sort(key=lambda x: x["warm"]["rps"] / x["baseline"]["rps"])
+        r["rounds"] = [{k: v["rps"] for k, v in x.items()} for x in rounds]
+        r.update(rounds[1])
         half = r["warm"]["rps"] / 2
         paced = ("--rate", f"{half:.0f}", "--concurrency", "8")
         r["baseline_half"] = load(a_.target, "baseline", s, extra=paced)
@@ -224,6 +233,8 @@ def render(res: dict, seconds: float) -> str:
     base = r["baseline"]["rps"]
     warm_ratio = r["warm"]["rps"] / base
     check_ratio = r["check"]["rps"] / base
+    all_ratios = ", ".join(f"{x['warm'] / x['baseline']:.2f}" for x in r["rounds"])
+    check_ratios = ", ".join(f"{x['check'] / x['baseline']:.2f}" for x in r["rounds"])
     cold_ratio = r["cold"]["ok"] / r["cold"]["seconds"] / theory
     flood_ratio = r["warm_half_flood"]["p99_ms"] / r["warm_half"]["p99_ms"]
     lu = r["last_used"]
@@ -256,8 +267,8 @@ same run on the same server build: `grpc.health.v1.Health/Check`, an RPC that do
 
 | figure | value | target | |
 |---|---|---|---|
-| warm Authorize req/s ÷ baseline req/s | {warm_ratio:.2f} ({r['warm']['rps']:.0f} / {base:.0f}) | ≥ 0.85 | {ok(warm_ratio >= 0.85)} |
-| warm Check req/s ÷ baseline req/s | {check_ratio:.2f} ({r['check']['rps']:.0f} / {base:.0f}) | (same path) | |
+| warm Authorize req/s ÷ baseline req/s (median of 3 interleaved rounds: {all_ratios}) | {warm_ratio:.2f} ({r['warm']['rps']:.0f} / {base:.0f}) | ≥ 0.85 | {ok(warm_ratio >= 0.85)} |
+| warm Check req/s ÷ baseline req/s (rounds: {check_ratios}) | {check_ratio:.2f} ({r['check']['rps']:.0f} / {base:.0f}) | (same path) | |
 | warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms (baseline at the same rate: {r['baseline_half']['p99_ms']:.3f} ms) | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
 | cold verifies/s ÷ (cores / argon2 time) | {cold_ratio:.2f} ({r['cold']['ok'] / r['cold']['seconds']:.1f} / {theory:.1f}) | ≥ 0.9 | {ok(cold_ratio >= 0.9)} |
 | warm p99 during a wrong-secret flood ÷ quiet warm p99 | {flood_ratio:.2f} ({r['warm_half_flood']['p99_ms']:.3f} / {r['warm_half']['p99_ms']:.3f} ms) | ≤ 2 | {ok(flood_ratio <= 2)} |
