@@ -65,6 +65,11 @@ class Replica:
         wait_until(f"replica {self.name}", lambda: harness.http_get(f"http://127.0.0.1:{self.admin}/readyz")[0] == 200, 30, self.proc)
         return self
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -145,12 +150,19 @@ def main() -> int:
         r = {}
         # Three interleaved rounds of baseline, Authorize and Check: the machine's speed
         # drifts, so each ratio is taken within one round and the median round is reported.
+        def measured(mode: str, tokens: Path | None = None) -> dict:
+            # The server's own CPU per request, apart from the load generator's share.
+            cpu = a_.cpu_seconds()
+            res = load(a_.target, mode, s, tokens=tokens)
+            res["server_cpu_us_per_request"] = (a_.cpu_seconds() - cpu) * 1e6 / max(res["requests"], 1)
+            return res
+
         rounds = []
         for _ in range(3):
             rounds.append({
-                "baseline": load(a_.target, "baseline", s),
-                "warm": load(a_.target, "authorize", s, tokens=warm),
-                "check": load(a_.target, "check", s, tokens=warm),
+                "baseline": measured("baseline"),
+                "warm": measured("authorize", warm),
+                "check": measured("check", warm),
             })
         rounds.sort(key=lambda x: x["warm"]["rps"] / x["baseline"]["rps"])
         r["rounds"] = [{k: v["rps"] for k, v in x.items()} for x in rounds]
@@ -269,6 +281,7 @@ same run on the same server build: `grpc.health.v1.Health/Check`, an RPC that do
 |---|---|---|---|
 | warm Authorize req/s ÷ baseline req/s (median of 3 interleaved rounds: {all_ratios}) | {warm_ratio:.2f} ({r['warm']['rps']:.0f} / {base:.0f}) | ≥ 0.85 | {ok(warm_ratio >= 0.85)} |
 | warm Check req/s ÷ baseline req/s (rounds: {check_ratios}) | {check_ratio:.2f} ({r['check']['rps']:.0f} / {base:.0f}) | (same path) | |
+| server CPU per request: baseline / warm Authorize / warm Check | {r['baseline']['server_cpu_us_per_request']:.1f} / {r['warm']['server_cpu_us_per_request']:.1f} / {r['check']['server_cpu_us_per_request']:.1f} µs (baseline ÷ Authorize = {r['baseline']['server_cpu_us_per_request'] / r['warm']['server_cpu_us_per_request']:.2f}) | | |
 | warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms (baseline at the same rate: {r['baseline_half']['p99_ms']:.3f} ms) | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
 | cold verifies/s ÷ (cores / argon2 time) | {cold_ratio:.2f} ({r['cold']['ok'] / r['cold']['seconds']:.1f} / {theory:.1f}) | ≥ 0.9 | {ok(cold_ratio >= 0.9)} |
 | warm p99 during a wrong-secret flood ÷ quiet warm p99 | {flood_ratio:.2f} ({r['warm_half_flood']['p99_ms']:.3f} / {r['warm_half']['p99_ms']:.3f} ms) | ≤ 2 | {ok(flood_ratio <= 2)} |
