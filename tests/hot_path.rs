@@ -404,13 +404,21 @@ async fn a_cached_token_stops_working_exactly_at_its_expiry() {
         .await;
     let db = server.db.as_ref().unwrap();
     let lookup = &token[4..16];
+    // Generous, so a slow machine still sees the token valid first; the test then waits
+    // for the expiry the service itself reports.
     pg::exec(
         &db.url,
-        &format!("update api_tokens set expires_at = now() + interval '1500 milliseconds' where lookup_id = '{lookup}'"),
+        &format!("update api_tokens set expires_at = now() + interval '4 seconds' where lookup_id = '{lookup}'"),
     )
     .await;
     let mut client = server.authz();
-    assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
+    let first = client
+        .authorize(authorize(&token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.decision(), Decision::Allow);
+    let expires_at = first.principal.unwrap().expires_at.expect("an expiry");
     let pool = server.running.services().authorizer.verify_pool().clone();
     let cached_runs = pool.runs();
     assert_eq!(decide(&mut client, &token).await.0, Decision::Allow);
@@ -419,10 +427,20 @@ async fn a_cached_token_stops_working_exactly_at_its_expiry() {
         cached_runs,
         "the second answer came from the cache"
     );
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let expiry =
+        std::time::UNIX_EPOCH + Duration::new(expires_at.seconds as u64, expires_at.nanos as u32);
+    let wait = expiry
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
     assert_eq!(
         decide(&mut client, &token).await,
         (Decision::Deny, DenyReason::Expired)
+    );
+    assert_eq!(
+        pool.runs(),
+        cached_runs,
+        "denied from the cache, at its expiry"
     );
 }
 
