@@ -348,8 +348,10 @@ def test_migration_job_is_a_hook(chart, name):
     (container,) = pod["containers"]
     assert container["args"] == ["migrate"]
     assert container["image"] == server_container(docs)["image"]
-    # A pre-install hook runs before the release's ConfigMap and ServiceAccount exist.
-    assert "volumes" not in pod or all("configMap" not in v for v in pod["volumes"])
+    # A pre-install hook runs before the release's ConfigMap and ServiceAccount exist (an
+    # operator's existing ConfigMap, like the Postgres CA, is fine).
+    release_configmap = one(docs, "ConfigMap")["metadata"]["name"]
+    assert all(v.get("configMap", {}).get("name") != release_configmap for v in pod.get("volumes", []))
     assert pod.get("serviceAccountName") in (None, "")
 
 
@@ -829,3 +831,32 @@ def test_pods_get_no_service_links(chart, name):
     # Kubernetes would inject CASOLA_AUTH_SERVICE_HOST etc. for a Service named casola-auth.
     for kind, spec in pod_specs(render(chart, copy.deepcopy(VALUE_SETS[name]))):
         assert spec.get("enableServiceLinks") is False, kind
+
+
+def test_the_postgres_ca_reaches_the_server_and_the_migration_job(chart):
+    docs = render(chart, copy.deepcopy(VALUE_SETS["production"]))
+    for kind, spec in pod_specs(docs):
+        container = spec["containers"][0]
+        env = env_map(container)
+        assert env["CASOLA_AUTH_STORE__TLS_CA_FILE"]["value"] == "/etc/casola-auth-tls/ca.crt", kind
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["postgres-ca"]["mountPath"] == "/etc/casola-auth-tls", kind
+        assert mounts["postgres-ca"]["readOnly"] is True
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["postgres-ca"]["configMap"]["name"] == "postgres-ca", kind
+    # From a Secret instead.
+    values = with_values(VALUE_SETS["default"], database__tlsCa={"secret": "pg-ca", "key": "root.pem"})
+    for kind, spec in pod_specs(render(chart, values)):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["postgres-ca"]["secret"]["secretName"] == "pg-ca", kind
+        assert env_map(spec["containers"][0])["CASOLA_AUTH_STORE__TLS_CA_FILE"]["value"].endswith("/root.pem")
+    # None by default: no variable, no volume.
+    for kind, spec in pod_specs(render(chart, {})):
+        assert "CASOLA_AUTH_STORE__TLS_CA_FILE" not in env_map(spec["containers"][0]), kind
+        assert all(v["name"] != "postgres-ca" for v in spec["volumes"]), kind
+
+
+def test_a_postgres_ca_from_both_a_configmap_and_a_secret_is_refused(chart):
+    values = with_values(VALUE_SETS["default"], database__tlsCa={"configMap": "a", "secret": "b", "key": "ca.crt"})
+    with pytest.raises(Exception, match="not both"):
+        render(chart, values)

@@ -149,6 +149,52 @@ DATABASE_URL (and the optional direct URL of the revocation listener), always fr
     secretKeyRef:
       name: {{ include "casola-auth.databaseSecret" . }}
       key: {{ .Values.database.urlKey }}
+{{- if include "casola-auth.tlsCa" . }}
+- name: CASOLA_AUTH_STORE__TLS_CA_FILE
+  value: /etc/casola-auth-tls/{{ .Values.database.tlsCa.key }}
+{{- end }}
+{{- end }}
+
+{{/*
+The CA that verifies Postgres's TLS certificate, from an existing ConfigMap or Secret; empty
+when none is configured (then the binary trusts the Mozilla roots).
+*/}}
+{{- define "casola-auth.tlsCa" -}}
+{{- with .Values.database.tlsCa }}
+{{- if and .configMap .secret }}
+{{- fail "database.tlsCa: set configMap or secret, not both" }}
+{{- end }}
+{{- if or .configMap .secret }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "casola-auth.tlsCaVolumeMount" -}}
+{{- if include "casola-auth.tlsCa" . }}
+- name: postgres-ca
+  mountPath: /etc/casola-auth-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "casola-auth.tlsCaVolume" -}}
+{{- if include "casola-auth.tlsCa" . }}
+{{- with .Values.database.tlsCa }}
+- name: postgres-ca
+  {{- if .secret }}
+  secret:
+    secretName: {{ .secret }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+  {{- else }}
+  configMap:
+    name: {{ .configMap }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "casola-auth.listenDatabaseEnv" -}}
