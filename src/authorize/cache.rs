@@ -15,7 +15,10 @@
 //!   to answer (UNAVAILABLE) rather than risk allowing a revoked token.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -78,14 +81,6 @@ pub enum MissError {
     Internal,
 }
 
-#[derive(Debug)]
-enum Listener {
-    /// Revocation notices arrive.
-    Up,
-    /// No notices since this instant.
-    Down(Instant),
-}
-
 /// The cache. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenCache {
@@ -93,7 +88,10 @@ pub struct TokenCache {
     verified: Cache<[u8; 32], Arc<Verified>>,
     slots: SyncCache<LookupId, ()>,
     revoked: SyncCache<LookupId, ()>,
-    listener: Arc<Mutex<Listener>>,
+    /// 0 while the revocation listener is up; else the instant it went down, as
+    /// milliseconds since `epoch`, plus one. An atomic: every request reads it.
+    down_since: Arc<AtomicU64>,
+    epoch: Instant,
     max_staleness: Duration,
 }
 
@@ -134,11 +132,8 @@ impl TokenCache {
                 .max_capacity(config.max_entries.max(1024))
                 .time_to_live(ttl * 2)
                 .build(),
-            listener: Arc::new(Mutex::new(if listener_up {
-                Listener::Up
-            } else {
-                Listener::Down(Instant::now())
-            })),
+            down_since: Arc::new(AtomicU64::new(if listener_up { 0 } else { 1 })),
+            epoch: Instant::now(),
             max_staleness: Duration::from_secs(config.max_staleness_seconds),
         }
     }
@@ -150,10 +145,14 @@ impl TokenCache {
 
     /// Whether cached answers may be served now.
     pub fn is_fresh(&self) -> bool {
-        match *self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
-            Listener::Up => true,
-            Listener::Down(since) => since.elapsed() < self.max_staleness,
+        match self.down_since.load(Ordering::Acquire) {
+            0 => true,
+            since => self.millis() - (since - 1) < self.max_staleness.as_millis() as u64,
         }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A verified token, if cached.
@@ -194,24 +193,22 @@ impl TokenCache {
     /// away went unheard, so every cached entry is dropped.
     pub fn listener_connected(&self) {
         self.verified.invalidate_all();
-        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Listener::Up;
+        self.down_since.store(0, Ordering::Release);
     }
 
     /// The revocation listener lost its connection.
     pub fn listener_disconnected(&self) {
-        let mut state = self.listener.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(*state, Listener::Up) {
-            *state = Listener::Down(Instant::now());
-        }
+        // Only the first loss counts: staleness runs from when notices stopped.
+        let _ = self.down_since.compare_exchange(
+            0,
+            self.millis() + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// Verified tokens held (approximate).
     pub fn entry_count(&self) -> u64 {
         self.verified.entry_count()
-    }
-
-    /// Runs pending cache maintenance (for exact counts in tools).
-    pub async fn run_pending_tasks(&self) {
-        self.verified.run_pending_tasks().await;
     }
 }

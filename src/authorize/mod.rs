@@ -160,7 +160,6 @@ impl Authorizer {
             // Revocation notices have not arrived for longer than max_staleness: fail closed.
             return Err(Error::Unavailable);
         }
-        let lookup_id = token.lookup_id().clone();
         let key = self.cache.key_of(&token);
         let span = tracing::Span::current();
         let verified = match self.cache.get(&key).await {
@@ -191,7 +190,7 @@ impl Authorizer {
         crate::telemetry::note_token_id(verified.record.id);
         // Checked after the secret is proven, on hits and misses alike: a notice that raced
         // a miss still wins.
-        if self.cache.is_revoked(&lookup_id) {
+        if self.cache.is_revoked(&verified.record.lookup_id) {
             return Ok(Err(Denial::Revoked));
         }
         Ok(self.judge(verified, Utc::now()))
