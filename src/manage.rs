@@ -188,39 +188,41 @@ impl TokenManager {
         let description = Description::parse(&req.description)
             .map_err(|e| bad.push(FieldViolation::new("description", e)))
             .ok();
-        let mut names: Vec<String> = Vec::new();
+        // The preset's scopes first (always known: the catalog checks presets), then the
+        // explicit ones, resolved together once.
+        let mut names: Vec<&str> = Vec::new();
         if !req.preset.is_empty() {
             match self.catalog.preset(&req.preset) {
-                Some(preset) => names.extend(preset.scopes.iter().cloned()),
+                Some(preset) => names.extend(preset.scopes.iter().map(String::as_str)),
                 None => bad.push(FieldViolation::new(
                     "preset",
                     format!("unknown preset {:?}", req.preset),
                 )),
             }
         }
+        let from_preset = names.len();
+        names.extend(req.scopes.iter().map(String::as_str));
         if req.scopes.len() > MAX_SCOPES {
             bad.push(FieldViolation::new(
                 "scopes",
                 format!("at most {MAX_SCOPES} scopes, got {}", req.scopes.len()),
             ));
         }
-        match self.catalog.resolve(&req.scopes) {
-            Ok(_) => names.extend(req.scopes.iter().cloned()),
-            Err(unknown) => bad.extend(unknown.into_iter().map(|(i, n)| {
-                FieldViolation::new(format!("scopes[{i}]"), format!("unknown scope {n:?}"))
-            })),
-        }
-        let granted = self.catalog.resolve(&names).unwrap_or_default();
-        if granted.is_empty()
-            && bad
-                .iter()
-                .all(|v| !v.field.starts_with("scopes") && v.field != "preset")
-        {
+        if req.preset.is_empty() && req.scopes.is_empty() {
             bad.push(FieldViolation::new(
                 "scopes",
                 "at least one scope is required (give scopes or a preset)",
             ));
         }
+        let granted = self.catalog.resolve(&names).unwrap_or_else(|unknown| {
+            bad.extend(unknown.into_iter().map(|(i, n)| {
+                FieldViolation::new(
+                    format!("scopes[{}]", i - from_preset),
+                    format!("unknown scope {n:?}"),
+                )
+            }));
+            ScopeSet::default()
+        });
         let expires = req
             .expires_in_days
             .map(ExpiresInDays::parse)
@@ -518,12 +520,6 @@ impl TokenManager {
     /// The catalog, for ListScopes.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
-    }
-
-    /// Expanded scopes of a stored record.
-    pub fn expanded(&self, record: &TokenRecord) -> ScopeSet {
-        self.catalog
-            .expand(&self.catalog.from_stored(&record.scopes))
     }
 }
 

@@ -162,6 +162,9 @@ pub enum CatalogError {
         /// The unknown scope.
         scope: String,
     },
+    /// A preset grants no scope.
+    #[error("preset {0:?} grants no scope")]
+    EmptyPreset(String),
     /// A preset grants the reserved service scope.
     #[error("preset {0:?} may not grant the reserved scope {TOKENS_ISSUE}")]
     ReservedInPreset(String),
@@ -310,6 +313,9 @@ impl Catalog {
         for preset in &spec.presets {
             if !seen.insert(preset.id.clone()) {
                 return Err(CatalogError::DuplicatePreset(preset.id.clone()));
+            }
+            if preset.scopes.is_empty() {
+                return Err(CatalogError::EmptyPreset(preset.id.clone()));
             }
             if let Some(scope) = preset.scopes.iter().find(|s| !direct.contains_key(*s)) {
                 return Err(CatalogError::UnknownPresetScope {
@@ -582,6 +588,13 @@ mod tests {
                 label = "p"
                 scopes = ["tokens:issue"]"#,
                 CatalogError::ReservedInPreset("p".into()),
+            ),
+            (
+                r#"[[presets]]
+                id = "p"
+                label = "p"
+                scopes = []"#,
+                CatalogError::EmptyPreset("p".into()),
             ),
         ];
         for (text, expected) in cases {

@@ -365,18 +365,26 @@ fn server() -> &'static Server {
     server.as_ref().expect("test PostgreSQL")
 }
 
-async fn admin_exec(sql: &str) {
-    let url = format!("{}/postgres", server().base);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+/// Runs `work` on a plain connection to `url`, then closes it.
+async fn with_client<T, F>(url: &str, work: F) -> T
+where
+    F: AsyncFnOnce(&tokio_postgres::Client) -> T,
+{
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .expect("connect to test postgres");
+        .unwrap_or_else(|e| panic!("connect to test postgres: {e}"));
     let task = tokio::spawn(conn);
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let out = work(&client).await;
     drop(client);
     let _ = task.await;
+    out
+}
+
+async fn admin_exec(sql: &str) {
+    let url = format!("{}/postgres", server().base);
+    with_client(&url, async |c| c.batch_execute(sql).await)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 static TLS_SERVER: OnceLock<Result<(Server, Option<PathBuf>), String>> = OnceLock::new();
@@ -431,32 +439,17 @@ pub async fn fresh_database() -> TestDb {
 
 /// Runs SQL on a test database (for setting up states the API cannot make, like expiry).
 pub async fn exec(url: &str, sql: &str) -> u64 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    with_client(url, async |c| c.execute(sql, &[]).await)
         .await
-        .expect("connect");
-    let task = tokio::spawn(conn);
-    let n = client
-        .execute(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    drop(client);
-    let _ = task.await;
-    n
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// Runs a query returning one bigint.
 pub async fn query_i64(url: &str, sql: &str) -> i64 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    with_client(url, async |c| c.query_one(sql, &[]).await)
         .await
-        .expect("connect");
-    let task = tokio::spawn(conn);
-    let row = client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    drop(client);
-    let _ = task.await;
-    row.get(0)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// A full plain-text dump of a test database.
