@@ -533,6 +533,7 @@ async fn no_escalation_through_minting() {
         .create_token(bearer(
             &writer,
             CreateTokenRequest {
+                org_id: "acme".into(),
                 user_id: "bob".into(),
                 ..create("x", "user-read")
             },
