@@ -109,7 +109,13 @@ impl Table {
         debug_assert_eq!(cells.len(), self.header.len(), "one cell per column");
         let cells = cells
             .into_iter()
-            .map(|c| if c.is_empty() { "-".to_owned() } else { c })
+            .map(|c| {
+                if c.is_empty() {
+                    "-".to_owned()
+                } else {
+                    one_line(c)
+                }
+            })
             .collect();
         self.rows.push(cells);
     }
@@ -139,6 +145,16 @@ impl Table {
         }
         out
     }
+}
+
+/// A cell on one line: descriptions may hold newlines and tabs, which would break the rows.
+fn one_line(cell: String) -> String {
+    if !cell.contains(['\n', '\r', '\t']) {
+        return cell;
+    }
+    cell.replace('\n', "\\n")
+        .replace('\r', "\\r")
+        .replace('\t', "\\t")
 }
 
 /// `token list`: one row per token.
@@ -322,6 +338,16 @@ mod tests {
             "ID  NAME    SCOPES\n\
              1   laptop  user:read\n\
              22  -       a,b\n"
+        );
+    }
+
+    #[test]
+    fn line_breaks_and_tabs_in_a_cell_stay_on_its_row() {
+        let mut t = Table::new(&["FIELD", "VALUE"]);
+        t.row(vec!["description".into(), "two\nlines\tand a tab".into()]);
+        assert_eq!(
+            t.render(),
+            "FIELD        VALUE\ndescription  two\\nlines\\tand a tab\n"
         );
     }
 
