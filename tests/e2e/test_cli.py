@@ -253,3 +253,23 @@ def test_readme_catalog_example_loads_and_its_scopes_are_listed(tmp_path):
     assert {"user:read", "tokens:issue"} <= names, "the defaults stay"
     presets = {p["id"] for p in out["presets"]}
     assert set(re.findall(r'^id = "([^"]+)"', catalog, re.M)) <= presets
+
+
+def test_license_file_is_the_apache_license_cargo_toml_names():
+    cargo = (REPO / "Cargo.toml").read_text()
+    assert re.search(r'^license = "Apache-2.0"$', cargo, re.M), "Cargo.toml names Apache-2.0"
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"], text[:200]
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
+def test_readme_links_only_to_files_inside_the_repository():
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert links, "the README links to its docs"
+    for link in links:
+        if re.match(r"[a-z]+://", link) or link.startswith("#"):
+            continue
+        target = (REPO / link.split("#")[0]).resolve()
+        assert target.is_relative_to(REPO.resolve()), f"{link} leaves the repository"
+        assert target.exists(), f"{link} does not exist"
