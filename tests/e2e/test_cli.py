@@ -273,3 +273,18 @@ def test_readme_links_only_to_files_inside_the_repository():
         target = (REPO / link.split("#")[0]).resolve()
         assert target.is_relative_to(REPO.resolve()), f"{link} leaves the repository"
         assert target.exists(), f"{link} does not exist"
+
+
+def test_readme_grpcurl_get_and_update_examples_work_with_grpcurl_1_8_6(cli, grpcurl, auth_server, tokens):
+    # The README's GetToken and UpdateToken calls (update_mask as {"paths": [...]}), then
+    # the CLI sees what the API changed: one store, two doors.
+    made = create(cli, "acme", "readme-example", "--preset", "user-read")
+    bearer = f"authorization: Bearer {tokens.full}"
+    got = json.loads(grpcurl("-H", bearer, "-d", json.dumps({"id": made["id"]}), auth_server.grpc_addr,
+                             "casola.auth.v1.TokenService/GetToken").stdout)
+    assert got["token"]["id"] == made["id"] and got["token"]["name"] == "readme-example"
+    body = json.dumps({"id": made["id"], "name": "old laptop", "update_mask": {"paths": ["name"]}})
+    updated = json.loads(grpcurl("-H", bearer, "-d", body, auth_server.grpc_addr,
+                                 "casola.auth.v1.TokenService/UpdateToken").stdout)
+    assert updated["token"]["name"] == "old laptop"
+    assert json.loads(cli("token", "get", made["id"], "-o", "json").stdout)["name"] == "old laptop"
