@@ -582,10 +582,14 @@ async fn serve(args: ServeArgs) -> Outcome {
         }
     };
     if let Some(token) = &running.bootstrap_token {
-        emit(format!(
+        let line = format!(
             "bootstrap token (local use only, in-memory store, admin-full + tokens:issue): {}\n",
             token.expose()
-        ))?;
+        );
+        // A server whose stdout is gone keeps serving; only the token line is lost.
+        if let Err(e) = emit(line) {
+            tracing::warn!(error = %e, "could not print the bootstrap token to stdout");
+        }
     }
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
