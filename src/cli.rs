@@ -22,8 +22,10 @@ use crate::{
     error::{Error, FieldViolation},
     manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
     server::{self, Services},
-    store::TokenRecord,
-    store::{postgres, postgres::run_migrations},
+    store::{
+        TokenRecord,
+        postgres::{self, run_migrations},
+    },
     telemetry,
     token::hash::TokenHasher,
     transport::envoy::RouteTable,
