@@ -48,9 +48,7 @@ pub enum PageTokenError {
     #[error("not a page token of this API")]
     Malformed,
     /// Issued for other filters.
-    #[error(
-        "was issued for another query (its filters changed); start again without a page token"
-    )]
+    #[error("was issued for another query (its filters changed); start again without a page token")]
     OtherQuery,
 }
 
@@ -110,7 +108,10 @@ mod tests {
             id: Uuid::new_v4(),
         };
         let query = "acme\0alice\0false";
-        assert_eq!(Cursor::from_page_token(&c.to_page_token(query), query), Ok(c));
+        assert_eq!(
+            Cursor::from_page_token(&c.to_page_token(query), query),
+            Ok(c)
+        );
         assert_eq!(
             Cursor::from_page_token("garbage", query),
             Err(PageTokenError::Malformed)

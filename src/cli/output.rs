@@ -8,9 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::{
-    scope::Catalog, store::TokenRecord, token::display_prefix, transport::grpc::token_to_proto,
-};
+use crate::{scope::Catalog, store::TokenRecord, token::display_prefix};
 
 /// How a command prints what it found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -74,13 +72,7 @@ impl TokenView {
 /// A token's status word. Derived through the wire conversion for now, so the CLI and the
 /// API cannot disagree; the one place to change when the domain owns the status.
 fn status(record: &TokenRecord, now: DateTime<Utc>) -> String {
-    crate::proto::TokenStatus::try_from(token_to_proto(record, now).status)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("TOKEN_STATUS_")
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+    record.status_at(now).to_string()
 }
 
 /// RFC 3339 in UTC, with as many fraction digits as the time has.

@@ -254,7 +254,12 @@ mod tests {
 
     #[test]
     fn names_of_only_invisible_characters_are_refused() {
-        for invisible in ["\u{200B}", "\u{200B}\u{2060}\u{FEFF}", "\u{3164}", "\u{00AD}"] {
+        for invisible in [
+            "\u{200B}",
+            "\u{200B}\u{2060}\u{FEFF}",
+            "\u{3164}",
+            "\u{00AD}",
+        ] {
             assert!(TokenName::parse(invisible).is_err(), "{invisible:?}");
             assert!(Description::parse(invisible).is_err(), "{invisible:?}");
         }
