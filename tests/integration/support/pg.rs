@@ -1,25 +1,34 @@
 //! A throwaway PostgreSQL cluster for tests, started from the binaries on PATH (or
 //! /usr/lib/postgresql/*/bin), as the `postgres` system user when running as root (Postgres
-//! refuses to run as root). One cluster per test binary, one database per test, cloned
-//! from a migrated template. The postmaster gets SIGQUIT when the test process exits
-//! (PR_SET_PDEATHSIG), so nothing is left running. `TEST_DATABASE_URL` (a superuser URL of
-//! an existing server) replaces the cluster.
+//! refuses to run as root). One cluster per test process, one database per test, cloned
+//! from a template migrated once per process and dropped again when the test's [`TestDb`]
+//! goes. The postmaster gets SIGQUIT when the test process exits (a parent-death signal), so
+//! nothing is left running. `TEST_DATABASE_URL` (a superuser URL of an existing server)
+//! replaces the cluster; every name this process creates there carries a run id of its own,
+//! so two test processes on one server do not collide.
 
 use std::{
-    net::TcpListener,
     os::unix::{fs::chown, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
-        OnceLock,
+        LazyLock, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::{Pid, User, geteuid},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use tokio::sync::Mutex;
 
-const TEMPLATE: &str = "casola_test_template";
+use super::{free_port, process::die_with_parent};
 
 struct Server {
     /// Superuser URL without a database name.
@@ -27,16 +36,77 @@ struct Server {
     bin_dir: Option<PathBuf>,
 }
 
+/// What names this process's databases: its pid (readable in `\l`) and a random part (pids
+/// repeat across machines and containers sharing one `TEST_DATABASE_URL` server).
+static RUN_ID: LazyLock<String> = LazyLock::new(|| {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}_{}", std::process::id(), &random[..8])
+});
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-static TEMPLATE_READY: Mutex<bool> = Mutex::const_new(false);
+static TLS_SERVER: OnceLock<Result<(Server, PathBuf), String>> = OnceLock::new();
+/// The migrated template's name once it exists; the lock also serialises cloning it
+/// (Postgres refuses to copy a template that another session is copying).
+static TEMPLATE: Mutex<Option<String>> = Mutex::const_new(None);
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
-/// A fresh, migrated database of its own.
+/// A fresh, migrated database of its own, dropped when this value is.
 pub struct TestDb {
     /// Its URL.
     pub url: String,
     /// Its name.
     pub name: String,
+}
+
+impl TestDb {
+    /// Clones the migrated template (made on first use) into a new database.
+    pub async fn new() -> Self {
+        let mut template = TEMPLATE.lock().await;
+        let template = match &*template {
+            Some(name) => name.clone(),
+            None => {
+                let name = format!("casola_test_template_{}", *RUN_ID);
+                admin_exec(&format!("create database {name}")).await;
+                casola_auth::store::postgres::run_migrations(&url_of(&name), None)
+                    .await
+                    .expect("migrate the template");
+                template.insert(name).clone()
+            }
+        };
+        let name = format!(
+            "casola_test_{}_{}",
+            *RUN_ID,
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        // Still under the lock: clones of one template are made one at a time.
+        admin_exec(&format!("create database {name} template {template}")).await;
+        Self {
+            url: url_of(&name),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    /// Drops the database, ending any connection still open to it (a server's pool, a
+    /// listener). `Drop` is synchronous and may run inside a test's runtime, which must not
+    /// be blocked on: the drop runs on a thread of its own with a small runtime.
+    fn drop(&mut self) {
+        let sql = format!("drop database if exists {} with (force)", self.name);
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(try_admin_exec(&sql))
+        })
+        .join();
+        // A leftover database is not worth failing (or double-panicking) a test for.
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database {} not dropped: {e}", self.name),
+            Err(_) => eprintln!("test database {} not dropped: the drop panicked", self.name),
+        }
+    }
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
@@ -68,19 +138,13 @@ fn bin_dir() -> Result<PathBuf, String> {
 
 /// uid/gid to run Postgres as: the `postgres` user when we are root, else ourselves.
 fn run_as() -> Result<Option<(u32, u32)>, String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         return Ok(None);
     }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    // SAFETY: getpwnam with a valid C string; the result is copied out at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err("running as root, but there is no `postgres` user to run PostgreSQL as".into());
-    }
-    // SAFETY: pw is non-null and points at a valid passwd entry.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Ok(Some((uid, gid)))
+    let user = User::from_name("postgres")
+        .map_err(|e| format!("looking up the `postgres` user: {e}"))?
+        .ok_or("running as root, but there is no `postgres` user to run PostgreSQL as")?;
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
 fn as_user(cmd: &mut Command, who: Option<(u32, u32)>) {
@@ -107,103 +171,63 @@ fn sweep_stale(parent: &Path) {
         let alive = std::fs::read_to_string(path.join("data/postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            // SAFETY: signal 0 only checks that the process exists.
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+            // No signal: only checks that the process exists.
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
         if !alive {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
 
-/// Makes a throwaway CA and a server certificate for 127.0.0.1 in `dir` with the openssl
-/// command; returns (ca.crt, server.crt, server.key).
+/// Makes a throwaway CA and a server certificate for 127.0.0.1 in `dir`; returns (ca.crt,
+/// server.crt, server.key).
 fn make_certificates(
     dir: &Path,
     who: Option<(u32, u32)>,
 ) -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
+    let err = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "casola-auth test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let server_key = KeyPair::generate().map_err(err)?;
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).map_err(err)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    server.is_ca = IsCa::ExplicitNoCa;
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server.signed_by(&server_key, &issuer).map_err(err)?;
+
+    let write = |name: &str, pem: String| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some((uid, gid)) = who {
+            chown(&path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
         }
+        Ok(path)
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=casola-auth test CA",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ])?;
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|e| e.to_string())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])?;
-    let key = dir.join("server.key");
+    let ca_crt = write("ca.crt", ca_cert.pem())?;
+    let crt = write("server.crt", server_cert.pem())?;
+    let key = write("server.key", server_key.serialize_pem())?;
     // Postgres insists that only its user can read the key.
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| e.to_string())?;
-    if let Some((uid, gid)) = who {
-        for f in ["server.key", "server.crt", "ca.crt"] {
-            chown(dir.join(f), Some(uid), Some(gid)).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok((dir.join("ca.crt"), dir.join("server.crt"), key))
-}
-
-fn start_cluster() -> Result<Server, String> {
-    start_cluster_with(false).map(|(server, _)| server)
+    Ok((ca_crt, crt, key))
 }
 
 /// Starts a cluster; with `tls`, one that offers TLS with a certificate of a throwaway CA,
 /// whose path is returned.
-fn start_cluster_with(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
+fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
     let bin = bin_dir()?;
     let who = run_as()?;
     let parent = std::env::temp_dir();
@@ -256,10 +280,7 @@ fn start_cluster_with(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
         ];
         ca = Some(ca_crt);
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = free_port();
     let mut postgres = Command::new(bin.join("postgres"));
     postgres
         .arg("-D")
@@ -289,18 +310,9 @@ fn start_cluster_with(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
                 .unwrap_or_else(|_| Stdio::null()),
         );
     as_user(&mut postgres, who);
-    // SAFETY: prctl in the forked child before exec; it only sets the parent-death
-    // signal, after uid/gid are set (a credential change would clear it).
-    unsafe {
-        postgres.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    // PR_SET_PDEATHSIG fires when the *thread* that forked exits, so fork from a thread
-    // that lives as long as the process.
+    die_with_parent(&mut postgres, Signal::SIGQUIT);
+    // The parent-death signal fires when the *thread* that forked exits, and test threads
+    // end with their test: fork from a thread that lives as long as the process.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("postgres-parent".into())
@@ -360,19 +372,30 @@ fn server() -> &'static Server {
                 bin_dir: bin_dir().ok(),
             })
         }
-        Err(_) => start_cluster(),
+        Err(_) => start_cluster(false).map(|(server, _)| server),
     });
     server.as_ref().expect("test PostgreSQL")
 }
 
+/// A second cluster, offering TLS: the base URL (no database) and the CA that signed its
+/// certificate.
+pub fn tls_server() -> (String, PathBuf) {
+    let (server, ca) = TLS_SERVER
+        .get_or_init(|| {
+            let (server, ca) = start_cluster(true)?;
+            Ok((server, ca.ok_or("a TLS cluster has a CA")?))
+        })
+        .as_ref()
+        .expect("test PostgreSQL with TLS");
+    (server.base.clone(), ca.clone())
+}
+
 /// Runs `work` on a plain connection to `url`, then closes it.
-async fn with_client<T, F>(url: &str, work: F) -> T
+async fn with_client<T, F>(url: &str, work: F) -> Result<T, tokio_postgres::Error>
 where
-    F: AsyncFnOnce(&tokio_postgres::Client) -> T,
+    F: AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
 {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to test postgres: {e}"));
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
     let out = work(&client).await;
     drop(client);
@@ -380,61 +403,20 @@ where
     out
 }
 
-async fn admin_exec(sql: &str) {
-    let url = format!("{}/postgres", server().base);
+async fn try_admin_exec(sql: &str) -> Result<(), String> {
+    let url = url_of("postgres");
     with_client(&url, async |c| c.batch_execute(sql).await)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .map_err(|e| format!("{sql}: {e}"))
 }
 
-static TLS_SERVER: OnceLock<Result<(Server, Option<PathBuf>), String>> = OnceLock::new();
-
-/// A second cluster, offering TLS: the base URL (no database) and the CA that signed its
-/// certificate.
-pub fn tls_server() -> (String, PathBuf) {
-    let (server, ca) = TLS_SERVER
-        .get_or_init(|| start_cluster_with(true))
-        .as_ref()
-        .expect("test PostgreSQL with TLS");
-    (server.base.clone(), ca.clone().expect("a CA"))
+async fn admin_exec(sql: &str) {
+    try_admin_exec(sql).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The superuser URL of database `name`.
-pub fn url_of(name: &str) -> String {
+fn url_of(name: &str) -> String {
     format!("{}/{name}", server().base)
-}
-
-/// A PostgreSQL binary (pg_dump, psql) of the test server's installation.
-pub fn pg_binary(name: &str) -> PathBuf {
-    server()
-        .bin_dir
-        .as_ref()
-        .map_or_else(|| PathBuf::from(name), |d| d.join(name))
-}
-
-/// A new database, migrated, of its own.
-pub async fn fresh_database() -> TestDb {
-    let mut ready = TEMPLATE_READY.lock().await;
-    if !*ready {
-        admin_exec(&format!("drop database if exists {TEMPLATE}")).await;
-        admin_exec(&format!("create database {TEMPLATE}")).await;
-        casola_auth::store::postgres::run_migrations(&url_of(TEMPLATE), None)
-            .await
-            .expect("migrate the template");
-        *ready = true;
-    }
-    let name = format!(
-        "casola_test_{}_{}",
-        std::process::id(),
-        NEXT_DB.fetch_add(1, Ordering::Relaxed)
-    );
-    // Creation from the template is serialised by the lock held here.
-    admin_exec(&format!("create database {name} template {TEMPLATE}")).await;
-    drop(ready);
-    TestDb {
-        url: url_of(&name),
-        name,
-    }
 }
 
 /// Runs SQL on a test database (for setting up states the API cannot make, like expiry).
@@ -452,9 +434,13 @@ pub async fn query_i64(url: &str, sql: &str) -> i64 {
         .get(0)
 }
 
-/// A full plain-text dump of a test database.
+/// A full plain-text dump of a test database, by the server installation's own pg_dump.
 pub fn dump(db: &TestDb) -> String {
-    let out = Command::new(pg_binary("pg_dump"))
+    let pg_dump = server()
+        .bin_dir
+        .as_ref()
+        .map_or_else(|| PathBuf::from("pg_dump"), |d| d.join("pg_dump"));
+    let out = Command::new(pg_dump)
         .args(["--no-owner", "--inserts", &db.url])
         .output()
         .expect("run pg_dump");
