@@ -4,15 +4,20 @@
 //! from a template migrated once per process and dropped again when the test's [`TestDb`]
 //! goes. The postmaster gets SIGQUIT when the test process exits (a parent-death signal), so
 //! nothing is left running. `TEST_DATABASE_URL` (a superuser URL of an existing server)
-//! replaces the cluster; every name this process creates there carries a run id of its own,
-//! so two test processes on one server do not collide.
+//! replaces the cluster.
+//!
+//! Every database this process creates is named after a random run id, so two test
+//! processes on one server do not collide. The process holds a session advisory lock keyed
+//! by its run id for as long as it lives; a new run drops the databases of runs whose lock
+//! is free (they ended, or crashed before their databases were dropped), so nothing piles up
+//! on a shared server either.
 
 use std::{
     os::unix::{fs::chown, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
-        LazyLock, OnceLock,
+        OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -36,12 +41,35 @@ struct Server {
     bin_dir: Option<PathBuf>,
 }
 
-/// What names this process's databases: its pid (readable in `\l`) and a random part (pids
-/// repeat across machines and containers sharing one `TEST_DATABASE_URL` server).
-static RUN_ID: LazyLock<String> = LazyLock::new(|| {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}_{}", std::process::id(), &random[..8])
-});
+/// What every database of this run is named after.
+const PREFIX: &str = "casola_test_";
+
+/// This test process on the server: a random id that names its databases
+/// (`casola_test_<id>_template`, `casola_test_<id>_<n>`) and keys the advisory lock that
+/// says the run is alive. A pid would not do: pids repeat across machines and containers
+/// sharing one server.
+struct Run {
+    id: u64,
+}
+
+impl Run {
+    fn name(&self, suffix: impl std::fmt::Display) -> String {
+        format!("{PREFIX}{:016x}_{suffix}", self.id)
+    }
+}
+
+/// The run id in a database name of any run, if it is one.
+fn run_of(database: &str) -> Option<u64> {
+    let (id, _) = database.strip_prefix(PREFIX)?.split_once('_')?;
+    (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok())?
+}
+
+/// Postgres advisory locks take a bigint; the id's bits are the key.
+fn lock_key(id: u64) -> i64 {
+    i64::from_ne_bytes(id.to_ne_bytes())
+}
+
+static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static TLS_SERVER: OnceLock<Result<(Server, PathBuf), String>> = OnceLock::new();
 /// The migrated template's name once it exists; the lock also serialises cloning it
@@ -60,11 +88,12 @@ pub struct TestDb {
 impl TestDb {
     /// Clones the migrated template (made on first use) into a new database.
     pub async fn new() -> Self {
+        let run = run();
         let mut template = TEMPLATE.lock().await;
         let template = match &*template {
             Some(name) => name.clone(),
             None => {
-                let name = format!("casola_test_template_{}", *RUN_ID);
+                let name = run.name("template");
                 admin_exec(&format!("create database {name}")).await;
                 casola_auth::store::postgres::run_migrations(&url_of(&name), None)
                     .await
@@ -72,11 +101,7 @@ impl TestDb {
                 template.insert(name).clone()
             }
         };
-        let name = format!(
-            "casola_test_{}_{}",
-            *RUN_ID,
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = run.name(NEXT_DB.fetch_add(1, Ordering::Relaxed));
         // Still under the lock: clones of one template are made one at a time.
         admin_exec(&format!("create database {name} template {template}")).await;
         Self {
@@ -154,26 +179,40 @@ fn as_user(cmd: &mut Command, who: Option<(u32, u32)>) {
     cmd.env_remove("PGDATA").env("LC_ALL", "C");
 }
 
-/// Removes data directories of earlier runs whose postmaster is gone.
+/// What a cluster's directory is named: `casola-auth-pg-<pid of the test process>-<random>`
+/// (the name scripts/test.sh looks for in leftover processes).
+const CLUSTER_DIR: &str = "casola-auth-pg-";
+
+/// Whether process `pid` exists (signal "none" only checks).
+fn exists(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Removes cluster directories of earlier runs: neither the test process that made one nor
+/// its postmaster is alive. A directory whose test process is alive may be a cluster being
+/// set up right now (no postmaster.pid yet), by this process or another.
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_ours = path
+        let Some(rest) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("casola-auth-pg-"));
-        if !is_ours {
+            .and_then(|n| n.strip_prefix(CLUSTER_DIR))
+        else {
             continue;
-        }
-        let alive = std::fs::read_to_string(path.join("data/postmaster.pid"))
+        };
+        let owner_alive = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse().ok())
+            .is_some_and(exists);
+        let postmaster_alive = std::fs::read_to_string(path.join("data/postmaster.pid"))
             .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            // No signal: only checks that the process exists.
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok());
-        if !alive {
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            .is_some_and(exists);
+        if !owner_alive && !postmaster_alive {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
@@ -230,10 +269,12 @@ fn make_certificates(
 fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
     let bin = bin_dir()?;
     let who = run_as()?;
-    let parent = std::env::temp_dir();
+    // A folder of their own, so that only this harness's sweep looks at them.
+    let parent = std::env::temp_dir().join("casola-auth-clusters");
+    std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     sweep_stale(&parent);
     let root = tempfile::Builder::new()
-        .prefix("casola-auth-pg-")
+        .prefix(&format!("{CLUSTER_DIR}{}-", std::process::id()))
         .tempdir_in(&parent)
         .map_err(|e| e.to_string())?
         .keep();
@@ -375,6 +416,96 @@ fn server() -> &'static Server {
         Err(_) => start_cluster(false).map(|(server, _)| server),
     });
     server.as_ref().expect("test PostgreSQL")
+}
+
+/// This process's run, registered on the server (its lock taken, ended runs swept) on
+/// first use.
+fn run() -> &'static Run {
+    RUN.get_or_init(|| {
+        let run = Run {
+            id: uuid::Uuid::new_v4().as_u64_pair().0,
+        };
+        let url = url_of("postgres");
+        let (ready, registered) = std::sync::mpsc::channel();
+        // The lock lives as long as its session: keep the session on a thread (with its own
+        // runtime) that lives as long as the process; test runtimes end with their test.
+        std::thread::Builder::new()
+            .name("postgres-run-lock".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(ready.send(Err(e.to_string()))),
+                };
+                runtime.block_on(hold_run_lock(&url, run.id, ready));
+            })
+            .map_err(|e| e.to_string())?;
+        registered.recv().map_err(|e| e.to_string())?.map(|()| run)
+    })
+    .as_ref()
+    .expect("a test run registered on PostgreSQL")
+}
+
+/// Takes this run's lock, drops the databases of runs that have ended, reports on `ready`,
+/// then keeps the session (and with it the lock) open.
+async fn hold_run_lock(url: &str, id: u64, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    let registered = async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connect to test postgres: {e}"))?;
+        let conn = tokio::spawn(conn);
+        client
+            .execute("select pg_advisory_lock($1)", &[&lock_key(id)])
+            .await
+            .map_err(|e| format!("take the run lock: {e}"))?;
+        sweep_ended_runs(&client, id)
+            .await
+            .map_err(|e| format!("drop databases of ended runs: {e}"))?;
+        Ok::<_, String>((client, conn))
+    };
+    match registered.await {
+        Ok((_client, conn)) => {
+            let _ = ready.send(Ok(()));
+            let _ = conn.await;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+/// Drops every database of another run whose lock is free: that run has ended.
+async fn sweep_ended_runs(
+    client: &tokio_postgres::Client,
+    own: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select datname from pg_database where starts_with(datname, $1)",
+            &[&PREFIX],
+        )
+        .await?;
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(id) = run_of(&name).filter(|id| *id != own) else {
+            continue;
+        };
+        let ended: bool = client
+            .query_one("select pg_try_advisory_lock($1)", &[&lock_key(id)])
+            .await?
+            .get(0);
+        if ended {
+            client
+                .batch_execute(&format!("drop database if exists {name} with (force)"))
+                .await?;
+            client
+                .execute("select pg_advisory_unlock($1)", &[&lock_key(id)])
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A second cluster, offering TLS: the base URL (no database) and the CA that signed its
