@@ -3,6 +3,7 @@
 //! fixtures live in `support`.
 
 mod grpc_api;
+mod harness;
 mod hot_path;
 mod observability;
 mod postgres_tls;

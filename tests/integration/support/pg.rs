@@ -61,7 +61,10 @@ impl Run {
 /// The run id in a database name of any run, if it is one.
 fn run_of(database: &str) -> Option<u64> {
     let (id, _) = database.strip_prefix(PREFIX)?.split_once('_')?;
-    (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok())?
+    if id.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
 }
 
 /// Postgres advisory locks take a bigint; the id's bits are the key.
@@ -113,8 +116,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     /// Drops the database, ending any connection still open to it (a server's pool, a
-    /// listener). `Drop` is synchronous and may run inside a test's runtime, which must not
-    /// be blocked on: the drop runs on a thread of its own with a small runtime.
+    /// listener). `Drop` is synchronous and usually runs on a test runtime's thread, where
+    /// no other runtime may `block_on`: the drop runs on a thread of its own with a small
+    /// runtime, and this one waits for it.
     fn drop(&mut self) {
         let sql = format!("drop database if exists {} with (force)", self.name);
         let dropped = std::thread::spawn(move || {
