@@ -113,7 +113,8 @@ def main() -> None:
     envoy[f"LICENSE.{ENVOY_CRATE}"] = crate / "LICENSE"
     with tempfile.TemporaryDirectory() as scratch:
         google = googleapis_files(Path(scratch))
-        clash = sorted(n for n in envoy.keys() & google.keys() if envoy[n].read_bytes() != google[n].read_bytes())
+        shared = envoy.keys() & google.keys()
+        clash = sorted(n for n in shared if envoy[n].read_bytes() != google[n].read_bytes())
         if clash:
             sys.exit(f"vendor-protos: the two sources disagree on {', '.join(clash)}")
         readme = OUT / "README.md"
