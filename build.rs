@@ -7,13 +7,16 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
+/// The codec of every generated service (src/transport/codec.rs).
+const CODEC: &str = "crate::transport::codec::ProtoCodec";
+
+/// Envoy's ext_authz service definition.
+const ENVOY_EXT_AUTHZ: &str = "envoy/service/auth/v3/external_auth.proto";
+
 /// Third-party descriptor sets: output file name and root proto (under proto/third_party/),
 /// each compiled with its imports so that every set is self-contained.
 const THIRD_PARTY: [(&str, &str); 2] = [
-    (
-        "envoy_ext_authz_descriptor.bin",
-        "envoy/service/auth/v3/external_auth.proto",
-    ),
+    ("envoy_ext_authz_descriptor.bin", ENVOY_EXT_AUTHZ),
     (
         "error_details_descriptor.bin",
         "google/rpc/error_details.proto",
@@ -32,7 +35,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ["proto"],
     )?;
     fs::write(out.join("casola_auth_descriptor.bin"), ours.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(ours)?;
+    tonic_prost_build::configure()
+        .codec_path(CODEC)
+        .compile_fds(ours)?;
+
+    // Envoy's Authorization service, server side only, on envoy-types' messages: generated
+    // here (rather than taken from envoy-types) so that it uses our codec too.
+    let envoy = protox::compile([ENVOY_EXT_AUTHZ], ["proto/third_party"])?;
+    let mut envoy_build = tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path(CODEC);
+    for package in ["envoy", "google", "udpa", "validate", "xds"] {
+        envoy_build = envoy_build.extern_path(
+            format!(".{package}"),
+            format!("::envoy_types::pb::{package}"),
+        );
+    }
+    envoy_build.compile_fds(envoy)?;
 
     for (name, root) in THIRD_PARTY {
         // Encoded by protox itself, which keeps custom options (validate, udpa) that a

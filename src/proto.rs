@@ -9,6 +9,13 @@ pub mod casola_auth_v1 {
 
 pub use casola_auth_v1::*;
 
+/// The server side of Envoy's `envoy.service.auth.v3.Authorization` on envoy-types'
+/// messages, generated with our codec.
+#[allow(clippy::all, reason = "generated code")]
+pub mod envoy_ext_authz {
+    tonic::include_proto!("envoy.service.auth.v3");
+}
+
 /// Encoded descriptor set of our protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("casola_auth_descriptor");

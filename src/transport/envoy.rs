@@ -9,10 +9,7 @@ use std::collections::HashMap;
 use envoy_types::{
     ext_authz::v3::{
         CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-        pb::{
-            Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
-            HttpStatusCode,
-        },
+        pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
     },
     pb::google::protobuf::{Struct, Value, value::Kind},
 };
@@ -29,6 +26,7 @@ use crate::{
     config::EnvoyConfig,
     error::Error,
     principal::Principal,
+    proto::envoy_ext_authz::authorization_server::{Authorization, AuthorizationServer},
     scope::{Catalog, ScopeMatch, ScopeSet},
     telemetry::{Verdict, metrics::reasons},
 };

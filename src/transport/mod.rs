@@ -2,8 +2,11 @@
 //! - [`grpc`]: our `casola.auth.v1` services, with caller authentication as a tower layer;
 //! - [`envoy`]: Envoy's ext_authz `Authorization/Check`, on the same decision path;
 //! - [`telemetry`]: the call layer around every gRPC service (span, metrics, log line) and
-//!   the Check span's parent rule; [`verdict`]: domain outcomes as telemetry labels.
+//!   the Check span's parent rule; [`verdict`]: domain outcomes as telemetry labels;
+//! - [`codec`]: the protobuf codec of the generated services (client garbage is the
+//!   client's error).
 
+pub mod codec;
 pub mod envoy;
 pub mod grpc;
 pub mod telemetry;
