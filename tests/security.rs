@@ -216,3 +216,63 @@ async fn twenty_one_thousand_unknown_scopes_get_a_bounded_answer() {
     let size = err.message().len() + err.details().len();
     assert!(size < 8 * 1024, "{size} bytes of error");
 }
+
+#[test]
+fn the_memory_store_refuses_a_non_loopback_address_unless_it_is_a_demo() {
+    use casola_auth::{config::Config, server::safe_defaults};
+    let open = Config {
+        listen: "0.0.0.0:50051".parse().unwrap(),
+        ..Config::default()
+    };
+    let err = safe_defaults(open.clone()).unwrap_err().to_string();
+    assert!(
+        err.contains("in-memory store") && err.contains("CASOLA_AUTH_DEMO"),
+        "{err}"
+    );
+    assert!(safe_defaults(Config { demo: true, ..open }).is_ok());
+    assert!(safe_defaults(Config::default()).is_ok(), "loopback is fine");
+}
+
+#[test]
+fn require_tls_forces_sslmode_require_and_refuses_a_weaker_one() {
+    use casola_auth::{
+        config::{Config, DatabaseUrl, StoreConfig},
+        server::safe_defaults,
+    };
+    let with = |url: &str| Config {
+        database_url: Some(DatabaseUrl::new(url)),
+        store: StoreConfig {
+            require_tls: true,
+            ..StoreConfig::default()
+        },
+        ..Config::default()
+    };
+    for (given, forced) in [
+        ("postgres://u@db/x", "postgres://u@db/x?sslmode=require"),
+        (
+            "postgres://u@db/x?application_name=a",
+            "postgres://u@db/x?application_name=a&sslmode=require",
+        ),
+        ("host=db user=u", "host=db user=u sslmode=require"),
+        (
+            "postgres://u@db/x?sslmode=require",
+            "postgres://u@db/x?sslmode=require",
+        ),
+    ] {
+        let config = safe_defaults(with(given)).unwrap();
+        assert_eq!(config.database_url.unwrap().expose(), forced);
+    }
+    for weaker in [
+        "postgres://u@db/x?sslmode=disable",
+        "postgres://u@db/x?sslmode=prefer",
+    ] {
+        let err = safe_defaults(with(weaker)).unwrap_err().to_string();
+        assert!(err.contains("require_tls"), "{err}");
+        assert!(!err.contains("u@db"), "no URL in the message: {err}");
+    }
+    // Without require_tls the URL is left as it is (local development).
+    let mut plain = with("postgres://u@db/x");
+    plain.store.require_tls = false;
+    let config = safe_defaults(plain).unwrap();
+    assert_eq!(config.database_url.unwrap().expose(), "postgres://u@db/x");
+}
