@@ -383,7 +383,11 @@ impl CheckApi {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
             .map_or("", |h| h.path.as_str());
-        if let Err(why) = canonical_path(raw_path) {
+        // No HTTP request at all (not Envoy's HTTP filter): nothing to walk around; the
+        // fallback table then matches no rule.
+        if !raw_path.is_empty()
+            && let Err(why) = canonical_path(raw_path)
+        {
             verdict::record(Entry::Check, Verdict::deny(NON_CANONICAL_PATH));
             return Outcome::BadPath(why);
         }
