@@ -19,6 +19,8 @@
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
 //! | `store.tls_ca_file` | none (Mozilla roots) | CA for TLS to Postgres (`sslmode` in the URL) |
+//! | `store.require_tls` | false | verified TLS to Postgres whatever the URL says (the Helm chart sets it) |
+//! | `demo` | false | allow the in-memory store on a non-loopback `listen` address (a throwaway demo) |
 //! | `last_used.flush_interval_ms` | 5000 | write-behind period of last_used_at |
 //! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
@@ -116,6 +118,10 @@ pub struct StoreConfig {
     pub acquire_timeout_ms: u64,
     /// PEM CA certificate(s) to trust for TLS to Postgres instead of the Mozilla roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// Require TLS to Postgres whatever the URL says (its certificate and host name are
+    /// always verified): a URL without `sslmode` gets `sslmode=require`, one with another
+    /// mode stops start-up. Off by default for local development; on in the Helm chart.
+    pub require_tls: bool,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +130,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             acquire_timeout_ms: 3000,
             tls_ca_file: None,
+            require_tls: false,
         }
     }
 }
@@ -245,6 +252,9 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Envoy ext_authz.
     pub envoy: EnvoyConfig,
+    /// A throwaway demo: lets the in-memory store (and its bootstrap admin token, printed
+    /// at start-up) serve on a non-loopback address, which is refused otherwise.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -266,12 +276,13 @@ impl Default for Config {
             cache: CacheConfig::default(),
             catalog: CatalogConfig::default(),
             envoy: EnvoyConfig::default(),
+            demo: false,
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -288,6 +299,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "cache",
     "catalog",
     "envoy",
+    "demo",
 ];
 
 /// Flag overrides for [`Config::load`] when there are none.

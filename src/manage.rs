@@ -10,7 +10,7 @@ use crate::{
     authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
     pagination::{Cursor, PageSize},
-    permission::{self, Access, Action, GrantError},
+    permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
     scope::{ADMIN_READ, Catalog, ScopeSet, TOKENS_ISSUE},
     store::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros},
@@ -372,6 +372,18 @@ impl TokenManager {
         })
     }
 
+    /// Whether `record` is a service token (carries tokens:issue, implications expanded).
+    fn is_service(&self, record: &TokenRecord) -> bool {
+        let names: Vec<&str> = record.scopes.iter().map(String::as_str).collect();
+        // A stored scope the catalog no longer knows cannot grant tokens:issue; the plain
+        // name check covers the direct grant either way.
+        record.scopes.iter().any(|s| s == TOKENS_ISSUE)
+            || self
+                .catalog
+                .resolve(&names)
+                .is_ok_and(|set| self.catalog.expand(&set).contains(TOKENS_ISSUE))
+    }
+
     async fn visible(
         &self,
         caller: &Caller,
@@ -381,7 +393,11 @@ impl TokenManager {
         let not_found = || Error::NotFound(format!("token {id} not found"));
         let record = self.store.get(id).await?.ok_or_else(not_found)?;
         if let Caller::Token(principal) = caller {
-            match permission::access(principal, action, &record.owner) {
+            let target = Target {
+                owner: &record.owner,
+                service: self.is_service(&record),
+            };
+            match permission::access_token(principal, action, target) {
                 Access::Allowed => {}
                 Access::Hidden => return Err(not_found()),
                 Access::Denied => {
@@ -425,6 +441,14 @@ impl TokenManager {
         } else {
             None
         };
+        // Service tokens exist only for tokens:issue callers. Filtered after the page is
+        // cut, so the cursor still moves past them: a page may come back shorter than
+        // asked (AIP-158 allows it), never with a service token in it.
+        if let Caller::Token(p) = caller
+            && !p.has(TOKENS_ISSUE)
+        {
+            tokens.retain(|t| !self.is_service(t));
+        }
         Ok(Page {
             tokens,
             next_page_token,

@@ -4,6 +4,9 @@
 //!   (revoke also with admin:write);
 //! - the caller's organisation: admin:read reads every token, admin:write revokes any;
 //! - tokens:issue (the dashboard backend): everything, for any owner;
+//! - service tokens (those carrying tokens:issue) exist only for tokens:issue callers:
+//!   hidden from everyone else, their own owner and organisation admins included, so that
+//!   no org admin can list or revoke the dashboard backend's token;
 //! - a new token's scopes must be held by the caller (no escalation) and it may not outlive
 //!   the caller's token; tokens:issue is never granted through the API.
 
@@ -61,6 +64,26 @@ pub fn access(caller: &Principal, action: Action, owner: &Owner) -> Access {
     } else {
         Access::Hidden
     }
+}
+
+/// The token an action is about: its owner, and whether it is a service token (it carries
+/// tokens:issue, implications expanded).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Who owns it.
+    pub owner: &'a Owner,
+    /// It carries tokens:issue.
+    pub service: bool,
+}
+
+/// May `caller` perform `action` on an existing token? As [`access`], except that a
+/// service token is [`Access::Hidden`] from every caller without tokens:issue: it can be
+/// neither seen nor touched through the API (the CLI still can).
+pub fn access_token(caller: &Principal, action: Action, target: Target<'_>) -> Access {
+    if target.service && !caller.has(TOKENS_ISSUE) {
+        return Access::Hidden;
+    }
+    access(caller, action, target.owner)
 }
 
 /// Why a new token may not be minted.
@@ -173,6 +196,70 @@ mod tests {
                 want_stranger,
                 "{scopes:?} {action:?} other org"
             );
+        }
+    }
+
+    /// A service token (carrying tokens:issue), owned by the caller itself, by a colleague
+    /// or by another organisation: every caller without tokens:issue is told NOT_FOUND for
+    /// every action, whatever admin scopes it holds.
+    #[test]
+    fn service_tokens_are_hidden_from_everyone_but_token_issuers() {
+        let owners = [
+            owner("acme", "alice"),
+            owner("acme", "backend"),
+            owner("globex", "carol"),
+        ];
+        //  caller scopes,                         what it gets on a service token
+        let table: &[(&[&str], Access)] = &[
+            (&[], H),
+            (&[USER_READ], H),
+            (&[USER_WRITE], H),
+            (&[ADMIN_READ], H),
+            (&[ADMIN_WRITE], H),
+            (&[USER_WRITE, ADMIN_WRITE], H),
+            (&[TOKENS_ISSUE], A),
+            (&[TOKENS_ISSUE, ADMIN_WRITE], A),
+        ];
+        for &(scopes, want) in table {
+            let c = caller(scopes);
+            for action in [Read, Update, Revoke] {
+                for o in &owners {
+                    let target = Target {
+                        owner: o,
+                        service: true,
+                    };
+                    assert_eq!(
+                        access_token(&c, action, target),
+                        want,
+                        "{scopes:?} {action:?} {o:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// On an ordinary token, `access_token` is `access`.
+    #[test]
+    fn ordinary_tokens_follow_the_permission_table() {
+        let colleague = owner("acme", "bob");
+        for scopes in [
+            &[][..],
+            &[USER_READ],
+            &[ADMIN_READ],
+            &[ADMIN_WRITE],
+            &[TOKENS_ISSUE],
+        ] {
+            let c = caller(scopes);
+            for action in [Read, Update, Revoke] {
+                let target = Target {
+                    owner: &colleague,
+                    service: false,
+                };
+                assert_eq!(
+                    access_token(&c, action, target),
+                    access(&c, action, &colleague)
+                );
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use crate::{
     authorize::{
         Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
     },
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, DatabaseUrl},
     manage::{Caller, CreateRequest, TokenManager},
     proto::{
         self, authorization_service_server::AuthorizationServiceServer,
@@ -226,6 +226,7 @@ type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
 
 /// Starts serving per `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = safe_defaults(config)?;
     let metrics = telemetry::metrics::install();
     let services = Services::open(&config).await?;
     let bootstrap_token = match services.kind {
@@ -364,6 +365,84 @@ async fn serve_grpc(
             },
         )
         .await
+}
+
+/// The start-up safety rules of issue 16: no in-memory store (whose bootstrap admin token
+/// is printed) on a non-loopback address unless `demo` says so, and the TLS mode to
+/// Postgres made explicit: enforced with `store.require_tls`, and logged either way.
+pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
+    if config.database_url.is_none() && !config.listen.ip().is_loopback() && !config.demo {
+        return Err(StartError::Other(format!(
+            "refusing to start the in-memory store on the non-loopback address {}: it would \
+             print an admin token into the logs and keep nothing. Set a database URL \
+             (DATABASE_URL), listen on 127.0.0.1, or, for a throwaway demo, set demo = true \
+             (CASOLA_AUTH_DEMO=true)",
+            config.listen
+        )));
+    }
+    let roots = match &config.store.tls_ca_file {
+        Some(path) => format!("the CA in {}", path.display()),
+        None => "the Mozilla roots".to_owned(),
+    };
+    let require = config.store.require_tls;
+    for (key, url) in [
+        ("database_url", &mut config.database_url),
+        ("listen_database_url", &mut config.listen_database_url),
+    ] {
+        let Some(current) = url.as_ref() else {
+            continue;
+        };
+        let raw = current.expose();
+        let mode = raw
+            .parse::<tokio_postgres::Config>()
+            .map(|c| c.get_ssl_mode())
+            .map_err(|_| StartError::Other(format!("{key} is not a Postgres URL")))?;
+        let given = raw.contains("sslmode=");
+        let mode = match (mode, given, require) {
+            (tokio_postgres::config::SslMode::Require, _, _) => "require",
+            (_, false, true) => {
+                // Appended last, so it wins over the URL's defaults.
+                let sep = if !raw.contains("://") {
+                    " "
+                } else if raw.contains('?') {
+                    "&"
+                } else {
+                    "?"
+                };
+                *url = Some(DatabaseUrl::new(format!("{raw}{sep}sslmode=require")));
+                "require"
+            }
+            (_, true, true) => {
+                return Err(StartError::Other(format!(
+                    "store.require_tls is set (CASOLA_AUTH_STORE__REQUIRE_TLS, the Helm \
+                     chart's database.tls) but {key} asks for another sslmode: use \
+                     sslmode=require, or turn store.require_tls off"
+                )));
+            }
+            (tokio_postgres::config::SslMode::Disable, _, false) => "disable",
+            (_, _, false) => "prefer",
+        };
+        match mode {
+            "require" => tracing::info!(
+                url = key,
+                tls = "require",
+                "TLS to Postgres required, certificate and host name verified against {roots}"
+            ),
+            "disable" => tracing::warn!(
+                url = key,
+                tls = "disable",
+                "TLS to Postgres disabled: the connection is plaintext"
+            ),
+            _ => tracing::warn!(
+                url = key,
+                tls = "prefer",
+                "TLS to Postgres only if the server offers it (verified against {roots}), \
+                 else plaintext, which anyone on the path can force: set sslmode=require \
+                 or store.require_tls"
+            ),
+        }
+    }
+    Ok(config)
 }
 
 /// On Postgres: the task that hears revocations from every replica.

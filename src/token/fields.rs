@@ -72,6 +72,9 @@ impl TokenName {
         if chars == 0 {
             return Err("must not be empty".into());
         }
+        if super::contains_token(name) {
+            return Err(PASTED_TOKEN.into());
+        }
         if chars > NAME_MAX_CHARS {
             return Err(format!(
                 "must be at most {NAME_MAX_CHARS} characters, is {chars}"
@@ -104,6 +107,9 @@ impl Description {
     /// Parses a description (surrounding white space is trimmed).
     pub fn parse(raw: &str) -> Result<Self, String> {
         let text = raw.trim();
+        if super::contains_token(text) {
+            return Err(PASTED_TOKEN.into());
+        }
         let chars = text.chars().count();
         if chars > DESCRIPTION_MAX_CHARS {
             return Err(format!(
@@ -165,6 +171,9 @@ impl OwnerId {
         if chars == 0 {
             return Err("must not be empty".into());
         }
+        if super::contains_token(raw) {
+            return Err(PASTED_TOKEN.into());
+        }
         if chars > OWNER_ID_MAX_CHARS {
             return Err(format!(
                 "must be at most {OWNER_ID_MAX_CHARS} characters, is {chars}"
@@ -208,9 +217,26 @@ pub struct Owner {
     pub user_id: OwnerId,
 }
 
+/// What a field holding a pasted token is told (the token itself is never stored, shown in a
+/// list or logged as a name or an owner).
+const PASTED_TOKEN: &str = "must not contain an API token (csl_...): was a secret pasted here?";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pasted_token_is_refused_as_a_name_description_or_owner() {
+        let token = crate::token::PlainToken::generate();
+        let raw = token.expose();
+        assert_eq!(
+            TokenName::parse(&format!("ci {raw}")).unwrap_err(),
+            PASTED_TOKEN
+        );
+        assert_eq!(Description::parse(raw).unwrap_err(), PASTED_TOKEN);
+        assert_eq!(OwnerId::parse(raw).unwrap_err(), PASTED_TOKEN);
+        assert!(TokenName::parse("csl_a3f9Qk… rotation").is_ok());
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded_by_characters_not_bytes() {

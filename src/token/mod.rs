@@ -7,7 +7,10 @@
 
 pub mod fields;
 pub mod hash;
+pub mod redact;
 pub mod status;
+
+pub use redact::{contains_token, redact};
 
 use std::fmt;
 

@@ -4,7 +4,10 @@
 //! onto HTTP: 200 upstream with identity headers, 401 / 403 with OpenAI-style JSON errors,
 //! 503 when the service cannot decide (never a 401 for an outage).
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -29,6 +32,7 @@ use crate::{
     proto::envoy_ext_authz::authorization_server::{Authorization, AuthorizationServer},
     scope::{Catalog, ScopeMatch, ScopeSet},
     telemetry::{Verdict, metrics::reasons},
+    token::{contains_token, redact},
 };
 
 /// Context-extension key with the route's required scopes (space- or comma-separated).
@@ -43,6 +47,20 @@ pub const ORG_ID_HEADER: &str = "x-casola-org-id";
 pub const USER_ID_HEADER: &str = "x-casola-user-id";
 /// Expanded scopes, space-separated.
 pub const SCOPES_HEADER: &str = "x-casola-scopes";
+/// The `casola.scopes` value (and the route table's `scopes = ["*"]`) that lets any valid
+/// token through: the explicit opt-in, since an empty requirement is a misconfiguration.
+pub const ANY_VALID_TOKEN: &str = "*";
+/// Headers that carry credentials and never reach the upstream (besides `authorization`,
+/// kept only with `keep_authorization`, and the configured `token_header`).
+pub const CREDENTIAL_HEADERS: [&str; 2] = ["proxy-authorization", "x-api-key"];
+/// Verdict reason of a request refused for its path (not in canonical form).
+const NON_CANONICAL_PATH: &str = "non_canonical_path";
+/// Verdict reason of an `authorization` header without a Bearer or Key scheme.
+const BAD_SCHEME: &str = "malformed";
+/// Most distinct misconfigured routes remembered for logging once each; context
+/// extensions come from the Envoy config, not from clients, so this is never reached in
+/// practice: it only bounds the memory.
+const MAX_LOGGED_ROUTES: usize = 1024;
 const IDENTITY_HEADERS: [&str; 4] = [
     TOKEN_ID_HEADER,
     ORG_ID_HEADER,
@@ -62,12 +80,19 @@ pub struct Requirement {
 #[derive(Debug, Clone)]
 struct Route {
     method: Option<String>,
-    path_prefix: String,
+    /// The rule's prefix without its trailing `/` (empty for `/`): it matches itself and
+    /// everything below it, on segment boundaries only.
+    prefix: String,
     requirement: Requirement,
 }
 
 /// The fallback route table (method + path prefix -> scopes), checked at start-up; the
 /// longest matching prefix wins.
+///
+/// Paths are matched whole segment by segment (`/api/feedback` covers `/api/feedback/x`,
+/// never `/api/feedback-admin`) and ignoring ASCII letter case (`/api/ADMIN/` needs what
+/// `/api/admin/` needs, since some upstreams ignore case). Only canonical paths are looked
+/// up: see [`canonical_path`].
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
@@ -79,42 +104,135 @@ fn split_scopes(raw: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Why a request path is refused before any rule is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonCanonical {
+    /// Not starting with `/`.
+    NotAbsolute,
+    /// An empty segment (`//`).
+    EmptySegment,
+    /// A `.` or `..` segment.
+    DotSegment,
+    /// A backslash, a control character or a byte outside ASCII.
+    BadCharacter,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// An escaped character that needs no escape (`%61` for `a`): a second spelling.
+    NeedlessEscape,
+    /// An escaped `/` or `\` (`%2F`, `%5C`): a segment boundary in disguise.
+    EscapedSlash,
+}
+
+/// The path of `raw` (query and fragment cut off) if it is canonical: absolute, no empty,
+/// `.` or `..` segment, no backslash, control or non-ASCII byte, and percent escapes only
+/// for characters that need one, never for `/` or `\`. Envoy's `normalize_path`,
+/// `merge_slashes` and `path_with_escaped_slashes_action` make every request that reaches
+/// us canonical; anything else is somebody walking around the rules, refused with 400.
+pub fn canonical_path(raw: &str) -> Result<&str, NonCanonical> {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let path = &raw[..end];
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(NonCanonical::NotAbsolute);
+    };
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' | 0..=0x1f | 0x7f.. => return Err(NonCanonical::BadCharacter),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(NonCanonical::BadEscape)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| NonCanonical::BadEscape)?;
+                let value = u8::from_str_radix(hex, 16).map_err(|_| NonCanonical::BadEscape)?;
+                if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                    return Err(NonCanonical::BadEscape);
+                }
+                match value {
+                    b'/' | b'\\' => return Err(NonCanonical::EscapedSlash),
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        return Err(NonCanonical::NeedlessEscape);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            // A trailing slash (and the root path) is one empty last segment: fine.
+            "" if i == last => {}
+            "" => return Err(NonCanonical::EmptySegment),
+            "." | ".." => return Err(NonCanonical::DotSegment),
+            _ => {}
+        }
+    }
+    Ok(path)
+}
+
+/// Whether the rule prefix `prefix` (trailing `/` removed) covers the canonical `path`:
+/// equal, or followed by a `/`, ignoring ASCII case.
+fn covers(prefix: &str, path: &str) -> bool {
+    let (p, q) = (prefix.as_bytes(), path.as_bytes());
+    q.len() >= p.len()
+        && q[..p.len()].eq_ignore_ascii_case(p)
+        && (q.len() == p.len() || q[p.len()] == b'/')
+}
+
 impl RouteTable {
-    /// Builds the table; unknown scope names are a configuration error.
+    /// Builds the table; unknown scope names, an empty scope list (write `["*"]` for any
+    /// valid token) and a prefix that is not a canonical path are configuration errors.
     pub fn from_config(config: &EnvoyConfig, catalog: &Catalog) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, rule) in config.routes.iter().enumerate() {
-            if !rule.path_prefix.starts_with('/') {
-                return Err(format!("envoy.routes[{i}].path_prefix must start with '/'"));
+            if !rule.path_prefix.starts_with('/')
+                || rule.path_prefix.contains(['?', '#'])
+                || canonical_path(&rule.path_prefix).is_err()
+            {
+                return Err(format!(
+                    "envoy.routes[{i}].path_prefix must be a canonical path starting with '/' \
+                     (no '//', '.', '..', '\\', query or needless percent escapes)"
+                ));
             }
             let names: Vec<&str> = rule.scopes.iter().map(String::as_str).collect();
-            let scopes = catalog
-                .resolve(&names)
-                .map_err(|e| format!("envoy.routes[{i}]: {e}"))?;
+            let scopes = match names.as_slice() {
+                [ANY_VALID_TOKEN] => ScopeSet::default(),
+                [] => {
+                    return Err(format!(
+                        "envoy.routes[{i}].scopes is empty: name the scopes, or write \
+                         [\"{ANY_VALID_TOKEN}\"] for any valid token"
+                    ));
+                }
+                _ => catalog
+                    .resolve(&names)
+                    .map_err(|e| format!("envoy.routes[{i}]: {}", redact(&e.to_string())))?,
+            };
             routes.push(Route {
                 method: rule.method.as_ref().map(|m| m.to_ascii_uppercase()),
-                path_prefix: rule.path_prefix.clone(),
+                prefix: rule.path_prefix.trim_end_matches('/').to_owned(),
                 requirement: Requirement {
                     scopes,
                     mode: rule.mode,
                 },
             });
         }
-        // Longest prefix first, so the most specific rule matches.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        // Longest prefix first, so the most specific rule matches (a stable sort: between
+        // equal lengths the first in the file wins).
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self { routes })
     }
 
-    /// The requirement of the first (most specific) rule matching `method` and `path`.
+    /// The requirement of the first (most specific) rule matching `method` and the
+    /// canonical `path` (see [`canonical_path`]; the query string is ignored).
     pub fn lookup(&self, method: &str, path: &str) -> Option<&Requirement> {
         let path = path.split(['?', '#']).next().unwrap_or(path);
         self.routes
             .iter()
             .find(|r| {
-                path.starts_with(&r.path_prefix)
+                covers(&r.prefix, path)
                     && r.method
                         .as_deref()
-                        .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                        .is_none_or(|m| m.is_empty() || m.eq_ignore_ascii_case(method))
             })
             .map(|r| &r.requirement)
     }
@@ -126,6 +244,9 @@ pub struct CheckApi {
     authorizer: Authorizer,
     routes: RouteTable,
     config: EnvoyConfig,
+    /// Misconfigured routes already logged (by their context extensions): one ERROR line
+    /// per route, not one per request.
+    logged: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A decided HTTP answer, before it becomes a CheckResponse.
@@ -133,11 +254,13 @@ pub struct CheckApi {
 enum Outcome {
     Allow(Principal),
     Unauthenticated(&'static str),
+    BadPath(NonCanonical),
     Forbidden {
         message: String,
         missing: Vec<String>,
     },
-    Misconfigured(String),
+    /// The route's requirement is broken (logged where it was found).
+    Misconfigured,
     Unavailable(&'static str),
 }
 
@@ -148,6 +271,7 @@ impl CheckApi {
             authorizer,
             routes,
             config,
+            logged: Arc::default(),
         }
     }
 
@@ -160,11 +284,23 @@ impl CheckApi {
         let attributes = req.attributes.as_ref();
         let extensions = attributes.map(|a| &a.context_extensions);
         if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
-            let scopes = self
-                .authorizer
-                .catalog()
-                .resolve(&split_scopes(raw))
-                .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?;
+            let names = split_scopes(raw);
+            let scopes = match names.as_slice() {
+                [ANY_VALID_TOKEN] => ScopeSet::default(),
+                // An empty value is a mistake, not "any token": it would override
+                // allow_unmatched = false without anybody meaning it.
+                [] => {
+                    return Err(format!(
+                        "context extension {SCOPES_KEY} is empty; name scopes, or write \
+                         \"{ANY_VALID_TOKEN}\" for any valid token"
+                    ));
+                }
+                _ => self
+                    .authorizer
+                    .catalog()
+                    .resolve(&names)
+                    .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?,
+            };
             let mode = extensions
                 .and_then(|e| e.get(MATCH_KEY))
                 .map_or(Ok(ScopeMatch::All), |m| m.parse())
@@ -178,30 +314,98 @@ impl CheckApi {
         Ok(self.routes.lookup(method, path).cloned())
     }
 
-    fn credential<'a>(&self, headers: Option<&'a HashMap<String, String>>) -> Option<&'a str> {
-        let headers = headers?;
-        headers
-            .get("authorization")
-            .map(String::as_str)
-            .or_else(|| {
-                let name = self.config.token_header.as_deref()?;
-                headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    /// The token to check: from `authorization` (`Bearer <t>` or `Key <t>`, the scheme
+    /// case-insensitive; a bare token there is refused, as no client we serve sends one),
+    /// else from the configured `token_header` (a bare token).
+    fn credential<'a>(
+        &self,
+        headers: Option<&'a HashMap<String, String>>,
+    ) -> Result<Option<&'a str>, ()> {
+        let Some(headers) = headers else {
+            return Ok(None);
+        };
+        if let Some(value) = headers.get("authorization") {
+            return match value.trim().split_once(char::is_whitespace) {
+                Some((scheme, token))
+                    if scheme.eq_ignore_ascii_case("bearer")
+                        || scheme.eq_ignore_ascii_case("key") =>
+                {
+                    Ok(Some(token.trim()))
+                }
+                _ => Err(()),
+            };
+        }
+        Ok(self
+            .config
+            .token_header
+            .as_deref()
+            .and_then(|name| headers.get(&name.to_ascii_lowercase()))
+            .map(|v| v.trim()))
+    }
+
+    /// Logs a misconfigured route once (per distinct context extensions), with every
+    /// token-shaped word redacted: a token pasted into `casola.scopes` stays out of logs.
+    fn log_misconfigured(&self, req: &CheckRequest, cause: &str) {
+        let mut key: Vec<String> = req
+            .attributes
+            .as_ref()
+            .map(|a| {
+                a.context_extensions
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:?}"))
+                    .collect()
             })
+            .unwrap_or_default();
+        key.sort();
+        let route = redact(&key.join(" ")).into_owned();
+        let first = {
+            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+            logged.len() < MAX_LOGGED_ROUTES && logged.insert(route.clone())
+        };
+        if first {
+            tracing::error!(route = %route, error = %redact(cause), "check refuses a misconfigured route (logged once per route)");
+        } else {
+            tracing::debug!(route = %route, "check refused a misconfigured route");
+        }
     }
 
     async fn decide(&self, req: &CheckRequest) -> Outcome {
+        let raw_path = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map_or("", |h| h.path.as_str());
+        // No HTTP request at all (not Envoy's HTTP filter): nothing to walk around; the
+        // fallback table then matches no rule.
+        if !raw_path.is_empty()
+            && let Err(why) = canonical_path(raw_path)
+        {
+            verdict::record(Entry::Check, Verdict::deny(NON_CANONICAL_PATH));
+            return Outcome::BadPath(why);
+        }
         let requirement = match self.requirement(req) {
             Ok(r) => r,
             Err(message) => {
                 verdict::record(Entry::Check, Verdict::deny(reasons::MISCONFIGURED_ROUTE));
-                return Outcome::Misconfigured(message);
+                self.log_misconfigured(req, &message);
+                return Outcome::Misconfigured;
             }
         };
-        let Some(credential) = self.credential(req.get_client_headers()) else {
-            verdict::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
-            return Outcome::Unauthenticated(
-                "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
-            );
+        let credential = match self.credential(req.get_client_headers()) {
+            Ok(Some(credential)) => credential,
+            Ok(None) => {
+                verdict::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
+                return Outcome::Unauthenticated(
+                    "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
+                );
+            }
+            Err(()) => {
+                verdict::record(Entry::Check, Verdict::deny(BAD_SCHEME));
+                return Outcome::Unauthenticated(
+                    "Unsupported authorization scheme. Send the API key as `Authorization: Bearer <token>`.",
+                );
+            }
         };
         let (required, mode, matched) = match &requirement {
             Some(r) => (r.scopes.clone(), r.mode, true),
@@ -262,8 +466,10 @@ impl CheckApi {
         response
     }
 
-    /// The allow: identity headers set (overwriting any a client sent), every other
-    /// client `x-casola-*` header and the credential headers removed.
+    /// The allow: identity headers set (overwriting any a client sent), and removed: every
+    /// other client header that reads as an `x-casola-*` header once case and underscores
+    /// are folded (`x_casola_org_id` reaches a WSGI app as `HTTP_X_CASOLA_ORG_ID`), every
+    /// credential header, and any other header whose value holds a token.
     fn allowed(&self, req: &CheckRequest, principal: &Principal) -> OkHttpResponseBuilder {
         let mut ok = OkHttpResponseBuilder::new();
         for (name, value) in identity(principal) {
@@ -274,19 +480,32 @@ impl CheckApi {
                 true,
             );
         }
+        let token_header = self
+            .config
+            .token_header
+            .as_deref()
+            .map(str::to_ascii_lowercase);
+        let mut removed: Vec<String> = CREDENTIAL_HEADERS.iter().map(|&h| h.into()).collect();
+        removed.extend(token_header.clone());
+        if !self.config.keep_authorization {
+            removed.push("authorization".into());
+        }
         if let Some(headers) = req.get_client_headers() {
-            for name in headers.keys() {
+            for (name, value) in headers {
                 let name = name.to_ascii_lowercase();
-                if name.starts_with("x-casola-") && !IDENTITY_HEADERS.contains(&name.as_str()) {
-                    ok.remove_header(name);
+                let folded = name.replace('_', "-");
+                let spoofed =
+                    folded.starts_with("x-casola-") && !IDENTITY_HEADERS.contains(&name.as_str());
+                let kept_credential = name == "authorization" && self.config.keep_authorization;
+                if (spoofed || (contains_token(value) && !kept_credential))
+                    && !removed.contains(&name)
+                {
+                    removed.push(name);
                 }
             }
         }
-        if !self.config.keep_authorization {
-            ok.remove_header("authorization");
-        }
-        if let Some(extra) = &self.config.token_header {
-            ok.remove_header(extra.to_ascii_lowercase());
+        for name in removed {
+            ok.remove_header(name);
         }
         ok
     }
@@ -311,6 +530,19 @@ fn refusal(outcome: Outcome) -> (Code, String, DeniedHttpResponseBuilder) {
             );
             (Code::Unauthenticated, message.to_owned(), denied)
         }
+        Outcome::BadPath(why) => {
+            let denied = json_error(
+                HttpStatusCode::BadRequest,
+                "The request path is not in canonical form.",
+                "invalid_request_error",
+                "invalid_path",
+            );
+            (
+                Code::InvalidArgument,
+                format!("non-canonical path: {why:?}"),
+                denied,
+            )
+        }
         Outcome::Forbidden { message, missing } => {
             let mut denied = json_error(
                 HttpStatusCode::Forbidden,
@@ -325,8 +557,8 @@ fn refusal(outcome: Outcome) -> (Code, String, DeniedHttpResponseBuilder) {
             set_header(&mut denied, "www-authenticate", challenge);
             (Code::PermissionDenied, message, denied)
         }
-        Outcome::Misconfigured(cause) => {
-            tracing::error!(error = %cause, "check refused a misconfigured route");
+        // Logged once per route where it was decided (`CheckApi::log_misconfigured`).
+        Outcome::Misconfigured => {
             let denied = json_error(
                 HttpStatusCode::InternalServerError,
                 "The gateway's authorization rule for this route is misconfigured.",
@@ -471,6 +703,99 @@ mod tests {
             Some(vec!["user:read".into()])
         );
         assert_eq!(need("GET", "/api/users/me"), None);
+    }
+
+    fn hardened_table() -> RouteTable {
+        let config = EnvoyConfig {
+            routes: vec![
+                rule(Some("GET"), "/api/", &["user:read"]),
+                rule(Some("POST"), "/api/", &["user:write"]),
+                rule(None, "/api/admin/", &["admin:read"]),
+                rule(Some("POST"), "/api/feedback", &["user:read"]),
+            ],
+            ..Default::default()
+        };
+        RouteTable::from_config(&config, &Catalog::default()).unwrap()
+    }
+
+    /// The audit's probes against an `/api/admin/` rule: each is either refused as not
+    /// canonical or needs admin:read; none reads as a plain `/api/` path.
+    #[test]
+    fn the_admin_rule_cannot_be_walked_around() {
+        let table = hardened_table();
+        let need = |p: &str| table.lookup("GET", p).map(|r| r.scopes.to_vec());
+        for refused in [
+            "/api//admin/settings",
+            "/api/./admin/",
+            "/api/x/../admin/",
+            "/api/%61dmin/",
+            "/api/admin%2Fsettings",
+            "/api/admin%2fsettings",
+            "/api/admin%5Csettings",
+            "/api/admin\\settings",
+            "api/admin/",
+            "/api/admin/%zz",
+            "/api/admin/\u{e9}",
+            "/api/adm\tin/",
+        ] {
+            assert!(
+                canonical_path(refused).is_err(),
+                "{refused} passed as canonical"
+            );
+        }
+        for admin in [
+            "/api/admin",
+            "/api/admin/",
+            "/api/admin/settings",
+            "/api/ADMIN/",
+            "/api/Admin/settings?x=1",
+        ] {
+            let path = canonical_path(admin).unwrap();
+            assert_eq!(need(path), Some(vec!["admin:read".into()]), "{admin}");
+        }
+        assert_eq!(need("/api/administrators"), Some(vec!["user:read".into()]));
+        assert_eq!(canonical_path("/api/a%20b/?q=/../"), Ok("/api/a%20b/"));
+        assert_eq!(canonical_path("/"), Ok("/"));
+    }
+
+    #[test]
+    fn rules_match_on_segment_boundaries() {
+        let table = hardened_table();
+        let need = |m, p| table.lookup(m, p).map(|r| r.scopes.to_vec());
+        assert_eq!(
+            need("POST", "/api/feedback"),
+            Some(vec!["user:read".into()])
+        );
+        assert_eq!(
+            need("POST", "/api/feedback/42"),
+            Some(vec!["user:read".into()])
+        );
+        assert_eq!(
+            need("POST", "/api/feedback-admin/purge"),
+            Some(vec!["user:write".into()]),
+            "a sibling with a longer name is not covered by the shorter rule"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_non_canonical_rule_fails_at_start_up_and_star_means_any_token() {
+        for (prefix, scopes) in [
+            ("/api/", &[][..]),
+            ("/api//x", &["user:read"][..]),
+            ("/api/%61", &["user:read"][..]),
+        ] {
+            let config = EnvoyConfig {
+                routes: vec![rule(None, prefix, scopes)],
+                ..Default::default()
+            };
+            assert!(RouteTable::from_config(&config, &Catalog::default()).is_err());
+        }
+        let config = EnvoyConfig {
+            routes: vec![rule(None, "/public/", &["*"])],
+            ..Default::default()
+        };
+        let table = RouteTable::from_config(&config, &Catalog::default()).unwrap();
+        assert!(table.lookup("GET", "/public/x").unwrap().scopes.is_empty());
     }
 
     #[test]

@@ -43,6 +43,17 @@ class Recorder:
             self._requests.clear()
 
 
+def wsgi_environ(headers: list[list[str]]) -> dict[str, str]:
+    """The HTTP_* keys a WSGI/CGI server (PEP 3333) would build from these request headers:
+    upper case, `-` and `_` alike turned into `_`, repeated headers joined with commas. This
+    is how `x_casola_org_id` and `x-casola-org-id` become one HTTP_X_CASOLA_ORG_ID."""
+    environ: dict[str, str] = {}
+    for name, value in headers:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
 def chat_completion(request: dict) -> dict:
     messages = request.get("messages") or []
     last = messages[-1].get("content", "") if messages else ""

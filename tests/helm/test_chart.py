@@ -478,6 +478,21 @@ def test_listen_url_defaults_to_the_database_secret(chart):
     }
 
 
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_verified_tls_to_postgres_is_the_default(chart, name):
+    """Issue 16: the chart requires verified TLS unless database.tls says `url`, for the
+    server and the migration Job alike."""
+    for where, pod in pod_specs(render(chart, VALUE_SETS[name])):
+        (container,) = pod["containers"]
+        assert env_map(container)["CASOLA_AUTH_STORE__REQUIRE_TLS"]["value"] == "true", where
+
+
+def test_verified_tls_has_an_explicit_opt_out(chart):
+    for where, pod in pod_specs(render(chart, {"database": {"tls": "url"}})):
+        (container,) = pod["containers"]
+        assert "CASOLA_AUTH_STORE__REQUIRE_TLS" not in env_map(container), where
+
+
 def checksum(chart, values) -> str:
     annotations = one(render(chart, values), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     value = annotations["checksum/config"]
@@ -513,6 +528,7 @@ def test_checksum_follows_the_config(chart):
         {"image": {"tag": "latest"}},
         {"image": {"digest": "md5:abc"}},
         {"config": {"logFormat": "xml"}},
+        {"database": {"tls": "verify-ca"}},
         {"config": {"argon2": {"memoryKib": "lots"}}},
         {"config": {"store": {"poolSize": 0}}},
         {"config": {"envoy": {"routes": [{"pathPrefix": "no-slash", "scopes": []}]}}},

@@ -7,5 +7,6 @@ mod harness;
 mod hot_path;
 mod observability;
 mod postgres_tls;
+mod security;
 mod store_conformance;
 mod support;

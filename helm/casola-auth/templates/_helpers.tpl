@@ -149,6 +149,11 @@ DATABASE_URL (and the optional direct URL of the revocation listener), always fr
     secretKeyRef:
       name: {{ include "casola-auth.databaseSecret" . }}
       key: {{ .Values.database.urlKey }}
+{{- if eq (.Values.database.tls | default "verify-full") "verify-full" }}
+# Verified TLS to Postgres whatever the URL says (values: database.tls).
+- name: CASOLA_AUTH_STORE__REQUIRE_TLS
+  value: "true"
+{{- end }}
 {{- if include "casola-auth.tlsCa" . }}
 - name: CASOLA_AUTH_STORE__TLS_CA_FILE
   value: /etc/casola-auth-tls/{{ .Values.database.tlsCa.key }}

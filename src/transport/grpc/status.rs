@@ -4,32 +4,74 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{authorize::Denial, error::Error};
+use crate::{
+    authorize::Denial,
+    error::{Error, FieldViolation},
+    token::redact,
+};
 
 /// What a request without a credential is told.
 const MISSING_CREDENTIALS: &str = "missing credentials: send `authorization: Bearer <token>`";
+
+/// Most field violations listed in one answer; the rest are counted in a last entry. A
+/// request with thousands of unknown scopes once produced 1.43 MB of trailers.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Longest field path or description echoed, in characters (longer ones are cut).
+pub const MAX_ECHO_CHARS: usize = 200;
+
+/// Client-supplied text as it may be echoed: token-shaped words cut to their display
+/// prefix (`token::redact`), and at most [`MAX_ECHO_CHARS`] characters.
+pub fn echo(text: &str) -> String {
+    let redacted = redact(text);
+    match redacted.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", &redacted[..end]),
+        None => redacted.into_owned(),
+    }
+}
+
+/// The `google.rpc.BadRequest` of an INVALID_ARGUMENT: every violation redacted and cut,
+/// at most [`MAX_VIOLATIONS`] of them, then one entry saying how many more there were.
+/// Returns the status message too (the distinct field names, as bounded).
+fn bad_request(violations: Vec<FieldViolation>) -> (String, Vec<tonic_types::FieldViolation>) {
+    let total = violations.len();
+    let mut fields: Vec<String> = Vec::new();
+    let mut listed: Vec<tonic_types::FieldViolation> = violations
+        .into_iter()
+        .take(MAX_VIOLATIONS)
+        .map(|v| {
+            let field = echo(&v.field);
+            // `scopes[3]` and `scopes[4]` read as one field in the message.
+            let base = field.split('[').next().unwrap_or(&field).to_owned();
+            if !fields.contains(&base) {
+                fields.push(base);
+            }
+            tonic_types::FieldViolation::new(field, echo(&v.description))
+        })
+        .collect();
+    if total > MAX_VIOLATIONS {
+        listed.push(tonic_types::FieldViolation::new(
+            "",
+            format!("and {} more", total - MAX_VIOLATIONS),
+        ));
+    }
+    (format!("invalid request: {}", fields.join(", ")), listed)
+}
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument(violations) => {
-                let fields: Vec<String> = violations.iter().map(|v| v.field.clone()).collect();
-                let details = ErrorDetails::with_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-                        .collect::<Vec<_>>(),
-                );
+                let (message, listed) = bad_request(violations);
                 Status::with_error_details(
                     Code::InvalidArgument,
-                    format!("invalid request: {}", fields.join(", ")),
-                    details,
+                    message,
+                    ErrorDetails::with_bad_request(listed),
                 )
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::NotFound(message) => Status::not_found(message),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::PermissionDenied(message) => Status::permission_denied(echo(&message)),
+            Error::NotFound(message) => Status::not_found(echo(&message)),
+            Error::FailedPrecondition(message) => Status::failed_precondition(echo(&message)),
             Error::Unavailable => Status::unavailable("token store unavailable, try again"),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             Error::Internal => Status::internal("internal error"),
@@ -55,5 +97,59 @@ pub fn token_not_accepted(denial: &Denial) -> Status {
 /// The status inside a CheckResponse (Envoy reads only whether it is OK; logs and
 /// `grpcurl` show the message).
 pub fn check(code: Code, message: &str) -> Status {
-    Status::new(code, message)
+    Status::new(code, echo(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::PlainToken;
+
+    fn details_of(status: &Status) -> Vec<tonic_types::FieldViolation> {
+        status
+            .get_details_bad_request()
+            .map(|b| b.field_violations)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_token_pasted_into_a_field_is_not_echoed() {
+        let token = PlainToken::generate();
+        let raw = token.expose();
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation::new("scopes[0]", format!("unknown scope {raw:?}")),
+            FieldViolation::new("preset", format!("unknown preset {raw:?}")),
+        ]));
+        let secret = std::str::from_utf8(token.secret_part()).unwrap();
+        let everything = format!("{status:?} {:?}", details_of(&status));
+        assert!(!everything.contains(secret), "{everything}");
+        assert!(everything.contains(&token.lookup_id().display_prefix()));
+        let denied = Status::from(Error::PermissionDenied(format!("no {raw}")));
+        assert!(!denied.message().contains(secret));
+    }
+
+    #[test]
+    fn a_flood_of_violations_gives_a_bounded_answer() {
+        let violations: Vec<FieldViolation> = (0..21_000)
+            .map(|i| FieldViolation::new(format!("scopes[{i}]"), format!("unknown scope \"x{i}\"")))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(violations));
+        let listed = details_of(&status);
+        assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(listed[MAX_VIOLATIONS].description, "and 20980 more");
+        assert_eq!(status.message(), "invalid request: scopes");
+        assert!(
+            status.details().len() < 4096,
+            "{} bytes",
+            status.details().len()
+        );
+    }
+
+    #[test]
+    fn long_descriptions_are_cut() {
+        let long = "y".repeat(10_000);
+        let status = Status::from(Error::invalid("name", long));
+        let listed = details_of(&status);
+        assert_eq!(listed[0].description.chars().count(), MAX_ECHO_CHARS + 1);
+    }
 }
