@@ -18,6 +18,9 @@ const MISSING_CREDENTIALS: &str = "missing credentials: send `authorization: Bea
 pub const MAX_VIOLATIONS: usize = 20;
 /// Longest field path or description echoed, in characters (longer ones are cut).
 pub const MAX_ECHO_CHARS: usize = 200;
+/// Violations spelled out in the status message itself (all of them, up to
+/// [`MAX_VIOLATIONS`], are in the details): enough for a person reading grpcurl's output.
+pub const MAX_IN_MESSAGE: usize = 5;
 
 /// Client-supplied text as it may be echoed: token-shaped words cut to their display
 /// prefix (`token::redact`), and at most [`MAX_ECHO_CHARS`] characters.
@@ -31,30 +34,30 @@ pub fn echo(text: &str) -> String {
 
 /// The `google.rpc.BadRequest` of an INVALID_ARGUMENT: every violation redacted and cut,
 /// at most [`MAX_VIOLATIONS`] of them, then one entry saying how many more there were.
-/// Returns the status message too (the distinct field names, as bounded).
+/// Returns the status message too: `field: reason; field: reason`, the first
+/// [`MAX_IN_MESSAGE`] of them, so that the reasons read without decoding the details.
 fn bad_request(violations: Vec<FieldViolation>) -> (String, Vec<tonic_types::FieldViolation>) {
     let total = violations.len();
-    let mut fields: Vec<String> = Vec::new();
     let mut listed: Vec<tonic_types::FieldViolation> = violations
         .into_iter()
         .take(MAX_VIOLATIONS)
-        .map(|v| {
-            let field = echo(&v.field);
-            // `scopes[3]` and `scopes[4]` read as one field in the message.
-            let base = field.split('[').next().unwrap_or(&field).to_owned();
-            if !fields.contains(&base) {
-                fields.push(base);
-            }
-            tonic_types::FieldViolation::new(field, echo(&v.description))
-        })
+        .map(|v| tonic_types::FieldViolation::new(echo(&v.field), echo(&v.description)))
         .collect();
+    let mut message: Vec<String> = listed
+        .iter()
+        .take(MAX_IN_MESSAGE)
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    if total > MAX_IN_MESSAGE {
+        message.push(format!("and {} more", total - MAX_IN_MESSAGE));
+    }
     if total > MAX_VIOLATIONS {
         listed.push(tonic_types::FieldViolation::new(
             "",
             format!("and {} more", total - MAX_VIOLATIONS),
         ));
     }
-    (format!("invalid request: {}", fields.join(", ")), listed)
+    (message.join("; "), listed)
 }
 
 impl From<Error> for Status {
@@ -137,11 +140,29 @@ mod tests {
         let listed = details_of(&status);
         assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
         assert_eq!(listed[MAX_VIOLATIONS].description, "and 20980 more");
-        assert_eq!(status.message(), "invalid request: scopes");
+        assert!(
+            status.message().starts_with("scopes[0]: unknown scope \"x0\"; scopes[1]"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().ends_with("; and 20995 more"));
+        assert!(status.message().len() < 1024);
         assert!(
             status.details().len() < 4096,
             "{} bytes",
             status.details().len()
+        );
+    }
+
+    #[test]
+    fn the_message_spells_out_each_field_and_reason() {
+        let status = Status::from(Error::InvalidArgument(vec![
+            FieldViolation::new("name", "must be at most 100 characters, is 101"),
+            FieldViolation::new("preset", "unknown preset \"nope\""),
+        ]));
+        assert_eq!(
+            status.message(),
+            "name: must be at most 100 characters, is 101; preset: unknown preset \"nope\""
         );
     }
 
