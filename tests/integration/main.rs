@@ -2,6 +2,7 @@
 //! process or the real binary), real Postgres and real gRPC clients on loopback. Shared
 //! fixtures live in `support`.
 
+mod client_garbage;
 mod grpc_api;
 mod harness;
 mod hot_path;

@@ -141,7 +141,9 @@ mod tests {
         assert_eq!(listed.len(), MAX_VIOLATIONS + 1);
         assert_eq!(listed[MAX_VIOLATIONS].description, "and 20980 more");
         assert!(
-            status.message().starts_with("scopes[0]: unknown scope \"x0\"; scopes[1]"),
+            status
+                .message()
+                .starts_with("scopes[0]: unknown scope \"x0\"; scopes[1]"),
             "{}",
             status.message()
         );
