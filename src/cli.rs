@@ -18,7 +18,7 @@ use serde::Serialize;
 pub use self::output::Format;
 use self::output::{CatalogView, TokenView, emit, json, note, token_detail, token_table};
 use crate::{
-    config::{Config, DatabaseUrl},
+    config::{Config, DatabaseUrl, misspelt_variables},
     error::{Error, FieldViolation},
     manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
     server::{self, Services},
@@ -291,7 +291,12 @@ fn load(
         database_url: database_url.cloned().map(DatabaseUrl::new),
         ..overrides
     };
-    Config::load(file.config.as_deref(), overrides).map_err(|e| e.to_string())
+    let config = Config::load(file.config.as_deref(), overrides).map_err(|e| e.to_string())?;
+    for warning in misspelt_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    {
+        note(&format!("casola-auth: warning: {warning}"));
+    }
+    Ok(config)
 }
 
 /// Runs the command line.

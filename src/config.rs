@@ -302,6 +302,59 @@ const TOP_LEVEL_KEYS: [&str; 17] = [
     "demo",
 ];
 
+/// Largest argon2 memory cost accepted, in KiB (4 GiB: more would exhaust a replica).
+const ARGON2_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+/// Largest argon2 pass count accepted (each pass costs a full sweep of the memory).
+const ARGON2_MAX_ITERATIONS: u32 = 64;
+/// Largest argon2 lane count accepted (our verifies are single-threaded per request).
+const ARGON2_MAX_PARALLELISM: u32 = 16;
+
+/// Why a database URL cannot be used: not a `postgres://` URL, or one that does not parse.
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    let scheme = url.split("://").next().unwrap_or("");
+    if !url.contains("://") || !matches!(scheme, "postgres" | "postgresql") {
+        return Err("not a Postgres URL".into());
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("not a usable Postgres URL: {e}"))
+}
+
+/// `CASOLA_AUTH_*` variables among `names` that set no configuration key, each with the
+/// closest key: a typo (`CASOLA_AUTH_LISTN`) is reported rather than silently ignored.
+/// Variables that are not ours to refuse stay quiet: the Kubernetes service links of a
+/// Service named casola-auth (`CASOLA_AUTH_SERVICE_*`, `CASOLA_AUTH_PORT*`) and the
+/// command line's own `CASOLA_AUTH_CONFIG`.
+pub fn misspelt_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for name in names {
+        let Some(rest) = name.strip_prefix("CASOLA_AUTH_") else {
+            continue;
+        };
+        let top = rest.split("__").next().unwrap_or("").to_ascii_lowercase();
+        let foreign = top == "config"
+            || top == "port"
+            || top.starts_with("port_")
+            || top.starts_with("service_");
+        if foreign || TOP_LEVEL_KEYS.contains(&top.as_str()) {
+            continue;
+        }
+        let closest = TOP_LEVEL_KEYS
+            .iter()
+            .map(|key| (strsim::levenshtein(key, &top), *key))
+            .min()
+            .filter(|(distance, _)| *distance <= 3);
+        warnings.push(match closest {
+            Some((_, key)) => format!(
+                "{name} sets nothing; did you mean CASOLA_AUTH_{}?",
+                key.to_ascii_uppercase()
+            ),
+            None => format!("{name} sets nothing: no configuration key is called {top:?}"),
+        });
+    }
+    warnings
+}
+
 /// Flag overrides for [`Config::load`] when there are none.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct NoOverrides {}
@@ -315,6 +368,9 @@ pub enum ConfigError {
     /// A key has a bad value (the message names the key and its source).
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// A value that parses but cannot work (the message names the key and what is allowed).
+    #[error("invalid configuration: {0}")]
+    Unusable(String),
     /// The scope catalog file cannot be read or does not hold together.
     #[error("scope catalog {path}: {message}")]
     Catalog {
@@ -346,9 +402,65 @@ impl Config {
                 TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
             }))
             .merge(Serialized::defaults(overrides));
-        figment
+        let config: Self = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses at start-up what parses but cannot work, naming the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let unusable = |message: String| Err(ConfigError::Unusable(message));
+        for (key, url) in [
+            ("database_url", &self.database_url),
+            ("listen_database_url", &self.listen_database_url),
+        ] {
+            if let Some(url) = url
+                && let Err(why) = check_postgres_url(url.expose())
+            {
+                // Never the URL itself: it may carry a password.
+                return unusable(format!(
+                    "{key}: {why} (expected postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
+                ));
+            }
+        }
+        if let Some(path) = &self.store.tls_ca_file
+            && let Err(e) = std::fs::File::open(path)
+        {
+            return unusable(format!(
+                "store.tls_ca_file: cannot read {}: {e}",
+                path.display()
+            ));
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return unusable(format!(
+                "listen and admin_listen are both {}: give the admin port its own address",
+                self.listen
+            ));
+        }
+        let HashParams {
+            memory_kib,
+            iterations,
+            parallelism,
+        } = self.argon2;
+        if !(1..=ARGON2_MAX_PARALLELISM).contains(&parallelism) {
+            return unusable(format!(
+                "argon2.parallelism must be between 1 and {ARGON2_MAX_PARALLELISM}, is {parallelism}"
+            ));
+        }
+        if !(8 * parallelism..=ARGON2_MAX_MEMORY_KIB).contains(&memory_kib) {
+            return unusable(format!(
+                "argon2.memory_kib must be between 8 x parallelism ({}) and {ARGON2_MAX_MEMORY_KIB}, is {memory_kib}",
+                8 * parallelism
+            ));
+        }
+        if !(1..=ARGON2_MAX_ITERATIONS).contains(&iterations) {
+            return unusable(format!(
+                "argon2.iterations must be between 1 and {ARGON2_MAX_ITERATIONS}, is {iterations}"
+            ));
+        }
+        Ok(())
     }
 
     /// The scope catalog: the defaults plus the operator's file, if any.
@@ -472,6 +584,74 @@ mod tests {
             assert_eq!(c.listen, "0.0.0.0:50051".parse().unwrap());
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_reported_with_the_closest_key() {
+        let warnings = misspelt_variables(
+            [
+                "CASOLA_AUTH_LISTN",
+                "CASOLA_AUTH_LISTEN",
+                "CASOLA_AUTH_SERVICE_HOST",
+                "CASOLA_AUTH_SERVICE_PORT_GRPC",
+                "CASOLA_AUTH_PORT",
+                "CASOLA_AUTH_PORT_50051_TCP_ADDR",
+                "CASOLA_AUTH_CONFIG",
+                "CASOLA_AUTH_CACHE__TTL_SECONDS",
+                "PATH",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            warnings,
+            ["CASOLA_AUTH_LISTN sets nothing; did you mean CASOLA_AUTH_LISTEN?"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_work_is_refused_at_start_up_naming_the_key() {
+        let refused = |vars: &[(&str, &str)], key: &str| {
+            figment::Jail::expect_with(|jail| {
+                for (name, value) in vars {
+                    jail.set_env(name, value);
+                }
+                let err = Config::load(None, NoOverrides {}).unwrap_err().to_string();
+                assert!(err.contains(key), "{err}");
+                assert!(!err.contains("hunter2"), "{err}");
+                Ok(())
+            });
+        };
+        refused(
+            &[("DATABASE_URL", "mysql://u:hunter2@db/x")],
+            "database_url",
+        );
+        refused(
+            &[("DATABASE_URL", "postgres://u:hunter2@db:notaport/x")],
+            "database_url",
+        );
+        refused(
+            &[("CASOLA_AUTH_STORE__TLS_CA_FILE", "/nonexistent/ca.pem")],
+            "store.tls_ca_file",
+        );
+        refused(
+            &[
+                ("CASOLA_AUTH_LISTEN", "127.0.0.1:7000"),
+                ("CASOLA_AUTH_ADMIN_LISTEN", "127.0.0.1:7000"),
+            ],
+            "admin_listen",
+        );
+        refused(
+            &[("CASOLA_AUTH_ARGON2__MEMORY_KIB", "4")],
+            "argon2.memory_kib",
+        );
+        refused(
+            &[("CASOLA_AUTH_ARGON2__ITERATIONS", "0")],
+            "argon2.iterations",
+        );
+        refused(
+            &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
+            "argon2.parallelism",
+        );
     }
 
     #[test]

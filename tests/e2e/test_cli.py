@@ -288,3 +288,51 @@ def test_readme_grpcurl_get_and_update_examples_work_with_grpcurl_1_8_6(cli, grp
                                  "casola.auth.v1.TokenService/UpdateToken").stdout)
     assert updated["token"]["name"] == "old laptop"
     assert json.loads(cli("token", "get", made["id"], "-o", "json").stdout)["name"] == "old laptop"
+
+
+def test_a_refused_connection_names_host_port_and_database_never_the_password(cli):
+    from harness import free_port
+
+    port = free_port()  # nothing listens there
+    url = f"postgres://casola:hunter2@127.0.0.1:{port}/casola_auth?sslmode=disable"
+    cp = cli("token", "list", "--org", "acme", "--database-url", url, check=False)
+    assert cp.returncode == 1, cp.stderr
+    assert f"127.0.0.1:{port}" in cp.stderr and '"casola_auth"' in cp.stderr, cp.stderr
+    assert "refused" in cp.stderr.lower(), cp.stderr
+    assert "hunter2" not in cp.stderr and "hunter2" not in cp.stdout
+
+
+def test_an_unknown_database_is_named(cli, pg):
+    url = pg.url.rsplit("/", 1)[0] + "/no_such_database"
+    cp = cli("token", "list", "--org", "acme", "--database-url", url, check=False)
+    assert cp.returncode == 1, cp.stderr
+    assert "no_such_database" in cp.stderr and "does not exist" in cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DATABASE_URL": "mysql://u:hunter2@db/x"}, "database_url"),
+        ({"CASOLA_AUTH_STORE__TLS_CA_FILE": "/nonexistent/ca.pem"}, "store.tls_ca_file"),
+        ({"CASOLA_AUTH_LISTEN": "127.0.0.1:7311", "CASOLA_AUTH_ADMIN_LISTEN": "127.0.0.1:7311"}, "admin_listen"),
+        ({"CASOLA_AUTH_ARGON2__MEMORY_KIB": "4"}, "argon2.memory_kib"),
+    ],
+)
+def test_check_config_and_serve_refuse_what_cannot_work_naming_the_key(env, key):
+    for command in (["check-config"], ["serve"]):
+        cp = run([casola_auth_bin(), *command], env=clean_env(**env), check=False, timeout=60)
+        assert cp.returncode == 1, (command, cp.stderr)
+        assert key in cp.stderr, (command, cp.stderr)
+        assert "hunter2" not in cp.stderr
+
+
+def test_a_misspelt_variable_is_a_warning_naming_the_closest_key_and_service_links_stay_quiet():
+    cp = run(
+        [casola_auth_bin(), "check-config"],
+        env=clean_env(CASOLA_AUTH_LISTN="0.0.0.0:1", CASOLA_AUTH_SERVICE_HOST="10.0.0.7", CASOLA_AUTH_PORT="tcp://10.0.0.7:50051"),
+        check=False,
+        timeout=60,
+    )
+    assert cp.returncode == 0, cp.stderr
+    assert "CASOLA_AUTH_LISTN" in cp.stderr and "CASOLA_AUTH_LISTEN" in cp.stderr, cp.stderr
+    assert "SERVICE_HOST" not in cp.stderr and "CASOLA_AUTH_PORT" not in cp.stderr, cp.stderr

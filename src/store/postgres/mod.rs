@@ -72,8 +72,46 @@ pub async fn establish(
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
     let (client, connection) = tokio_postgres::connect(url, tls)
         .await
-        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        .map_err(|e| diesel::ConnectionError::BadConnection(connect_error(url, &e)))?;
     AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
+/// What a failed connection says: where it went (host, port, database: never the user's
+/// password) and why, with the way forward when the server's certificate did not verify.
+fn connect_error(url: &str, err: &tokio_postgres::Error) -> String {
+    let target = url
+        .parse::<tokio_postgres::Config>()
+        .map(|c| {
+            let host = match c.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+                Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+                None => "localhost".into(),
+            };
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            let database = c.get_dbname().or(c.get_user()).unwrap_or("postgres");
+            format!("{host}:{port}, database {database:?}")
+        })
+        .unwrap_or_else(|_| "the database".into());
+    // A server's refusal ("database ... does not exist") is in the DbError, not in Display.
+    let cause = match err.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut cause = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(inner) = source {
+                cause = format!("{cause}: {inner}");
+                source = inner.source();
+            }
+            cause
+        }
+    };
+    let hint = if cause.contains("TLS") || cause.contains("certificate") {
+        ". The server's TLS certificate did not verify: set store.tls_ca_file to the CA that \
+         signed it, or, on a trusted network only (e.g. loopback), add sslmode=disable to the URL"
+    } else {
+        ""
+    };
+    format!("connecting to {target}: {cause}{hint}")
 }
 
 /// Tokens in Postgres.
