@@ -309,6 +309,31 @@ const ARGON2_MAX_ITERATIONS: u32 = 64;
 /// Largest argon2 lane count accepted (our verifies are single-threaded per request).
 const ARGON2_MAX_PARALLELISM: u32 = 16;
 
+/// Every error of a failed extraction, each with the key as its source spells it and the
+/// source: `cache.max_entries: invalid value ... (in /etc/casola.toml TOML file)`.
+fn describe(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let source = e.metadata.as_ref().map(|m| m.name.to_string());
+            let key = match &source {
+                Some(name) if name.contains("environment") => {
+                    let var = e.path.join("__").to_ascii_uppercase();
+                    if name.contains("CASOLA_AUTH_") {
+                        format!("CASOLA_AUTH_{var}")
+                    } else {
+                        var
+                    }
+                }
+                _ => e.path.join("."),
+            };
+            let source = source.map(|s| format!(" (in {s})")).unwrap_or_default();
+            format!("{key}: {}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Why a database URL cannot be used: not a `postgres://` URL, or one that does not parse.
 fn check_postgres_url(url: &str) -> Result<(), String> {
     let scheme = url.split("://").next().unwrap_or("");
@@ -365,9 +390,10 @@ pub enum ConfigError {
     /// The file named does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
-    /// A key has a bad value (the message names the key and its source).
+    /// A key has a bad value (the message names the key as its source spells it: the
+    /// variable `CASOLA_AUTH_CACHE__TTL_SECONDS`, or `cache.ttl_seconds` in a file).
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(String),
     /// A value that parses but cannot work (the message names the key and what is allowed).
     #[error("invalid configuration: {0}")]
     Unusable(String),
@@ -404,7 +430,7 @@ impl Config {
             .merge(Serialized::defaults(overrides));
         let config: Self = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
         Ok(config)
     }
