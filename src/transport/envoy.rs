@@ -128,6 +128,55 @@ impl RouteTable {
     }
 }
 
+/// What a Check request requires: its `casola.scopes` context extension when present
+/// (unknown scopes or a `casola.match` other than all/any are `Err`: a misconfigured
+/// route), else the fallback route table's rule for its method and path. Public and free of
+/// any server state so the fuzz targets can drive it.
+pub fn requirement_of(
+    req: &CheckRequest,
+    catalog: &Catalog,
+    routes: &RouteTable,
+) -> Result<Option<Requirement>, String> {
+    let attributes = req.attributes.as_ref();
+    let extensions = attributes.map(|a| &a.context_extensions);
+    if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
+        let scopes = unknown_scopes(catalog, &split_scopes(raw))
+            .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?;
+        let mode = match extensions.and_then(|e| e.get(MATCH_KEY)).map(|m| m.trim()) {
+            None | Some("") | Some("all") => ScopeMatch::All,
+            Some("any") => ScopeMatch::Any,
+            Some(other) => {
+                return Err(format!(
+                    "context extension {MATCH_KEY}: {other:?} is not all or any"
+                ));
+            }
+        };
+        return Ok(Some(Requirement { scopes, mode }));
+    }
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let (method, path) = http.map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
+    Ok(routes.lookup(method, path).cloned())
+}
+
+/// The credential of a Check request's headers (Envoy lowercases their names): the
+/// `authorization` header, else the configured extra token header. Public for the fuzz
+/// targets.
+pub fn credential_of<'a>(
+    headers: Option<&'a HashMap<String, String>>,
+    config: &EnvoyConfig,
+) -> Option<&'a str> {
+    let headers = headers?;
+    headers
+        .get("authorization")
+        .map(String::as_str)
+        .or_else(|| {
+            let name = config.token_header.as_deref()?;
+            headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        })
+}
+
 /// The Check implementation.
 #[derive(Clone)]
 pub struct CheckApi {
@@ -165,38 +214,11 @@ impl CheckApi {
     }
 
     fn requirement(&self, req: &CheckRequest) -> Result<Option<Requirement>, String> {
-        let attributes = req.attributes.as_ref();
-        let extensions = attributes.map(|a| &a.context_extensions);
-        if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
-            let scopes = unknown_scopes(self.authorizer.catalog(), &split_scopes(raw))
-                .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?;
-            let mode = match extensions.and_then(|e| e.get(MATCH_KEY)).map(|m| m.trim()) {
-                None | Some("") | Some("all") => ScopeMatch::All,
-                Some("any") => ScopeMatch::Any,
-                Some(other) => {
-                    return Err(format!(
-                        "context extension {MATCH_KEY}: {other:?} is not all or any"
-                    ));
-                }
-            };
-            return Ok(Some(Requirement { scopes, mode }));
-        }
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let (method, path) = http.map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
-        Ok(self.routes.lookup(method, path).cloned())
+        requirement_of(req, self.authorizer.catalog(), &self.routes)
     }
 
     fn credential<'a>(&self, headers: Option<&'a HashMap<String, String>>) -> Option<&'a str> {
-        let headers = headers?;
-        headers
-            .get("authorization")
-            .map(String::as_str)
-            .or_else(|| {
-                let name = self.config.token_header.as_deref()?;
-                headers.get(&name.to_ascii_lowercase()).map(String::as_str)
-            })
+        credential_of(headers, &self.config)
     }
 
     async fn decide(&self, req: &CheckRequest) -> Outcome {
@@ -435,6 +457,7 @@ impl Authorization for CheckApi {
 mod tests {
     use super::*;
     use crate::config::{RouteMatch, RouteRule};
+    use proptest::prelude::*;
 
     fn rule(method: Option<&str>, prefix: &str, scopes: &[&str]) -> RouteRule {
         RouteRule {
@@ -479,6 +502,81 @@ mod tests {
         };
         let err = RouteTable::from_config(&config, &Catalog::default()).unwrap_err();
         assert!(err.contains("jobs:launch"), "{err}");
+    }
+
+    fn with_extensions(extensions: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(
+                envoy_types::pb::envoy::service::auth::v3::AttributeContext {
+                    context_extensions: extensions
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    proptest! {
+        /// Words joined by any run of commas and white space split back into those words.
+        #[test]
+        fn scope_lists_split_into_their_words(
+            words in proptest::collection::vec("[a-z:._-]{1,12}", 0..6),
+            separators in proptest::collection::vec("[ ,\t\n\u{3000}]{1,3}", 6),
+            leading in "[ ,]{0,2}",
+        ) {
+            let mut raw = leading;
+            for (word, sep) in words.iter().zip(&separators) {
+                raw.push_str(word);
+                raw.push_str(sep);
+            }
+            prop_assert_eq!(split_scopes(&raw), words);
+        }
+
+        /// Any list splits into non-empty pieces of it without separators, and never panics.
+        #[test]
+        fn any_scope_list_splits_into_non_empty_words_of_it(raw in any::<String>()) {
+            for word in split_scopes(&raw) {
+                prop_assert!(!word.is_empty() && raw.contains(word));
+                prop_assert!(!word.contains(|c: char| c == ',' || c.is_whitespace()));
+            }
+        }
+
+        /// Any context extensions: a requirement of known scopes, or a misconfigured route
+        /// naming the key at fault; never a panic.
+        #[test]
+        fn any_context_extension_gives_known_scopes_or_names_the_key(
+            scopes in prop_oneof![
+                "((user|admin):(read|write)|tokens:issue|jobs:run)([ ,]{1,2}((user|admin):(read|write)|jobs:run)){0,3}",
+                any::<String>(),
+            ],
+            mode in proptest::option::of(prop_oneof![
+                Just("any".to_owned()), Just(" all ".to_owned()), any::<String>()
+            ]),
+        ) {
+            let mut extensions = vec![(SCOPES_KEY, scopes.as_str())];
+            if let Some(mode) = &mode {
+                extensions.push((MATCH_KEY, mode.as_str()));
+            }
+            let catalog = Catalog::default();
+            match requirement_of(&with_extensions(&extensions), &catalog, &RouteTable::default()) {
+                Ok(Some(r)) => {
+                    prop_assert!(r.scopes.iter().all(|s| catalog.knows(s)));
+                    let want = match mode.as_deref().map(str::trim) {
+                        Some("any") => ScopeMatch::Any,
+                        _ => ScopeMatch::All,
+                    };
+                    prop_assert_eq!(r.mode, want);
+                }
+                Ok(None) => prop_assert!(false, "casola.scopes always gives a requirement"),
+                Err(e) => prop_assert!(
+                    e.starts_with(&format!("context extension {SCOPES_KEY}:"))
+                        || e.starts_with(&format!("context extension {MATCH_KEY}:")),
+                    "{}", e
+                ),
+            }
+        }
     }
 
     #[test]
