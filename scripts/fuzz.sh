@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parsers (docs/reliability.md, "Fuzzing"): builds every cargo-fuzz
 # target in fuzz/ once, then runs each for FUZZ_SECONDS (default 20) from its committed
-# seeds in fuzz/corpus/<target>/ plus what earlier runs kept in target/fuzz/corpus/<target>/.
+# seeds in fuzz/corpus/<target>/ (and dictionary fuzz/<target>.dict, if any) plus what earlier
+# runs kept in target/fuzz/corpus/<target>/.
 # Fails on the first crash, panic, timeout or out-of-memory; the input that did it is left in
 # target/fuzz/artifacts/<target>/ (replay: the target binary with that file as argument).
 #
@@ -33,9 +34,11 @@ for t in $targets; do
     echo "== fuzzing $t for ${seconds}s"
     mkdir -p "$out/corpus/$t" "$out/artifacts/$t" "fuzz/corpus/$t"
     log="$out/$t.log"
+    dict=()
+    if [ -f "fuzz/$t.dict" ]; then dict=(-dict="fuzz/$t.dict"); fi
     # New inputs go to the first directory (under target/), never into the committed seeds.
     if ! "$bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
-        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" \
+        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" "${dict[@]}" \
         "$out/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "fuzz target $t failed; its input is in $out/artifacts/$t/" >&2

@@ -100,7 +100,12 @@ impl RouteTable {
             let scopes =
                 unknown_scopes(catalog, &names).map_err(|e| format!("envoy.routes[{i}]: {e}"))?;
             routes.push(Route {
-                method: rule.method.as_ref().map(|m| m.to_ascii_uppercase()),
+                // Documented: an absent or empty method matches any method.
+                method: rule
+                    .method
+                    .as_ref()
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.to_ascii_uppercase()),
                 path_prefix: rule.path_prefix.clone(),
                 requirement: Requirement {
                     scopes,
@@ -492,6 +497,20 @@ mod tests {
             Some(vec!["user:read".into()])
         );
         assert_eq!(need("GET", "/api/users/me"), None);
+    }
+
+    /// Regression (the check_request fuzz target's route invariant): `method = ""`
+    /// matched no request, where docs/envoy.md says it matches any method.
+    #[test]
+    fn a_rule_with_an_empty_method_matches_every_method() {
+        let config = EnvoyConfig {
+            routes: vec![rule(Some(""), "/v1/", &["user:read"])],
+            ..Default::default()
+        };
+        let table = RouteTable::from_config(&config, &Catalog::default()).unwrap();
+        for method in ["GET", "POST", "delete"] {
+            assert!(table.lookup(method, "/v1/models").is_some(), "{method}");
+        }
     }
 
     #[test]
