@@ -25,6 +25,9 @@
 //! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
+//!
+//! Upper bounds, refused at load: `cache.ttl_seconds` and `cache.negative_ttl_ms` one year,
+//! `verify.workers` 1024.
 
 use std::{
     fmt,
@@ -302,6 +305,12 @@ const TOP_LEVEL_KEYS: [&str; 17] = [
     "demo",
 ];
 
+/// The longest cache durations (`cache.ttl_seconds`, `cache.negative_ttl_ms`): a year, far
+/// past any useful setting; the cache refuses more than 1000 years with a panic.
+const MAX_CACHE_SECONDS: u64 = 365 * 24 * 3600;
+/// The most argon2 workers: each is a thread of the blocking pool (512 by default), and the
+/// default queue is 64 per worker.
+const MAX_VERIFY_WORKERS: usize = 1024;
 /// Largest argon2 memory cost accepted, in KiB (4 GiB: more would exhaust a replica).
 const ARGON2_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 /// Largest argon2 pass count accepted (each pass costs a full sweep of the memory).
@@ -485,6 +494,30 @@ impl Config {
             return unusable(format!(
                 "argon2.iterations must be between 1 and {ARGON2_MAX_ITERATIONS}, is {iterations}"
             ));
+        }
+        // Past these the cache (moka refuses more than 1000 years) or the pool's queue
+        // arithmetic would stop start-up with a panic.
+        let workers = self
+            .verify
+            .workers
+            .map_or(0, |w| u64::try_from(w).unwrap_or(u64::MAX));
+        let bounds = [
+            (
+                "cache.ttl_seconds",
+                self.cache.ttl_seconds,
+                MAX_CACHE_SECONDS,
+            ),
+            (
+                "cache.negative_ttl_ms",
+                self.cache.negative_ttl_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
+            ("verify.workers", workers, MAX_VERIFY_WORKERS as u64),
+        ];
+        for (key, value, max) in bounds {
+            if value > max {
+                return unusable(format!("{key} = {value} is above its limit of {max}"));
+            }
         }
         Ok(())
     }
@@ -688,6 +721,161 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Keys of every section, a few unknown ones, and dotted forms TOML allows.
+    const KEYS: [&str; 28] = [
+        "listen",
+        "admin_listen",
+        "database_url",
+        "migrate",
+        "log_format",
+        "shutdown_grace_seconds",
+        "max_message_bytes",
+        "health_interval_ms",
+        "argon2.memory_kib",
+        "argon2.iterations",
+        "argon2.parallelism",
+        "verify.workers",
+        "verify.queue",
+        "store.pool_size",
+        "store.acquire_timeout_ms",
+        "store.tls_ca_file",
+        "last_used.flush_interval_ms",
+        "cache.max_entries",
+        "cache.ttl_seconds",
+        "cache.negative_ttl_ms",
+        "cache.max_staleness_seconds",
+        "catalog.file",
+        "envoy.token_header",
+        "envoy.keep_authorization",
+        "envoy.allow_unmatched",
+        "envoy.routes",
+        "lisen",
+        "cache.size",
+    ];
+
+    const NUMERIC_KEYS: [&str; 15] = [
+        "shutdown_grace_seconds",
+        "max_message_bytes",
+        "health_interval_ms",
+        "argon2.memory_kib",
+        "argon2.iterations",
+        "argon2.parallelism",
+        "verify.workers",
+        "verify.queue",
+        "store.pool_size",
+        "store.acquire_timeout_ms",
+        "last_used.flush_interval_ms",
+        "cache.max_entries",
+        "cache.ttl_seconds",
+        "cache.negative_ttl_ms",
+        "cache.max_staleness_seconds",
+    ];
+
+    fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            // Edges: zero, 32-bit, float-exact, and the largest TOML integer.
+            prop::sample::select(vec![0, 1, u32::MAX.into(), 1 << 53, 1 << 58, i64::MAX])
+                .prop_map(|n: i64| n.to_string()),
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-z0-9:./_-]{0,20}".prop_map(|s| format!("\"{s}\"")),
+            Just("\"127.0.0.1:0\"".to_owned()),
+            Just("\"json\"".to_owned()),
+            Just("[]".to_owned()),
+            Just("[\"user:read\"]".to_owned()),
+            Just("{}".to_owned()),
+            Just(r#"[{ path_prefix = "/v1/", scopes = ["user:read"], match = "any" }]"#.to_owned()),
+            Just(r#"[{ method = "", path_prefix = "v1", scopes = ["nope"] }]"#.to_owned()),
+        ]
+    }
+
+    /// Files of known keys with values of any type, and any text at all.
+    fn config_files() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let line = (prop::sample::select(KEYS.to_vec()), toml_value())
+            .prop_map(|(key, value)| format!("{key} = {value}\n"));
+        // Every numeric key with edge values: the likeliest way to break start-up.
+        let number = (
+            prop::sample::select(NUMERIC_KEYS.to_vec()),
+            prop::sample::select(vec![0, 1, u32::MAX.into(), 1 << 53, 1 << 58, i64::MAX]),
+        )
+            .prop_map(|(key, n): (&str, i64)| format!("{key} = {n}\n"));
+        prop_oneof![
+            4 => proptest::collection::vec(line, 0..6).prop_map(|lines| lines.concat()),
+            2 => proptest::collection::vec(number, 1..4).prop_map(|lines| lines.concat()),
+            1 => any::<String>(),
+        ]
+    }
+
+    /// Any file: an error or a configuration that starts (in memory) without a panic and
+    /// survives a serialization round trip.
+    #[test]
+    fn any_config_file_loads_or_is_refused_and_what_loads_starts_up() {
+        use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // In a jail: no other test changes the environment while these load.
+        figment::Jail::expect_with(|jail| {
+            let mut runner = TestRunner::new(RunnerConfig {
+                cases: 256,
+                ..RunnerConfig::default()
+            });
+            let result = runner.run(&config_files(), |text| {
+                jail.create_file("fuzz.toml", &text)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let Ok(config) = Config::load(Some(Path::new("fuzz.toml")), NoOverrides {}) else {
+                    return Ok(());
+                };
+                let again = Config::load(None, config.clone())
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                proptest::prop_assert_eq!(&again, &config);
+                let memory = Config {
+                    database_url: None,
+                    listen_database_url: None,
+                    catalog: CatalogConfig::default(),
+                    ..config
+                };
+                // A panic here fails the case (the runner catches it) and is shrunk.
+                let _ = runtime.block_on(crate::server::Services::open(&memory));
+                Ok(())
+            });
+            result.map_err(|e| e.to_string().into())
+        });
+    }
+
+    /// Regression: each of these loaded, then panicked at start-up (moka refuses a TTL past
+    /// 1000 years; `workers * 64` overflowed).
+    #[test]
+    fn values_that_would_panic_at_start_up_are_refused_naming_their_key() {
+        figment::Jail::expect_with(|jail| {
+            for (text, key) in [
+                ("[cache]\nttl_seconds = 9999999999999", "cache.ttl_seconds"),
+                (
+                    "[cache]\nnegative_ttl_ms = 9999999999999999",
+                    "cache.negative_ttl_ms",
+                ),
+                ("[verify]\nworkers = 288230376151711744", "verify.workers"),
+            ] {
+                jail.create_file("c.toml", text)?;
+                let err = Config::load(Some(Path::new("c.toml")), NoOverrides {})
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{err}");
+            }
+            jail.create_file(
+                "c.toml",
+                "[cache]\nttl_seconds = 31536000\nnegative_ttl_ms = 31536000000\n[verify]\nworkers = 1024",
+            )?;
+            let c = Config::load(Some(Path::new("c.toml")), NoOverrides {}).unwrap();
+            assert_eq!(c.verify.workers, Some(1024));
             Ok(())
         });
     }

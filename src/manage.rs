@@ -603,3 +603,61 @@ impl TokenManager {
         &self.catalog
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        authorize::VerifyPoolOptions, config::CacheConfig, store::memory::MemoryStore,
+        token::hash::HashParams,
+    };
+    use proptest::prelude::*;
+
+    fn manager() -> TokenManager {
+        TokenManager::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(Catalog::default()),
+            TokenHasher::new(HashParams::default()).unwrap(),
+            VerifyPool::new(VerifyPoolOptions {
+                workers: 1,
+                queue: 1,
+            }),
+            TokenCache::new(CacheConfig::default(), true),
+        )
+    }
+
+    #[test]
+    fn a_page_token_that_does_not_decode_is_an_invalid_argument_on_page_token() {
+        let manager = manager();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&any::<String>(), |raw| {
+                // Anything but a token issued for this very query.
+                prop_assume!(
+                    !raw.is_empty() && Cursor::from_page_token(&raw, "org-1\0-\0false").is_err()
+                );
+                let req = ListRequest {
+                    page_size: 10,
+                    page_token: raw,
+                    user_id: "-".into(),
+                    org_id: "org-1".into(),
+                    ..Default::default()
+                };
+                let err = runtime
+                    .block_on(manager.list(&Caller::Operator, req))
+                    .unwrap_err();
+                let Error::InvalidArgument(fields) = err else {
+                    return Err(TestCaseError::fail(format!(
+                        "not INVALID_ARGUMENT: {err:?}"
+                    )));
+                };
+                prop_assert_eq!(fields.len(), 1);
+                prop_assert_eq!(&fields[0].field, "page_token");
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -415,6 +415,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn set(catalog: &Catalog, names: &[&str]) -> ScopeSet {
         catalog.resolve(names).unwrap()
@@ -589,6 +590,78 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(Catalog::build(toml_spec(text)).unwrap_err(), expected);
+        }
+    }
+
+    /// Names: the catalog's, near misses, and anything.
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec![
+                    USER_READ,
+                    USER_WRITE,
+                    ADMIN_READ,
+                    ADMIN_WRITE,
+                    TOKENS_ISSUE,
+                    "User:Read",
+                    "user:read ",
+                    "",
+                    "jobs:write",
+                ])
+                .prop_map(String::from),
+                "[a-z:._-]{0,12}",
+                any::<String>(),
+            ],
+            0..8,
+        )
+    }
+
+    proptest! {
+        /// resolve gives exactly the known names as a set, or every unknown one with its
+        /// position and nothing else.
+        #[test]
+        fn resolve_keeps_known_names_and_reports_each_unknown_one_by_position(names in names()) {
+            let c = Catalog::default();
+            match c.resolve(&names) {
+                Ok(set) => {
+                    prop_assert!(names.iter().all(|n| c.knows(n)));
+                    let want: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+                    prop_assert_eq!(set.iter().collect::<BTreeSet<_>>(), want);
+                }
+                Err(unknown) => {
+                    let want: Vec<(usize, String)> = names
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| !c.knows(n))
+                        .map(|(i, n)| (i, n.clone()))
+                        .collect();
+                    prop_assert_eq!(unknown, UnknownScopes(want));
+                }
+            }
+        }
+
+        /// Expansion keeps what it was given, is idempotent, and ALL/ANY agree with set
+        /// inclusion.
+        #[test]
+        fn matching_agrees_with_set_inclusion(held in names(), required in names()) {
+            let c = Catalog::default();
+            let known = |names: &[String]| {
+                let names: Vec<&String> = names.iter().filter(|n| c.knows(n)).collect();
+                c.resolve(&names).unwrap()
+            };
+            let given = known(&held);
+            let held = c.expand(&given);
+            prop_assert!(given.is_subset(&held));
+            prop_assert_eq!(c.expand(&held), held.clone());
+            let required = known(&required);
+            prop_assert_eq!(
+                Catalog::check(&held, &required, ScopeMatch::All).is_ok(),
+                required.is_subset(&held)
+            );
+            prop_assert_eq!(
+                Catalog::check(&held, &required, ScopeMatch::Any).is_ok(),
+                required.is_empty() || required.iter().any(|s| held.contains(s))
+            );
         }
     }
 

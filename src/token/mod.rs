@@ -281,6 +281,80 @@ mod tests {
         }
     }
 
+    /// Any text, and text that starts like a token: never a panic, and a string that parses
+    /// is exactly the token it gives back.
+    fn token_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "csl_[0-9A-Za-z]{44,52}",
+            "csl_[0-9A-Za-z]{40,50}\\PC{0,4}",
+        ]
+    }
+
+    /// A valid token built from 44 base62 picks: the lookup id and secret.
+    fn valid_token() -> impl Strategy<Value = String> {
+        proptest::collection::vec(0usize..62, LOOKUP_ID_LEN + SECRET_LEN).prop_map(|picks| {
+            let body: String = TOKEN_PREFIX
+                .chars()
+                .chain(picks.iter().map(|&i| char::from(BASE62[i])))
+                .collect();
+            let sum = checksum(&body);
+            body + &sum
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_parses_only_as_exactly_itself(raw in token_like()) {
+            if let Ok(token) = PlainToken::parse(&raw) {
+                prop_assert_eq!(token.expose(), raw.as_str());
+                prop_assert_eq!(token.lookup_id().as_str(), &raw[4..16]);
+            }
+        }
+
+        #[test]
+        fn a_body_with_its_checksum_always_parses(raw in valid_token()) {
+            let token = PlainToken::parse(&raw).unwrap();
+            prop_assert_eq!(token.expose(), raw.as_str());
+        }
+
+        /// An `Authorization` header value: accepted only as a token, alone or after a
+        /// Bearer/Key scheme, and never a panic.
+        #[test]
+        fn any_header_value_gives_a_token_only_after_bearer_key_or_nothing(
+            value in prop_oneof![
+                any::<String>(),
+                "(?i)(bearer|key|basic)?\\s{0,3}csl_[0-9A-Za-z]{40,52}\\s{0,2}",
+            ]
+        ) {
+            if let Ok(token) = PlainToken::parse_credential(&value) {
+                let value = value.trim();
+                prop_assert!(value.ends_with(token.expose()));
+                let scheme = value[..value.len() - TOKEN_LEN].trim_end();
+                prop_assert!(
+                    scheme.is_empty()
+                        || scheme.eq_ignore_ascii_case("bearer")
+                        || scheme.eq_ignore_ascii_case("key"),
+                    "scheme {:?}", scheme
+                );
+            }
+        }
+
+        #[test]
+        fn a_valid_token_behind_bearer_or_key_and_any_white_space_is_accepted(
+            raw in valid_token(),
+            // ASCII case only: `(?i)` would also give the Kelvin sign for k, rightly refused.
+            scheme in "[bB][eE][aA][rR][eE][rR]|[kK][eE][yY]",
+            before in "[ \t\r\n\u{a0}\u{3000}]{0,3}",
+            between in "[ \t\r\n\u{a0}\u{3000}]{1,3}",
+            after in "[ \t\r\n\u{a0}\u{3000}]{0,3}",
+        ) {
+            let value = format!("{before}{scheme}{between}{raw}{after}");
+            let token = PlainToken::parse_credential(&value).unwrap();
+            prop_assert_eq!(token.expose(), raw.as_str());
+        }
+    }
+
     #[test]
     fn every_position_and_every_base62_substitution_is_caught_exhaustively() {
         let token = PlainToken::generate();

@@ -238,6 +238,78 @@ impl RouteTable {
     }
 }
 
+/// An `authorization` header without a `Bearer` or `Key` scheme: refused, as no client we
+/// serve sends a bare token there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingScheme;
+
+/// What a Check request requires: its `casola.scopes` context extension when present (an
+/// empty one, unknown scopes or a `casola.match` other than all/any are `Err`: a
+/// misconfigured route), else the fallback route table's rule for its method and path. Free
+/// of any server state, so the fuzz targets drive it as the server does.
+pub fn requirement_of(
+    req: &CheckRequest,
+    catalog: &Catalog,
+    routes: &RouteTable,
+) -> Result<Option<Requirement>, String> {
+    let attributes = req.attributes.as_ref();
+    let extensions = attributes.map(|a| &a.context_extensions);
+    if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
+        let names = split_scopes(raw);
+        let scopes = match names.as_slice() {
+            [ANY_VALID_TOKEN] => ScopeSet::default(),
+            // An empty value is a mistake, not "any token": it would override
+            // allow_unmatched = false without anybody meaning it.
+            [] => {
+                return Err(format!(
+                    "context extension {SCOPES_KEY} is empty; name scopes, or write \
+                     \"{ANY_VALID_TOKEN}\" for any valid token"
+                ));
+            }
+            _ => catalog
+                .resolve(&names)
+                .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?,
+        };
+        let mode = extensions
+            .and_then(|e| e.get(MATCH_KEY))
+            .map_or(Ok(ScopeMatch::All), |m| m.parse())
+            .map_err(|e| format!("context extension {MATCH_KEY}: {e}"))?;
+        return Ok(Some(Requirement { scopes, mode }));
+    }
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let (method, path) = http.map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
+    Ok(routes.lookup(method, path).cloned())
+}
+
+/// The token to check: from `authorization` (`Bearer <t>` or `Key <t>`, the scheme
+/// case-insensitive; a bare token there is refused, as no client we serve sends one),
+/// else from the configured `token_header` (a bare token). Public for the fuzz targets.
+pub fn credential_of<'a>(
+    headers: Option<&'a HashMap<String, String>>,
+    config: &EnvoyConfig,
+) -> Result<Option<&'a str>, MissingScheme> {
+    let Some(headers) = headers else {
+        return Ok(None);
+    };
+    if let Some(value) = headers.get("authorization") {
+        return match value.trim().split_once(char::is_whitespace) {
+            Some((scheme, token))
+                if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("key") =>
+            {
+                Ok(Some(token.trim()))
+            }
+            _ => Err(MissingScheme),
+        };
+    }
+    Ok(config
+        .token_header
+        .as_deref()
+        .and_then(|name| headers.get(&name.to_ascii_lowercase()))
+        .map(|v| v.trim()))
+}
+
 /// The Check implementation.
 #[derive(Clone)]
 pub struct CheckApi {
@@ -281,66 +353,14 @@ impl CheckApi {
     }
 
     fn requirement(&self, req: &CheckRequest) -> Result<Option<Requirement>, String> {
-        let attributes = req.attributes.as_ref();
-        let extensions = attributes.map(|a| &a.context_extensions);
-        if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
-            let names = split_scopes(raw);
-            let scopes = match names.as_slice() {
-                [ANY_VALID_TOKEN] => ScopeSet::default(),
-                // An empty value is a mistake, not "any token": it would override
-                // allow_unmatched = false without anybody meaning it.
-                [] => {
-                    return Err(format!(
-                        "context extension {SCOPES_KEY} is empty; name scopes, or write \
-                         \"{ANY_VALID_TOKEN}\" for any valid token"
-                    ));
-                }
-                _ => self
-                    .authorizer
-                    .catalog()
-                    .resolve(&names)
-                    .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?,
-            };
-            let mode = extensions
-                .and_then(|e| e.get(MATCH_KEY))
-                .map_or(Ok(ScopeMatch::All), |m| m.parse())
-                .map_err(|e| format!("context extension {MATCH_KEY}: {e}"))?;
-            return Ok(Some(Requirement { scopes, mode }));
-        }
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let (method, path) = http.map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
-        Ok(self.routes.lookup(method, path).cloned())
+        requirement_of(req, self.authorizer.catalog(), &self.routes)
     }
 
-    /// The token to check: from `authorization` (`Bearer <t>` or `Key <t>`, the scheme
-    /// case-insensitive; a bare token there is refused, as no client we serve sends one),
-    /// else from the configured `token_header` (a bare token).
     fn credential<'a>(
         &self,
         headers: Option<&'a HashMap<String, String>>,
-    ) -> Result<Option<&'a str>, ()> {
-        let Some(headers) = headers else {
-            return Ok(None);
-        };
-        if let Some(value) = headers.get("authorization") {
-            return match value.trim().split_once(char::is_whitespace) {
-                Some((scheme, token))
-                    if scheme.eq_ignore_ascii_case("bearer")
-                        || scheme.eq_ignore_ascii_case("key") =>
-                {
-                    Ok(Some(token.trim()))
-                }
-                _ => Err(()),
-            };
-        }
-        Ok(self
-            .config
-            .token_header
-            .as_deref()
-            .and_then(|name| headers.get(&name.to_ascii_lowercase()))
-            .map(|v| v.trim()))
+    ) -> Result<Option<&'a str>, MissingScheme> {
+        credential_of(headers, &self.config)
     }
 
     /// Logs a misconfigured route once (per distinct context extensions), with every
@@ -400,7 +420,7 @@ impl CheckApi {
                     "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
                 );
             }
-            Err(()) => {
+            Err(MissingScheme) => {
                 verdict::record(Entry::Check, Verdict::deny(BAD_SCHEME));
                 return Outcome::Unauthenticated(
                     "Unsupported authorization scheme. Send the API key as `Authorization: Bearer <token>`.",
@@ -667,6 +687,8 @@ impl Authorization for CheckApi {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::config::RouteRule;
 
@@ -806,6 +828,96 @@ mod tests {
         };
         let err = RouteTable::from_config(&config, &Catalog::default()).unwrap_err();
         assert!(err.contains("jobs:launch"), "{err}");
+    }
+
+    /// Regression (the check_request fuzz target's route invariant): `method = ""`
+    /// matched no request, where docs/envoy.md says it matches any method.
+    #[test]
+    fn a_rule_with_an_empty_method_matches_every_method() {
+        let config = EnvoyConfig {
+            routes: vec![rule(Some(""), "/v1/", &["user:read"])],
+            ..Default::default()
+        };
+        let table = RouteTable::from_config(&config, &Catalog::default()).unwrap();
+        for method in ["GET", "POST", "delete"] {
+            assert!(table.lookup(method, "/v1/models").is_some(), "{method}");
+        }
+    }
+
+    fn with_extensions(extensions: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(
+                envoy_types::pb::envoy::service::auth::v3::AttributeContext {
+                    context_extensions: extensions
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    proptest! {
+        /// Words joined by any run of commas and white space split back into those words.
+        #[test]
+        fn scope_lists_split_into_their_words(
+            words in proptest::collection::vec("[a-z:._-]{1,12}", 0..6),
+            separators in proptest::collection::vec("[ ,\t\n\u{3000}]{1,3}", 6),
+            leading in "[ ,]{0,2}",
+        ) {
+            let mut raw = leading;
+            for (word, sep) in words.iter().zip(&separators) {
+                raw.push_str(word);
+                raw.push_str(sep);
+            }
+            prop_assert_eq!(split_scopes(&raw), words);
+        }
+
+        /// Any list splits into non-empty pieces of it without separators, and never panics.
+        #[test]
+        fn any_scope_list_splits_into_non_empty_words_of_it(raw in any::<String>()) {
+            for word in split_scopes(&raw) {
+                prop_assert!(!word.is_empty() && raw.contains(word));
+                prop_assert!(!word.contains(|c: char| c == ',' || c.is_whitespace()));
+            }
+        }
+
+        /// Any context extensions: a requirement of known scopes, or a misconfigured route
+        /// naming the key at fault; never a panic.
+        #[test]
+        fn any_context_extension_gives_known_scopes_or_names_the_key(
+            scopes in prop_oneof![
+                "((user|admin):(read|write)|tokens:issue|jobs:run)([ ,]{1,2}((user|admin):(read|write)|jobs:run)){0,3}",
+                any::<String>(),
+            ],
+            mode in proptest::option::of(prop_oneof![
+                Just("any".to_owned()), Just(" all ".to_owned()), any::<String>()
+            ]),
+        ) {
+            let mut extensions = vec![(SCOPES_KEY, scopes.as_str())];
+            if let Some(mode) = &mode {
+                extensions.push((MATCH_KEY, mode.as_str()));
+            }
+            let catalog = Catalog::default();
+            match requirement_of(&with_extensions(&extensions), &catalog, &RouteTable::default()) {
+                Ok(Some(r)) => {
+                    prop_assert!(r.scopes.iter().all(|s| catalog.knows(s)));
+                    prop_assert!(!r.scopes.is_empty() || scopes.trim() == ANY_VALID_TOKEN);
+                    let want = match mode.as_deref().map(str::trim) {
+                        Some("any") => ScopeMatch::Any,
+                        _ => ScopeMatch::All,
+                    };
+                    prop_assert_eq!(r.mode, want);
+                }
+                Ok(None) => prop_assert!(false, "casola.scopes always gives a requirement"),
+                Err(e) => prop_assert!(
+                    e.starts_with(&format!("context extension {SCOPES_KEY}"))
+                        || e.starts_with(&format!("context extension {MATCH_KEY}")),
+                    "{}", e
+                ),
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Bounded fuzzing of the parsers (docs/reliability.md, "Fuzzing"): builds every cargo-fuzz
+# target in fuzz/ once, then runs each for FUZZ_SECONDS (default 20) from its committed
+# seeds in fuzz/corpus/<target>/ (and dictionary fuzz/<target>.dict, if any) plus what earlier
+# runs kept in target/fuzz/corpus/<target>/.
+# Fails on the first crash, panic, timeout or out-of-memory; the input that did it is left in
+# target/fuzz/artifacts/<target>/ (replay: the target binary with that file as argument).
+#
+#   FUZZ_SECONDS=60 bash scripts/fuzz.sh            # longer runs
+#   FUZZ_TARGETS="token config" bash scripts/fuzz.sh  # some targets only
+#   FUZZ_SANITIZER=address bash scripts/fuzz.sh       # with AddressSanitizer
+#
+# The toolchain is stable: cargo-fuzz needs unstable compiler flags (sanitizer coverage),
+# allowed here with RUSTC_BOOTSTRAP=1 for this build only. The default sanitizer is none:
+# the code under test is safe Rust (a fault is a panic, which libFuzzer catches), and
+# AddressSanitizer doubles the cold build CI pays.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+seconds="${FUZZ_SECONDS:-20}"
+sanitizer="${FUZZ_SANITIZER:-none}"
+targets="${FUZZ_TARGETS:-token credential scopes check_request page_token config}"
+out=target/fuzz
+triple="$(rustc -vV | sed -n 's/^host: //p')"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --version '^0.13'
+fi
+
+echo "== building the fuzz targets (release, debug assertions, sanitizer: $sanitizer)"
+# -a keeps overflow checks and debug assertions on in the optimised build.
+RUSTC_BOOTSTRAP=1 cargo fuzz build -O -a -s "$sanitizer" --target-dir "$out"
+bin="$out/$triple/release"
+
+summary=()
+for t in $targets; do
+    echo "== fuzzing $t for ${seconds}s"
+    mkdir -p "$out/corpus/$t" "$out/artifacts/$t" "fuzz/corpus/$t"
+    log="$out/$t.log"
+    dict=()
+    if [ -f "fuzz/$t.dict" ]; then dict=(-dict="fuzz/$t.dict"); fi
+    # New inputs go to the first directory (under target/), never into the committed seeds.
+    if ! "$bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
+        -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" "${dict[@]}" \
+        "$out/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
+        tail -n 60 "$log" >&2
+        echo "fuzz target $t failed; its input is in $out/artifacts/$t/" >&2
+        exit 1
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
+    corpus=$(find "$out/corpus/$t" -type f | wc -l)
+    summary+=("$(printf '%-14s %10s runs in %ss, coverage %s edges, corpus %s' \
+        "$t" "${runs:-?}" "$seconds" "${cov:-?}" "$corpus")")
+done
+
+echo "== fuzzing: no crash"
+printf '%s\n' "${summary[@]}"
