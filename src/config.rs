@@ -20,7 +20,7 @@
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
 //! | `store.tls_ca_file` | none (Mozilla roots) | CA for TLS to Postgres (`sslmode` in the URL) |
 //! | `last_used.flush_interval_ms` | 5000 | write-behind period of last_used_at |
-//! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
+//! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 
@@ -174,12 +174,21 @@ pub struct RouteRule {
 pub struct CacheConfig {
     /// Most verified tokens held.
     pub max_entries: u64,
-    /// How long a verified token is trusted without a store read (backstop for a missed
-    /// revocation notice).
-    pub ttl_seconds: u64,
-    /// The verify-slot interval per lookup id after a wrong secret.
+    /// A verified token unused this long is dropped (a memory bound, not a correctness
+    /// one: changes arrive through notices and the change log). `ttl_seconds` is the old
+    /// name, still read.
+    #[serde(alias = "ttl_seconds")]
+    pub idle_seconds: u64,
+    /// How often the change log is polled.
+    pub poll_interval_ms: u64,
+    /// The interval of the negative cache (a wrong token costs one verify per interval)
+    /// and of the per-lookup-id verify budget.
     pub negative_ttl_ms: u64,
-    /// How long cached answers may still be served while the revocation listener is down.
+    /// Verifies of unproven secrets per lookup id per interval; past it they are answered
+    /// RESOURCE_EXHAUSTED (retryable) until the interval ends.
+    pub wrong_secret_budget: u32,
+    /// How long cached answers may still be served while neither the revocation listener
+    /// nor the change-log poll works.
     pub max_staleness_seconds: u64,
 }
 
@@ -187,8 +196,10 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
-            ttl_seconds: 60,
+            idle_seconds: 3600,
+            poll_interval_ms: 1000,
             negative_ttl_ms: 1000,
+            wrong_secret_budget: 8,
             max_staleness_seconds: 30,
         }
     }

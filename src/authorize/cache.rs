@@ -2,58 +2,141 @@
 //!
 //! - Positive entries are keyed by a keyed BLAKE3 hash of the whole token with a random
 //!   per-process key, so the cache never holds a token or its secret, and a hit proves the
-//!   caller presented the exact token that was verified. Bounded in entries, with a TTL as
-//!   the staleness backstop.
-//! - Verify slots per lookup id: at most one argon2 verify per lookup id per interval unless
-//!   the token turns out valid, so a flood of wrong secrets for one lookup id costs one
-//!   verify per interval. (A valid token presented for the first time while such a flood
-//!   holds the slot is refused for at most that interval.)
-//! - Revoked lookup ids are remembered (revocation is forever) for twice the TTL and
-//!   checked on every answer, so a revocation notice can never be undone by a racing miss.
-//! - Freshness: the revocation listener reports up/down; cached answers are served while it
-//!   is up, or for at most `max_staleness` after it went down. Past that the cache refuses
-//!   to answer (UNAVAILABLE) rather than risk allowing a revoked token.
+//!   caller presented the exact token that was verified: a secret is proven once per
+//!   replica. An entry holds only what a decision needs ([`Entry`]); scope sets are shared
+//!   between entries. Bounded in entries, with a long idle bound for memory
+//!   (`time_to_idle`), which is not a correctness mechanism.
+//! - Changes: a change to a token (heard through NOTIFY, polled from the change log, or made
+//!   on this replica) is recorded by lookup id with a local stamp. An entry loaded before
+//!   the change is *refreshed* on its next use: its row is re-read (revoked, expiry, owner,
+//!   scopes), never argon2 again. Only a changed secret hash sends it back to argon2.
+//! - Wrong secrets: a negative entry keyed like the positive ones (the whole presented
+//!   token) makes a repeated wrong secret cost one verify per `negative_ttl_ms`, whoever
+//!   sends it and however often. Different wrong secrets for one lookup id share a budget
+//!   of verifies per interval; past it, unproven tokens with that lookup id are answered
+//!   RESOURCE_EXHAUSTED (retryable), never "unknown": a stranger who knows a lookup id can
+//!   at worst delay the right secret while flooding with fresh secrets, never have it
+//!   declared invalid, and a flood of one forged token cannot delay it at all.
+//! - Freshness: cached answers are served while the revocation listener is up, or while the
+//!   change-log poll succeeded within `max_staleness`. Past that the cache refuses to
+//!   answer (UNAVAILABLE) rather than risk allowing a revoked token.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use moka::{future::Cache, sync::Cache as SyncCache};
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
+use uuid::Uuid;
 
 use crate::{
     config::CacheConfig,
     error::Error,
     principal::Principal,
-    store::TokenRecord,
+    scope::ScopeSet,
+    store::{TokenChange, TokenRecord, changes::ChangeSink},
     telemetry::metrics::CACHE_EVICTIONS_TOTAL,
-    token::{LookupId, PlainToken},
+    token::{LookupId, PlainToken, fields::Owner, status::TokenStatus},
 };
 
-/// A verified token, as cached: its row (the hash, never the secret) and its principal,
-/// expanded once when it was verified rather than on every hit.
+/// Changes remembered by lookup id before the memory is reset (then every entry is
+/// refreshed once: a store read each, no argon2). Changes are rare next to tokens.
+const MAX_TRACKED_CHANGES: usize = 65_536;
+
+/// Distinct scope sets shared between entries; a fleet has few (presets, a handful of
+/// custom combinations). Past the bound, sets are simply not shared.
+const MAX_SCOPE_SETS: u64 = 4096;
+
+/// A verified token as cached: only what a decision needs, about 150 bytes plus the
+/// cache's own bookkeeping. Restrictions (when tokens get them) belong here as a shared,
+/// interned value like the scopes.
 #[derive(Debug)]
-pub struct Verified {
-    /// The row as read when it was verified.
-    pub record: TokenRecord,
-    /// Who it is, scopes expanded.
-    pub principal: Principal,
+pub struct Entry {
+    /// Token id.
+    pub token_id: Uuid,
+    /// Lookup id: how changes find the entry, and how a refresh re-reads its row.
+    pub lookup_id: LookupId,
+    /// Owner.
+    pub owner: Owner,
+    /// Granted scopes, implications expanded; shared with every entry that has the same.
+    pub scopes: Arc<ScopeSet>,
+    /// Expiry, if any.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether the row was revoked when read.
+    pub revoked: bool,
+    /// A digest of the stored hash the secret was proven against: a refresh that finds
+    /// another hash (a rotated secret) must not keep the old proof.
+    hash_tag: u64,
+    /// The change stamp taken before the row was read; a change with a later stamp means
+    /// the row may be older than the change.
+    stamp: u64,
+}
+
+impl Entry {
+    /// The principal, for an answer.
+    pub fn principal(&self) -> Principal {
+        Principal {
+            token_id: self.token_id,
+            owner: self.owner.clone(),
+            scopes: ScopeSet::clone(&self.scopes),
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// Status at `now`, from the entry alone.
+    pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
+        if self.revoked {
+            TokenStatus::Revoked
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            TokenStatus::Expired
+        } else {
+            TokenStatus::Active
+        }
+    }
+
+    /// Whether this entry was built from a row with this hash.
+    pub fn proves(&self, record: &TokenRecord) -> bool {
+        self.hash_tag == hash_tag(record)
+    }
+}
+
+fn hash_tag(record: &TokenRecord) -> u64 {
+    let digest = blake3::hash(record.secret_hash.as_str().as_bytes());
+    u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The cache. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenCache {
-    key: Arc<[u8; 32]>,
-    verified: Cache<[u8; 32], Arc<Verified>>,
-    slots: SyncCache<LookupId, ()>,
-    revoked: SyncCache<LookupId, ()>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: [u8; 32],
+    verified: Cache<[u8; 32], Arc<Entry>>,
+    /// Tokens (keyed hash) recently found wrong or unknown.
+    negative: SyncCache<[u8; 32], ()>,
+    /// Verifies started per lookup id in the current interval (counted down on a match).
+    budget: SyncCache<LookupId, Arc<AtomicU32>>,
+    wrong_secret_budget: u32,
+    scope_sets: SyncCache<Vec<String>, Arc<ScopeSet>>,
+    /// Lookup id -> stamp of its latest change.
+    changes: RwLock<HashMap<LookupId, u64>>,
+    /// Every entry with a stamp below this needs refreshing (raised when `changes` resets).
+    floor: AtomicU64,
+    stamps: AtomicU64,
     /// 0 while the revocation listener is up; else the instant it went down, as
-    /// milliseconds since `epoch`, plus one. An atomic: every request reads it.
-    down_since: Arc<AtomicU64>,
+    /// milliseconds since `epoch`, plus one. Atomics: every request reads them.
+    down_since: AtomicU64,
+    /// The last successful change-log poll, as milliseconds since `epoch` (0: none yet, so
+    /// start-up gets `max_staleness` of grace, as the listener does).
+    polled_at: AtomicU64,
     epoch: Instant,
     max_staleness: Duration,
 }
@@ -61,7 +144,7 @@ pub struct TokenCache {
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.verified.entry_count())
+            .field("entries", &self.inner.verified.entry_count())
             .finish_non_exhaustive()
     }
 }
@@ -72,99 +155,195 @@ impl TokenCache {
     pub fn new(config: CacheConfig, listener_up: bool) -> Self {
         let mut key = [0u8; 32];
         UnwrapErr(SysRng).fill(&mut key);
-        let ttl = Duration::from_secs(config.ttl_seconds.max(1));
+        let interval = Duration::from_millis(config.negative_ttl_ms.max(1));
         Self {
-            key: Arc::new(key),
-            verified: Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(ttl)
-                .eviction_listener(|_key, _value, cause| {
-                    // Explicit removal is the drop after a listener reconnect; count the
-                    // rest (capacity, expiry, replacement).
-                    if cause != moka::notification::RemovalCause::Explicit {
-                        metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
-                    }
-                })
-                .build(),
-            slots: SyncCache::builder()
-                .max_capacity(config.max_entries.max(1024))
-                .time_to_live(Duration::from_millis(config.negative_ttl_ms.max(1)))
-                .build(),
-            revoked: SyncCache::builder()
-                .max_capacity(config.max_entries.max(1024))
-                .time_to_live(ttl * 2)
-                .build(),
-            down_since: Arc::new(AtomicU64::new(if listener_up { 0 } else { 1 })),
-            epoch: Instant::now(),
-            max_staleness: Duration::from_secs(config.max_staleness_seconds),
+            inner: Arc::new(Inner {
+                key,
+                verified: Cache::builder()
+                    .max_capacity(config.max_entries)
+                    .time_to_idle(Duration::from_secs(config.idle_seconds.max(1)))
+                    .eviction_listener(|_key, _value, cause| {
+                        // Replacement is a refresh, explicit removal a vanished row.
+                        if cause.was_evicted() {
+                            metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
+                        }
+                    })
+                    .build(),
+                negative: SyncCache::builder()
+                    .max_capacity(config.max_entries.max(1024))
+                    .time_to_live(interval)
+                    .build(),
+                budget: SyncCache::builder()
+                    .max_capacity(config.max_entries.max(1024))
+                    .time_to_live(interval)
+                    .build(),
+                wrong_secret_budget: config.wrong_secret_budget.max(1),
+                scope_sets: SyncCache::new(MAX_SCOPE_SETS),
+                changes: RwLock::new(HashMap::new()),
+                floor: AtomicU64::new(0),
+                stamps: AtomicU64::new(1),
+                down_since: AtomicU64::new(if listener_up { 0 } else { 1 }),
+                polled_at: AtomicU64::new(0),
+                epoch: Instant::now(),
+                max_staleness: Duration::from_secs(config.max_staleness_seconds),
+            }),
         }
     }
 
     /// The cache key of a token: keyed BLAKE3 of the whole token.
     pub fn key_of(&self, token: &PlainToken) -> [u8; 32] {
-        *blake3::keyed_hash(&self.key, token.expose().as_bytes()).as_bytes()
+        *blake3::keyed_hash(&self.inner.key, token.expose().as_bytes()).as_bytes()
     }
 
-    /// Whether cached answers may be served now.
+    /// Whether cached answers may be served now: the listener is up, or the change log was
+    /// read within `max_staleness`.
     pub fn is_fresh(&self) -> bool {
-        match self.down_since.load(Ordering::Acquire) {
+        let inner = &self.inner;
+        let staleness = inner.max_staleness.as_millis() as u64;
+        let now = self.millis();
+        match inner.down_since.load(Ordering::Acquire) {
             0 => true,
-            since => self.millis() - (since - 1) < self.max_staleness.as_millis() as u64,
+            since if now - (since - 1) < staleness => true,
+            _ => now.saturating_sub(inner.polled_at.load(Ordering::Acquire)) < staleness,
         }
     }
 
     fn millis(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A verified token, if cached.
-    pub async fn get(&self, key: &[u8; 32]) -> Option<Arc<Verified>> {
-        self.verified.get(key).await
+    /// A stamp for a row read about to start (see [`Entry`]).
+    pub fn stamp(&self) -> u64 {
+        self.inner.stamps.fetch_add(1, Ordering::AcqRel)
     }
 
-    /// The verified token for `key`, loading it with `load` on a miss; concurrent misses
-    /// for one key share one load, and its error.
-    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Verified>, Error>
+    /// A cached entry, if any.
+    pub async fn get(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
+        self.inner.verified.get(key).await
+    }
+
+    /// Whether a change was recorded for the entry's token after its row was read.
+    pub fn needs_refresh(&self, entry: &Entry) -> bool {
+        if self.inner.floor.load(Ordering::Acquire) > entry.stamp {
+            return true;
+        }
+        let changes = self.inner.changes.read().unwrap_or_else(|p| p.into_inner());
+        changes
+            .get(&entry.lookup_id)
+            .is_some_and(|&changed| changed > entry.stamp)
+    }
+
+    /// The entry for `key`, loading it with `load` on a miss; concurrent misses for one
+    /// key share one load, and its error.
+    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Entry>, Error>
     where
-        F: Future<Output = Result<Arc<Verified>, Error>>,
+        F: Future<Output = Result<Arc<Entry>, Error>>,
     {
-        self.verified
+        self.inner
+            .verified
             .try_get_with(key, load)
             .await
             .map_err(|e| (*e).clone())
     }
 
-    /// Takes the verify slot of a lookup id; false if a verify ran within the interval.
-    pub fn take_verify_slot(&self, lookup_id: &LookupId) -> bool {
-        self.slots.entry(lookup_id.clone()).or_insert(()).is_fresh()
+    /// Replaces an entry after a refresh.
+    pub async fn put(&self, key: [u8; 32], entry: Arc<Entry>) {
+        self.inner.verified.insert(key, entry).await;
     }
 
-    /// Frees the verify slot (the token was valid).
-    pub fn release_verify_slot(&self, lookup_id: &LookupId) {
-        self.slots.invalidate(lookup_id);
+    /// Drops an entry (its row vanished or its hash changed).
+    pub async fn remove(&self, key: &[u8; 32]) {
+        self.inner.verified.invalidate(key).await;
     }
 
-    /// Whether a revocation of this lookup id was announced.
-    pub fn is_revoked(&self, lookup_id: &LookupId) -> bool {
-        self.revoked.contains_key(lookup_id)
+    /// An entry from a row read after `stamp` was taken; `scopes` expanded by the caller
+    /// (only on the first sight of a scope list: sets are shared).
+    pub fn entry(
+        &self,
+        record: &TokenRecord,
+        stamp: u64,
+        expand: impl FnOnce(&[String]) -> ScopeSet,
+    ) -> Entry {
+        let scopes = self
+            .inner
+            .scope_sets
+            .get_with_by_ref(&record.scopes, || Arc::new(expand(&record.scopes)));
+        Entry {
+            token_id: record.id,
+            lookup_id: record.lookup_id.clone(),
+            owner: record.owner.clone(),
+            scopes,
+            expires_at: record.expires_at,
+            revoked: record.revoked_at.is_some(),
+            hash_tag: hash_tag(record),
+            stamp,
+        }
     }
 
-    /// A revocation notice.
+    /// Whether this exact token was found wrong or unknown within the interval.
+    pub fn is_known_wrong(&self, key: &[u8; 32]) -> bool {
+        self.inner.negative.contains_key(key)
+    }
+
+    /// This exact token is wrong or unknown: its next tries within the interval cost
+    /// nothing.
+    pub fn known_wrong(&self, key: [u8; 32]) {
+        self.inner.negative.insert(key, ());
+    }
+
+    /// Takes one verify of the lookup id's budget for this interval; false when it is spent.
+    pub fn take_verify(&self, lookup_id: &LookupId) -> bool {
+        let used = self
+            .inner
+            .budget
+            .get_with_by_ref(lookup_id, || Arc::new(AtomicU32::new(0)));
+        if used.fetch_add(1, Ordering::AcqRel) < self.inner.wrong_secret_budget {
+            true
+        } else {
+            used.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// Gives a verify back: it proved the right secret, or it never ran.
+    pub fn return_verify(&self, lookup_id: &LookupId) {
+        if let Some(used) = self.inner.budget.get(lookup_id) {
+            // Never below zero, even if the interval rolled over in between.
+            let _ = used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// A token changed (revoked here, or heard of): every entry loaded before now is
+    /// refreshed on its next use.
     pub fn revoked(&self, lookup_id: LookupId) {
-        self.revoked.insert(lookup_id, ());
+        self.changed(lookup_id);
     }
 
-    /// The revocation listener is (again) receiving notices. Anything revoked while it was
-    /// away went unheard, so every cached entry is dropped.
+    fn changed(&self, lookup_id: LookupId) {
+        let stamp = self.stamp();
+        let mut changes = self
+            .inner
+            .changes
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if changes.len() >= MAX_TRACKED_CHANGES && !changes.contains_key(&lookup_id) {
+            // Forget them all, and make every older entry refresh instead.
+            changes.clear();
+            self.inner.floor.fetch_max(stamp, Ordering::AcqRel);
+        }
+        changes.insert(lookup_id, stamp);
+    }
+
+    /// The revocation listener is (again) receiving notices. What it missed meanwhile is in
+    /// the change log, which the poller reads (nudged by the caller): no cache drop.
     pub fn listener_connected(&self) {
-        self.verified.invalidate_all();
-        self.down_since.store(0, Ordering::Release);
+        self.inner.down_since.store(0, Ordering::Release);
     }
 
     /// The revocation listener lost its connection.
     pub fn listener_disconnected(&self) {
         // Only the first loss counts: staleness runs from when notices stopped.
-        let _ = self.down_since.compare_exchange(
+        let _ = self.inner.down_since.compare_exchange(
             0,
             self.millis() + 1,
             Ordering::AcqRel,
@@ -174,6 +353,21 @@ impl TokenCache {
 
     /// Verified tokens held (approximate).
     pub fn entry_count(&self) -> u64 {
-        self.verified.entry_count()
+        self.inner.verified.entry_count()
+    }
+
+    /// Runs the cache's pending maintenance (for exact counts in tests and measurements).
+    pub async fn run_pending_tasks(&self) {
+        self.inner.verified.run_pending_tasks().await;
+    }
+}
+
+impl ChangeSink for TokenCache {
+    fn changed(&self, change: &TokenChange) {
+        TokenCache::changed(self, change.lookup_id.clone());
+    }
+
+    fn polled(&self, _position: u64) {
+        self.inner.polled_at.store(self.millis(), Ordering::Release);
     }
 }
