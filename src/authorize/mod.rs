@@ -40,6 +40,13 @@ use crate::{
 /// [`Denial::Unknown`] by [`Authorizer::authenticate`].
 const UNKNOWN_TOKEN: Error = Error::Unauthenticated("unknown token");
 
+/// Many different secrets for one lookup id within the interval. The presented one may be
+/// the right one: a retryable refusal, never "unknown".
+fn budget_spent() -> Error {
+    metrics::counter!(VERIFY_BUDGET_EXHAUSTED_TOTAL).increment(1);
+    Error::ResourceExhausted("too many verifications for this token; try again")
+}
+
 /// Why a token is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -232,6 +239,9 @@ impl Authorizer {
     /// The cold path: one store read and, within the lookup id's budget, one argon2 verify
     /// on the bounded pool.
     async fn load_and_verify(&self, key: [u8; 32], token: PlainToken) -> Result<Arc<Entry>, Error> {
+        if self.cache.verify_budget_spent(token.lookup_id()) {
+            return Err(budget_spent());
+        }
         // Taken before the read: a change heard after this point refreshes the entry.
         let stamp = self.cache.stamp();
         // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
@@ -241,12 +251,7 @@ impl Authorizer {
         };
         let lookup_id = token.lookup_id().clone();
         if !self.cache.take_verify(&lookup_id) {
-            // Many different secrets for this lookup id within the interval. This one may
-            // be the right one: a retryable refusal, never "unknown".
-            metrics::counter!(VERIFY_BUDGET_EXHAUSTED_TOTAL).increment(1);
-            return Err(Error::ResourceExhausted(
-                "too many verifications for this token; try again",
-            ));
+            return Err(budget_spent());
         }
         let (verification, rehash) = match self.verify(token, record.secret_hash.clone()).await {
             Ok(done) => done,
