@@ -42,7 +42,11 @@ use crate::{
     scope::ScopeSet,
     store::{TokenChange, TokenRecord, changes::ChangeSink},
     telemetry::metrics::CACHE_EVICTIONS_TOTAL,
-    token::{LookupId, PlainToken, fields::Owner, status::TokenStatus},
+    token::{
+        LookupId, PlainToken,
+        fields::{Owner, OwnerId},
+        status::TokenStatus,
+    },
 };
 
 /// Changes remembered by lookup id before the memory is reset (then every entry is
@@ -53,17 +57,24 @@ const MAX_TRACKED_CHANGES: usize = 65_536;
 /// custom combinations). Past the bound, sets are simply not shared.
 const MAX_SCOPE_SETS: u64 = 4096;
 
-/// A verified token as cached: only what a decision needs, about 150 bytes plus the
-/// cache's own bookkeeping. Restrictions (when tokens get them) belong here as a shared,
-/// interned value like the scopes.
+/// The cache key: keyed BLAKE3 of the whole token, truncated to 128 bits. Under a random
+/// per-process key an attacker cannot aim at an entry; 128 bits leave a chance of about
+/// 2^-108 per forged token against a million entries, and halve what every entry carries.
+pub type Key = u128;
+
+/// A verified token as cached: only what a decision needs (about 120 bytes with its owner
+/// text, plus the cache's own bookkeeping). Restrictions (when tokens get them) belong here
+/// as a shared, interned value like the scopes.
 #[derive(Debug)]
 pub struct Entry {
-    /// Token id.
+    /// Token id; a refresh re-reads the row by it.
     pub token_id: Uuid,
-    /// Lookup id: how changes find the entry, and how a refresh re-reads its row.
-    pub lookup_id: LookupId,
-    /// Owner.
-    pub owner: Owner,
+    /// Keyed digest of the lookup id: how changes (which name lookup ids) find the entry.
+    /// A collision only costs a needless refresh.
+    lookup_tag: u64,
+    /// `org_id` then `user_id`, in one allocation instead of two strings.
+    owner: Box<str>,
+    org_len: u32,
     /// Granted scopes, implications expanded; shared with every entry that has the same.
     pub scopes: Arc<ScopeSet>,
     /// Expiry, if any.
@@ -79,11 +90,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The owner.
+    pub fn owner(&self) -> Owner {
+        let (org, user) = self.owner.split_at(self.org_len as usize);
+        Owner {
+            org_id: OwnerId::from_stored(org.to_owned()),
+            user_id: OwnerId::from_stored(user.to_owned()),
+        }
+    }
+
     /// The principal, for an answer.
     pub fn principal(&self) -> Principal {
         Principal {
             token_id: self.token_id,
-            owner: self.owner.clone(),
+            owner: self.owner(),
             scopes: ScopeSet::clone(&self.scopes),
             expires_at: self.expires_at,
         }
@@ -119,15 +139,15 @@ pub struct TokenCache {
 
 struct Inner {
     key: [u8; 32],
-    verified: Cache<[u8; 32], Arc<Entry>>,
+    verified: Cache<Key, Arc<Entry>>,
     /// Tokens (keyed hash) recently found wrong or unknown.
-    negative: SyncCache<[u8; 32], ()>,
+    negative: SyncCache<Key, ()>,
     /// Verifies started per lookup id in the current interval (counted down on a match).
     budget: SyncCache<LookupId, Arc<AtomicU32>>,
     wrong_secret_budget: u32,
     scope_sets: SyncCache<Vec<String>, Arc<ScopeSet>>,
-    /// Lookup id -> stamp of its latest change.
-    changes: RwLock<HashMap<LookupId, u64>>,
+    /// Lookup-id tag -> stamp of its latest change.
+    changes: RwLock<HashMap<u64, u64>>,
     /// Every entry with a stamp below this needs refreshing (raised when `changes` resets).
     floor: AtomicU64,
     stamps: AtomicU64,
@@ -191,8 +211,22 @@ impl TokenCache {
     }
 
     /// The cache key of a token: keyed BLAKE3 of the whole token.
-    pub fn key_of(&self, token: &PlainToken) -> [u8; 32] {
-        *blake3::keyed_hash(&self.inner.key, token.expose().as_bytes()).as_bytes()
+    pub fn key_of(&self, token: &PlainToken) -> Key {
+        let digest = blake3::keyed_hash(&self.inner.key, token.expose().as_bytes());
+        u128::from_le_bytes(digest.as_bytes()[..16].try_into().expect("16 bytes"))
+    }
+
+    fn lookup_tag(&self, lookup_id: &LookupId) -> u64 {
+        // Keyed, so nobody can pick lookup ids that collide with a victim's.
+        let mut hasher = blake3::Hasher::new_keyed(&self.inner.key);
+        hasher
+            .update(b"lookup id\0")
+            .update(lookup_id.as_str().as_bytes());
+        u64::from_le_bytes(
+            hasher.finalize().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        )
     }
 
     /// Whether cached answers may be served now: the listener is up, or the change log was
@@ -218,7 +252,7 @@ impl TokenCache {
     }
 
     /// A cached entry, if any.
-    pub async fn get(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
+    pub async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         self.inner.verified.get(key).await
     }
 
@@ -229,13 +263,13 @@ impl TokenCache {
         }
         let changes = self.inner.changes.read().unwrap_or_else(|p| p.into_inner());
         changes
-            .get(&entry.lookup_id)
+            .get(&entry.lookup_tag)
             .is_some_and(|&changed| changed > entry.stamp)
     }
 
     /// The entry for `key`, loading it with `load` on a miss; concurrent misses for one
     /// key share one load, and its error.
-    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Entry>, Error>
+    pub async fn get_or_load<F>(&self, key: Key, load: F) -> Result<Arc<Entry>, Error>
     where
         F: Future<Output = Result<Arc<Entry>, Error>>,
     {
@@ -247,12 +281,12 @@ impl TokenCache {
     }
 
     /// Replaces an entry after a refresh.
-    pub async fn put(&self, key: [u8; 32], entry: Arc<Entry>) {
+    pub async fn put(&self, key: Key, entry: Arc<Entry>) {
         self.inner.verified.insert(key, entry).await;
     }
 
     /// Drops an entry (its row vanished or its hash changed).
-    pub async fn remove(&self, key: &[u8; 32]) {
+    pub async fn remove(&self, key: &Key) {
         self.inner.verified.invalidate(key).await;
     }
 
@@ -268,10 +302,12 @@ impl TokenCache {
             .inner
             .scope_sets
             .get_with_by_ref(&record.scopes, || Arc::new(expand(&record.scopes)));
+        let org = record.owner.org_id.as_str();
         Entry {
             token_id: record.id,
-            lookup_id: record.lookup_id.clone(),
-            owner: record.owner.clone(),
+            lookup_tag: self.lookup_tag(&record.lookup_id),
+            owner: format!("{org}{}", record.owner.user_id.as_str()).into_boxed_str(),
+            org_len: u32::try_from(org.len()).expect("owner ids are short"),
             scopes,
             expires_at: record.expires_at,
             revoked: record.revoked_at.is_some(),
@@ -281,13 +317,13 @@ impl TokenCache {
     }
 
     /// Whether this exact token was found wrong or unknown within the interval.
-    pub fn is_known_wrong(&self, key: &[u8; 32]) -> bool {
+    pub fn is_known_wrong(&self, key: &Key) -> bool {
         self.inner.negative.contains_key(key)
     }
 
     /// This exact token is wrong or unknown: its next tries within the interval cost
     /// nothing.
-    pub fn known_wrong(&self, key: [u8; 32]) {
+    pub fn known_wrong(&self, key: Key) {
         self.inner.negative.insert(key, ());
     }
 
@@ -325,22 +361,23 @@ impl TokenCache {
     /// A token changed (revoked here, or heard of): every entry loaded before now is
     /// refreshed on its next use.
     pub fn revoked(&self, lookup_id: LookupId) {
-        self.changed(lookup_id);
+        self.changed(&lookup_id);
     }
 
-    fn changed(&self, lookup_id: LookupId) {
+    fn changed(&self, lookup_id: &LookupId) {
+        let tag = self.lookup_tag(lookup_id);
         let stamp = self.stamp();
         let mut changes = self
             .inner
             .changes
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if changes.len() >= MAX_TRACKED_CHANGES && !changes.contains_key(&lookup_id) {
+        if changes.len() >= MAX_TRACKED_CHANGES && !changes.contains_key(&tag) {
             // Forget them all, and make every older entry refresh instead.
             changes.clear();
             self.inner.floor.fetch_max(stamp, Ordering::AcqRel);
         }
-        changes.insert(lookup_id, stamp);
+        changes.insert(tag, stamp);
     }
 
     /// The revocation listener is (again) receiving notices. What it missed meanwhile is in
@@ -373,7 +410,7 @@ impl TokenCache {
 
 impl ChangeSink for TokenCache {
     fn changed(&self, change: &TokenChange) {
-        TokenCache::changed(self, change.lookup_id.clone());
+        TokenCache::changed(self, &change.lookup_id);
     }
 
     fn polled(&self, _position: u64) {
@@ -386,7 +423,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::token::{fields::OwnerId, hash::SecretHash};
+    use crate::token::hash::SecretHash;
 
     fn config() -> CacheConfig {
         CacheConfig {
@@ -445,6 +482,8 @@ mod tests {
         let (a, b) = (record(1), record(2));
         let (ea, eb) = (cache.entry(&a, 1, scopes), cache.entry(&b, 2, scopes));
         assert!(Arc::ptr_eq(&ea.scopes, &eb.scopes));
+        assert_eq!(ea.owner(), a.owner);
+        assert_eq!(ea.principal().owner, a.owner);
         assert!(ea.proves(&a));
         let rotated = TokenRecord {
             secret_hash: SecretHash::from_stored("$argon2id$v=19$m=8,t=1,p=1$x$y".into()),
@@ -499,22 +538,27 @@ mod tests {
             let pages: u64 = statm.split(' ').nth(1).unwrap().parse().unwrap();
             pages * 4096
         }
-        let cache = TokenCache::new(config(), true);
-        let base = rss_bytes();
-        let mut filled = 0;
-        for target in [100_000, 1_000_000] {
-            while filled < target {
-                let mut key = [0u8; 32];
+        for target in [100_000u64, 1_000_000] {
+            // Sized for the target, as an operator would set cache.max_entries.
+            let cache = TokenCache::new(
+                CacheConfig {
+                    max_entries: target,
+                    ..config()
+                },
+                true,
+            );
+            let base = rss_bytes();
+            for n in 0..target {
+                let mut key = [0u8; 16];
                 UnwrapErr(SysRng).fill(&mut key);
                 // The row is dropped at once: the entry keeps only what decisions need.
-                let entry = cache.entry(&record(filled), cache.stamp(), scopes);
-                cache.put(key, Arc::new(entry)).await;
-                filled += 1;
+                let entry = cache.entry(&record(n as usize), cache.stamp(), scopes);
+                cache.put(u128::from_le_bytes(key), Arc::new(entry)).await;
             }
             cache.run_pending_tasks().await;
-            let per = (rss_bytes() - base) / cache.entry_count();
+            let per = rss_bytes().saturating_sub(base) / cache.entry_count().max(1);
             println!(
-                "{} entries: {per} bytes of RSS per cached token",
+                "{target} inserted, {} held: {per} bytes of RSS per cached token",
                 cache.entry_count()
             );
         }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
 use self::{
-    cache::{Entry, TokenCache},
+    cache::{Entry, Key, TokenCache},
     last_used::LastUsed,
 };
 use crate::{
@@ -202,7 +202,7 @@ impl Authorizer {
     }
 
     /// A miss: the negative cache, else one shared load per token.
-    async fn cold(&self, key: [u8; 32], token: PlainToken) -> Result<Arc<Entry>, Error> {
+    async fn cold(&self, key: Key, token: PlainToken) -> Result<Arc<Entry>, Error> {
         if self.cache.is_known_wrong(&key) {
             metrics::counter!(NEGATIVE_CACHE_HITS_TOTAL).increment(1);
             return Err(UNKNOWN_TOKEN);
@@ -217,14 +217,14 @@ impl Authorizer {
     /// holds another hash (a rotated secret) sends the token back to the cold path.
     async fn refresh(
         &self,
-        key: [u8; 32],
+        key: Key,
         stale: &Entry,
         token: PlainToken,
     ) -> Result<Arc<Entry>, Error> {
         metrics::counter!(CACHE_REFRESHES_TOTAL).increment(1);
         let stamp = self.cache.stamp();
-        match self.store.find_by_lookup_id(&stale.lookup_id).await? {
-            Some(record) if record.id == stale.token_id && stale.proves(&record) => {
+        match self.store.get(stale.token_id).await? {
+            Some(record) if stale.proves(&record) => {
                 let entry = Arc::new(self.entry(&record, stamp));
                 self.cache.put(key, entry.clone()).await;
                 Ok(entry)
@@ -238,7 +238,7 @@ impl Authorizer {
 
     /// The cold path: one store read and, within the lookup id's budget, one argon2 verify
     /// on the bounded pool.
-    async fn load_and_verify(&self, key: [u8; 32], token: PlainToken) -> Result<Arc<Entry>, Error> {
+    async fn load_and_verify(&self, key: Key, token: PlainToken) -> Result<Arc<Entry>, Error> {
         if self.cache.verify_budget_spent(token.lookup_id()) {
             return Err(budget_spent());
         }
