@@ -516,6 +516,8 @@ async fn metrics_upkeep(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
+        // The cache's idle bound: the sweep rate-limits itself.
+        cache.sweep_idle();
         metrics::gauge!(CACHE_ENTRIES).set(cache.entry_count() as f64);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),

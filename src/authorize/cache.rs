@@ -4,8 +4,11 @@
 //!   per-process key, so the cache never holds a token or its secret, and a hit proves the
 //!   caller presented the exact token that was verified: a secret is proven once per
 //!   replica. An entry holds only what a decision needs ([`Entry`]); scope sets are shared
-//!   between entries. Bounded in entries, with a long idle bound for memory
-//!   (`time_to_idle`), which is not a correctness mechanism.
+//!   between entries. The store is `quick_cache` (about 40 bytes of bookkeeping per entry,
+//!   against about 340 for moka), bounded in entries, with a long idle bound for memory
+//!   (`cache.idle_seconds`: entries unused that long are swept), which is not a correctness
+//!   mechanism. Concurrent misses for one token share one load (moka's `try_get_with`
+//!   over the loads in flight only).
 //! - Changes: a change to a token (heard through NOTIFY, polled from the change log, or made
 //!   on this replica) is recorded by lookup id with a local stamp. An entry loaded before
 //!   the change is *refreshed* on its next use: its row is re-read (revoked, expiry, owner,
@@ -32,6 +35,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use moka::{future::Cache, sync::Cache as SyncCache};
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, sync::Cache as QuickCache};
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
 use uuid::Uuid;
 
@@ -87,6 +91,8 @@ pub struct Entry {
     /// The change stamp taken before the row was read; a change with a later stamp means
     /// the row may be older than the change.
     stamp: u64,
+    /// Seconds since the cache's epoch when it was last used, for the idle sweep.
+    last_used: AtomicU32,
 }
 
 impl Entry {
@@ -139,7 +145,13 @@ pub struct TokenCache {
 
 struct Inner {
     key: [u8; 32],
-    verified: Cache<Key, Arc<Entry>>,
+    verified: QuickCache<Key, Arc<Entry>, UnitWeighter, DefaultHashBuilder, CountEvictions>,
+    /// Loads in flight, so concurrent misses for one token share one load and its error;
+    /// an entry leaves as soon as its load is done.
+    loading: Cache<Key, Arc<Entry>>,
+    idle: Duration,
+    /// When the last idle sweep ran, in seconds since `epoch`.
+    swept_at: AtomicU64,
     /// Tokens (keyed hash) recently found wrong or unknown.
     negative: SyncCache<Key, ()>,
     /// Verifies started per lookup id in the current interval (counted down on a match).
@@ -164,7 +176,7 @@ struct Inner {
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("entries", &self.inner.verified.entry_count())
+            .field("entries", &self.inner.verified.len())
             .finish_non_exhaustive()
     }
 }
@@ -173,22 +185,32 @@ impl TokenCache {
     /// A cache with these settings. `listener_up` says whether revocation notices already
     /// arrive (true for the in-memory store, whose revocations are in-process).
     pub fn new(config: CacheConfig, listener_up: bool) -> Self {
+        Self::with_epoch(config, listener_up, Instant::now())
+    }
+
+    /// A cache whose clock started at `epoch` (tests age entries with an earlier one).
+    fn with_epoch(config: CacheConfig, listener_up: bool, epoch: Instant) -> Self {
         let mut key = [0u8; 32];
         UnwrapErr(SysRng).fill(&mut key);
         let interval = Duration::from_millis(config.negative_ttl_ms.max(1));
+        let capacity = config.max_entries.max(1);
         Self {
             inner: Arc::new(Inner {
                 key,
-                verified: Cache::builder()
-                    .max_capacity(config.max_entries)
-                    .time_to_idle(Duration::from_secs(config.idle_seconds.max(1)))
-                    .eviction_listener(|_key, _value, cause| {
-                        // Replacement is a refresh, explicit removal a vanished row.
-                        if cause.was_evicted() {
-                            metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
-                        }
-                    })
+                verified: QuickCache::with(
+                    usize::try_from(capacity).unwrap_or(usize::MAX),
+                    capacity,
+                    UnitWeighter,
+                    DefaultHashBuilder::default(),
+                    CountEvictions,
+                ),
+                loading: Cache::builder()
+                    .max_capacity(capacity)
+                    // A backstop only: every load removes its own entry when it is done.
+                    .time_to_live(Duration::from_secs(10))
                     .build(),
+                idle: Duration::from_secs(config.idle_seconds.max(1)),
+                swept_at: AtomicU64::new(0),
                 negative: SyncCache::builder()
                     .max_capacity(config.max_entries.max(1024))
                     .time_to_live(interval)
@@ -204,7 +226,7 @@ impl TokenCache {
                 stamps: AtomicU64::new(1),
                 down_since: AtomicU64::new(if listener_up { 0 } else { 1 }),
                 polled_at: AtomicU64::new(0),
-                epoch: Instant::now(),
+                epoch,
                 max_staleness: Duration::from_secs(config.max_staleness_seconds),
             }),
         }
@@ -252,8 +274,51 @@ impl TokenCache {
     }
 
     /// A cached entry, if any.
-    pub async fn get(&self, key: &Key) -> Option<Arc<Entry>> {
-        self.inner.verified.get(key).await
+    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        let entry = self.inner.verified.get(key)?;
+        let now = self.seconds();
+        let last = entry.last_used.load(Ordering::Relaxed);
+        // Strictly more: with whole seconds, an entry lives between `idle` and `idle + 1` s.
+        if u64::from(now.saturating_sub(last)) > self.inner.idle.as_secs() {
+            // Idle past the bound but not swept yet: gone, as it would be after the sweep.
+            self.inner.verified.remove(key);
+            metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
+            return None;
+        }
+        // Written only when the second changed: a hot entry's cache line stays shared.
+        if last != now {
+            entry.last_used.store(now, Ordering::Relaxed);
+        }
+        Some(entry)
+    }
+
+    fn seconds(&self) -> u32 {
+        u32::try_from(self.inner.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Drops entries unused for `cache.idle_seconds`; at most every quarter of that (and at
+    /// least every minute), however often it is called.
+    pub fn sweep_idle(&self) {
+        let inner = &self.inner;
+        let now = self.seconds();
+        let every = (inner.idle.as_secs() / 4).clamp(1, 60);
+        let last = inner.swept_at.load(Ordering::Acquire);
+        if u64::from(now).saturating_sub(last) < every
+            || inner
+                .swept_at
+                .compare_exchange(last, u64::from(now), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let idle = u32::try_from(inner.idle.as_secs()).unwrap_or(u32::MAX);
+        inner.verified.retain(|_, entry| {
+            let fresh = now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) <= idle;
+            if !fresh {
+                metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
+            }
+            fresh
+        });
     }
 
     /// Whether a change was recorded for the entry's token after its row was read.
@@ -273,21 +338,29 @@ impl TokenCache {
     where
         F: Future<Output = Result<Arc<Entry>, Error>>,
     {
-        self.inner
-            .verified
+        let loaded = self
+            .inner
+            .loading
             .try_get_with(key, load)
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        // Every waiter does this; the first one to get here moves the entry over. A caller
+        // that still finds it in `loading` later gets a proven entry whose stamp says
+        // whether it needs a refresh, like any other.
+        self.inner.loading.invalidate(&key).await;
+        let entry = loaded?;
+        self.inner.verified.insert(key, entry.clone());
+        Ok(entry)
     }
 
     /// Replaces an entry after a refresh.
-    pub async fn put(&self, key: Key, entry: Arc<Entry>) {
-        self.inner.verified.insert(key, entry).await;
+    pub fn put(&self, key: Key, entry: Arc<Entry>) {
+        self.inner.verified.insert(key, entry);
     }
 
     /// Drops an entry (its row vanished or its hash changed).
-    pub async fn remove(&self, key: &Key) {
-        self.inner.verified.invalidate(key).await;
+    pub fn remove(&self, key: &Key) {
+        self.inner.verified.remove(key);
     }
 
     /// An entry from a row read after `stamp` was taken; `scopes` expanded by the caller
@@ -313,6 +386,7 @@ impl TokenCache {
             revoked: record.revoked_at.is_some(),
             hash_tag: hash_tag(record),
             stamp,
+            last_used: AtomicU32::new(self.seconds()),
         }
     }
 
@@ -397,14 +471,23 @@ impl TokenCache {
         );
     }
 
-    /// Verified tokens held (approximate).
+    /// Verified tokens held.
     pub fn entry_count(&self) -> u64 {
-        self.inner.verified.entry_count()
+        self.inner.verified.len() as u64
     }
+}
 
-    /// Runs the cache's pending maintenance (for exact counts in tests and measurements).
-    pub async fn run_pending_tasks(&self) {
-        self.inner.verified.run_pending_tasks().await;
+/// Counts capacity evictions of the verified-token cache.
+#[derive(Debug, Clone, Copy)]
+struct CountEvictions;
+
+impl Lifecycle<Key, Arc<Entry>> for CountEvictions {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: Key, _entry: Arc<Entry>) {
+        metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
     }
 }
 
@@ -513,6 +596,30 @@ mod tests {
     }
 
     #[test]
+    fn entries_unused_for_the_idle_bound_are_swept_and_used_ones_kept() {
+        let started = Instant::now()
+            .checked_sub(Duration::from_secs(100))
+            .unwrap();
+        let cache = TokenCache::with_epoch(
+            CacheConfig {
+                idle_seconds: 10,
+                ..config()
+            },
+            true,
+            started,
+        );
+        let (a, b) = (record(1), record(2));
+        cache.put(1, Arc::new(cache.entry(&a, cache.stamp(), scopes)));
+        cache.put(2, Arc::new(cache.entry(&b, cache.stamp(), scopes)));
+        // Entry 1 was last used at the clock's start, 100 s ago; entry 2 just now.
+        cache.get(&1).unwrap().last_used.store(0, Ordering::Relaxed);
+        cache.get(&2).unwrap();
+        cache.sweep_idle();
+        assert!(cache.get(&1).is_none(), "idle entry swept");
+        assert!(cache.get(&2).is_some(), "used entry kept");
+    }
+
+    #[test]
     fn answers_stay_fresh_on_the_poll_alone_and_stop_without_it() {
         let cache = TokenCache::new(
             CacheConfig {
@@ -553,9 +660,8 @@ mod tests {
                 UnwrapErr(SysRng).fill(&mut key);
                 // The row is dropped at once: the entry keeps only what decisions need.
                 let entry = cache.entry(&record(n as usize), cache.stamp(), scopes);
-                cache.put(u128::from_le_bytes(key), Arc::new(entry)).await;
+                cache.put(u128::from_le_bytes(key), Arc::new(entry));
             }
-            cache.run_pending_tasks().await;
             let per = rss_bytes().saturating_sub(base) / cache.entry_count().max(1);
             println!(
                 "{target} inserted, {} held: {per} bytes of RSS per cached token",

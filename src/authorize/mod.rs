@@ -173,7 +173,7 @@ impl Authorizer {
         }
         let key = self.cache.key_of(&token);
         let span = tracing::Span::current();
-        let entry = match self.cache.get(&key).await {
+        let entry = match self.cache.get(&key) {
             Some(hit) => {
                 span.record("cache", "hit");
                 metrics::counter!(CACHE_HITS_TOTAL).increment(1);
@@ -226,11 +226,11 @@ impl Authorizer {
         match self.store.get(stale.token_id).await? {
             Some(record) if stale.proves(&record) => {
                 let entry = Arc::new(self.entry(&record, stamp));
-                self.cache.put(key, entry.clone()).await;
+                self.cache.put(key, entry.clone());
                 Ok(entry)
             }
             _ => {
-                self.cache.remove(&key).await;
+                self.cache.remove(&key);
                 self.cold(key, token).await
             }
         }
