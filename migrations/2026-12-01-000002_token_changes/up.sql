@@ -48,7 +48,7 @@ begin
         or new.description is distinct from old.description then
         change_kind := 'update';
     else
-        -- last_used_at only: written behind every few seconds, nothing a cache holds.
+        -- A column in the SET list but unchanged.
         return null;
     end if;
     perform pg_advisory_xact_lock(7161960557425491045);
@@ -58,6 +58,10 @@ begin
 end
 $$;
 
+-- Not fired by the last-used write-behind (it sets only last_used_at, nothing a cache holds,
+-- in batches of up to 100k rows every few seconds).
 create trigger api_tokens_log_change
-    after update or delete on api_tokens
+    after update of lookup_id, secret_hash, name, description, scopes, org_id, user_id,
+        expires_at, revoked_at
+    or delete on api_tokens
     for each row execute function api_tokens_log_change();

@@ -499,6 +499,13 @@ impl ChangeSink for TokenCache {
     fn polled(&self, _position: u64) {
         self.inner.polled_at.store(self.millis(), Ordering::Release);
     }
+
+    fn resync(&self) {
+        // Every entry loaded so far refreshes once on its next use (a store read each, no
+        // argon2): at start-up that is a handful.
+        let stamp = self.stamp();
+        self.inner.floor.fetch_max(stamp, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +564,9 @@ mod tests {
         assert!(!cache.needs_refresh(&other), "only the changed token");
         let fresh = cache.entry(&r, cache.stamp(), scopes);
         assert!(!cache.needs_refresh(&fresh));
+        cache.resync();
+        assert!(cache.needs_refresh(&fresh) && cache.needs_refresh(&other));
+        assert!(!cache.needs_refresh(&cache.entry(&r, cache.stamp(), scopes)));
     }
 
     #[test]

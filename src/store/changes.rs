@@ -24,6 +24,9 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn changed(&self, change: &TokenChange);
     /// A poll succeeded: every change up to `position` has been handed over.
     fn polled(&self, position: u64);
+    /// The poller starts at the newest position without replaying the log: anything held
+    /// from before (a replica serves while its first poll is under way) must be re-read.
+    fn resync(&self);
 }
 
 /// Poller timing.
@@ -99,7 +102,9 @@ async fn poll_once(
     batch: usize,
 ) -> Result<u64, super::StoreError> {
     let Some(mut position) = from else {
-        return store.latest_change().await;
+        let latest = store.latest_change().await?;
+        sink.resync();
+        return Ok(latest);
     };
     loop {
         let changes = store.changes_after(position, batch).await?;
