@@ -175,10 +175,11 @@ pub struct CacheConfig {
     /// Most verified tokens held.
     pub max_entries: u64,
     /// A verified token unused this long is dropped (a memory bound, not a correctness
-    /// one: changes arrive through notices and the change log). `ttl_seconds` is the old
-    /// name, still read.
-    #[serde(alias = "ttl_seconds")]
+    /// one: changes arrive through notices and the change log).
     pub idle_seconds: u64,
+    /// Deprecated: the old name of `idle_seconds` (it was a TTL); when set, it wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
     /// How often the change log is polled.
     pub poll_interval_ms: u64,
     /// The interval of the negative cache (a wrong token costs one verify per interval)
@@ -192,11 +193,19 @@ pub struct CacheConfig {
     pub max_staleness_seconds: u64,
 }
 
+impl CacheConfig {
+    /// The idle bound in force (`ttl_seconds`, the deprecated name, wins when set).
+    pub fn idle(&self) -> u64 {
+        self.ttl_seconds.unwrap_or(self.idle_seconds)
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
             idle_seconds: 3600,
+            ttl_seconds: None,
             poll_interval_ms: 1000,
             negative_ttl_ms: 1000,
             wrong_secret_budget: 8,
@@ -469,6 +478,22 @@ mod tests {
             jail.set_env("CASOLA_AUTH_LISTEN", "0.0.0.0:50051");
             let c = Config::load(None, NoOverrides {}).unwrap();
             assert_eq!(c.listen, "0.0.0.0:50051".parse().unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cache_keys_come_from_the_environment_and_the_old_ttl_name_still_works() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CASOLA_AUTH_CACHE__POLL_INTERVAL_MS", "250");
+            jail.set_env("CASOLA_AUTH_CACHE__WRONG_SECRET_BUDGET", "3");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.cache.poll_interval_ms, 250);
+            assert_eq!(c.cache.wrong_secret_budget, 3);
+            assert_eq!(c.cache.idle(), 3600);
+            jail.set_env("CASOLA_AUTH_CACHE__TTL_SECONDS", "1800");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.cache.idle(), 1800);
             Ok(())
         });
     }

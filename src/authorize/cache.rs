@@ -209,7 +209,7 @@ impl TokenCache {
                     // A backstop only: every load removes its own entry when it is done.
                     .time_to_live(Duration::from_secs(10))
                     .build(),
-                idle: Duration::from_secs(config.idle_seconds.max(1)),
+                idle: Duration::from_secs(config.idle().max(1)),
                 swept_at: AtomicU64::new(0),
                 negative: SyncCache::builder()
                     .max_capacity(config.max_entries.max(1024))
