@@ -22,12 +22,11 @@
 //! | `store.require_tls` | false | verified TLS to Postgres whatever the URL says (the Helm chart sets it) |
 //! | `demo` | false | allow the in-memory store on a non-loopback `listen` address (a throwaway demo) |
 //! | `last_used.flush_interval_ms` | 5000 | write-behind period of last_used_at |
-//! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
+//! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //!
-//! Upper bounds, refused at load: `cache.ttl_seconds` and `cache.negative_ttl_ms` one year,
-//! `verify.workers` 1024.
+//! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
 
 use std::{
     fmt,
@@ -184,21 +183,41 @@ pub struct RouteRule {
 pub struct CacheConfig {
     /// Most verified tokens held.
     pub max_entries: u64,
-    /// How long a verified token is trusted without a store read (backstop for a missed
-    /// revocation notice).
-    pub ttl_seconds: u64,
-    /// The verify-slot interval per lookup id after a wrong secret.
+    /// A verified token unused this long is dropped (a memory bound, not a correctness
+    /// one: changes arrive through notices and the change log).
+    pub idle_seconds: u64,
+    /// Deprecated: the old name of `idle_seconds` (it was a TTL); when set, it wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// How often the change log is polled.
+    pub poll_interval_ms: u64,
+    /// The interval of the negative cache (a wrong token costs one verify per interval)
+    /// and of the per-lookup-id verify budget.
     pub negative_ttl_ms: u64,
-    /// How long cached answers may still be served while the revocation listener is down.
+    /// Verifies of unproven secrets per lookup id per interval; past it they are answered
+    /// RESOURCE_EXHAUSTED (retryable) until the interval ends.
+    pub wrong_secret_budget: u32,
+    /// How long cached answers may still be served while neither the revocation listener
+    /// nor the change-log poll works.
     pub max_staleness_seconds: u64,
+}
+
+impl CacheConfig {
+    /// The idle bound in force (`ttl_seconds`, the deprecated name, wins when set).
+    pub fn idle(&self) -> u64 {
+        self.ttl_seconds.unwrap_or(self.idle_seconds)
+    }
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
-            ttl_seconds: 60,
+            idle_seconds: 3600,
+            ttl_seconds: None,
+            poll_interval_ms: 1000,
             negative_ttl_ms: 1000,
+            wrong_secret_budget: 8,
             max_staleness_seconds: 30,
         }
     }
@@ -305,8 +324,8 @@ const TOP_LEVEL_KEYS: [&str; 17] = [
     "demo",
 ];
 
-/// The longest cache durations (`cache.ttl_seconds`, `cache.negative_ttl_ms`): a year, far
-/// past any useful setting; the cache refuses more than 1000 years with a panic.
+/// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a
+/// year, far past any useful setting; the caches refuse more than 1000 years with a panic.
 const MAX_CACHE_SECONDS: u64 = 365 * 24 * 3600;
 /// The most argon2 workers: each is a thread of the blocking pool (512 by default), and the
 /// default queue is 64 per worker.
@@ -502,9 +521,15 @@ impl Config {
             .workers
             .map_or(0, |w| u64::try_from(w).unwrap_or(u64::MAX));
         let bounds = [
+            ("cache.idle_seconds", self.cache.idle(), MAX_CACHE_SECONDS),
             (
-                "cache.ttl_seconds",
-                self.cache.ttl_seconds,
+                "cache.poll_interval_ms",
+                self.cache.poll_interval_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
+            (
+                "cache.max_staleness_seconds",
+                self.cache.max_staleness_seconds,
                 MAX_CACHE_SECONDS,
             ),
             (
@@ -711,6 +736,22 @@ mod tests {
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
         );
+    }
+
+    #[test]
+    fn cache_keys_come_from_the_environment_and_the_old_ttl_name_still_works() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CASOLA_AUTH_CACHE__POLL_INTERVAL_MS", "250");
+            jail.set_env("CASOLA_AUTH_CACHE__WRONG_SECRET_BUDGET", "3");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.cache.poll_interval_ms, 250);
+            assert_eq!(c.cache.wrong_secret_budget, 3);
+            assert_eq!(c.cache.idle(), 3600);
+            jail.set_env("CASOLA_AUTH_CACHE__TTL_SECONDS", "1800");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.cache.idle(), 1800);
+            Ok(())
+        });
     }
 
     #[test]

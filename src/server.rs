@@ -39,6 +39,7 @@ use crate::{
     scope::{ADMIN_WRITE, TOKENS_ISSUE},
     store::{
         StoreError, TokenStore,
+        changes::PollerOptions,
         memory::MemoryStore,
         postgres::{
             PgStore, PoolOptions,
@@ -278,7 +279,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped,
         )),
     ];
-    background.extend(spawn_revocation_listener(&config, &services, &stop));
+    // The listener nudges the poller when it reconnects: catch up at once.
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    background.push(tokio::spawn(crate::store::changes::run(
+        services.store.clone(),
+        services.authorizer.cache().clone(),
+        PollerOptions {
+            interval: Duration::from_millis(config.cache.poll_interval_ms.max(10)),
+            ..PollerOptions::default()
+        },
+        nudge.clone(),
+        stop.subscribe(),
+    )));
+    background.extend(spawn_revocation_listener(&config, &services, &stop, nudge));
     tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
@@ -450,6 +463,7 @@ fn spawn_revocation_listener(
     config: &Config,
     services: &Services,
     stop: &watch::Sender<bool>,
+    nudge: Arc<tokio::sync::Notify>,
 ) -> Option<JoinHandle<()>> {
     let url = config
         .listen_database_url
@@ -458,7 +472,7 @@ fn spawn_revocation_listener(
     metrics::gauge!(REVOCATION_LISTENER_UP).set(0.0);
     Some(tokio::spawn(listener::run(
         url.expose().to_owned(),
-        CacheSink(services.authorizer.cache().clone()),
+        CacheSink(services.authorizer.cache().clone(), nudge),
         ListenerOptions {
             tls_ca_file: config.store.tls_ca_file.clone(),
             ..ListenerOptions::default()
@@ -467,12 +481,13 @@ fn spawn_revocation_listener(
     )))
 }
 
-/// Revocation notices into the verified-token cache.
-struct CacheSink(TokenCache);
+/// Revocation notices into the verified-token cache; a reconnect nudges the change poller.
+struct CacheSink(TokenCache, Arc<tokio::sync::Notify>);
 
 impl RevocationSink for CacheSink {
     fn connected(&self) {
         self.0.listener_connected();
+        self.1.notify_one();
         metrics::gauge!(REVOCATION_LISTENER_UP).set(1.0);
     }
 
@@ -568,6 +583,8 @@ async fn metrics_upkeep(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
+        // The cache's idle bound: the sweep rate-limits itself.
+        cache.sweep_idle();
         metrics::gauge!(CACHE_ENTRIES).set(cache.entry_count() as f64);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),

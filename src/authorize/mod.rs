@@ -1,6 +1,7 @@
 //! The decision path shared by Authorize, WhoAmI, TokenService caller authentication and
 //! Envoy's Check (design.md sections 6 and 7): parse -> store read by lookup id -> argon2
 //! verify on a bounded pool -> revoked / expired -> scopes -> last-used noted in memory.
+//! A cached token whose row changed is refreshed by a store read, never a second verify.
 
 pub mod cache;
 pub mod last_used;
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
 use self::{
-    cache::{TokenCache, Verified},
+    cache::{Entry, Key, TokenCache},
     last_used::LastUsed,
 };
 use crate::{
@@ -23,7 +24,8 @@ use crate::{
     telemetry::{
         self,
         metrics::{
-            ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, NEGATIVE_CACHE_HITS_TOTAL,
+            ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, CACHE_REFRESHES_TOTAL,
+            NEGATIVE_CACHE_HITS_TOTAL, VERIFY_BUDGET_EXHAUSTED_TOTAL,
         },
     },
     token::{
@@ -37,6 +39,13 @@ use crate::{
 /// an unreadable hash): shared through the cache like any error, then turned into
 /// [`Denial::Unknown`] by [`Authorizer::authenticate`].
 const UNKNOWN_TOKEN: Error = Error::Unauthenticated("unknown token");
+
+/// Many different secrets for one lookup id within the interval. The presented one may be
+/// the right one: a retryable refusal, never "unknown".
+fn budget_spent() -> Error {
+    metrics::counter!(VERIFY_BUDGET_EXHAUSTED_TOTAL).increment(1);
+    Error::ResourceExhausted("too many verifications for this token; try again")
+}
 
 /// Why a token is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,13 +80,13 @@ impl Denial {
     }
 }
 
-/// A valid token: who it is, and its cached row (for WhoAmI).
+/// A valid token: who it is, and its cache entry.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The principal.
     pub principal: Principal,
-    /// The verified token, shared with the cache.
-    pub verified: Arc<Verified>,
+    /// The cache entry, shared with the cache.
+    pub entry: Arc<Entry>,
 }
 
 /// The decision on one request.
@@ -147,8 +156,8 @@ impl Authorizer {
     }
 
     /// Authenticates a credential (a raw token or an `Authorization` value). `Err` only for
-    /// service trouble (store unreachable, verify pool full, revocations unheard for too
-    /// long): never for a bad token.
+    /// service trouble (store unreachable, verify pool full, a lookup id's verify budget
+    /// spent, revocations unheard for too long): never for a bad token.
     #[tracing::instrument(name = "authenticate", skip_all, fields(token.id, cache))]
     pub async fn authenticate(
         &self,
@@ -158,73 +167,123 @@ impl Authorizer {
             return Ok(Err(Denial::Malformed));
         };
         if !self.cache.is_fresh() {
-            // Revocation notices have not arrived for longer than max_staleness: fail closed.
+            // Neither revocation notices nor the change log for longer than max_staleness:
+            // fail closed.
             return Err(Error::Unavailable);
         }
         let key = self.cache.key_of(&token);
         let span = tracing::Span::current();
-        let verified = match self.cache.get(&key).await {
+        let entry = match self.cache.get(&key) {
             Some(hit) => {
                 span.record("cache", "hit");
                 metrics::counter!(CACHE_HITS_TOTAL).increment(1);
-                hit
+                if self.cache.needs_refresh(&hit) {
+                    Box::pin(self.refresh(key, &hit, token)).await
+                } else {
+                    Ok(hit)
+                }
             }
             None => {
                 span.record("cache", "miss");
                 metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
                 // Boxed: the cold path's state machine is large, and moving it with every
                 // warm request's future cost more than the allocation on a miss.
-                match Box::pin(self.cache.get_or_load(key, self.load_and_verify(token))).await {
-                    Ok(verified) => verified,
-                    Err(Error::Unauthenticated(_)) => return Ok(Err(Denial::Unknown)),
-                    Err(e) => return Err(e),
-                }
+                Box::pin(self.cold(key, token)).await
             }
         };
-        span.record("token.id", tracing::field::display(verified.record.id));
-        telemetry::note_token_id(verified.record.id);
-        // Checked after the secret is proven, on hits and misses alike: a notice that raced
-        // a miss still wins.
-        if self.cache.is_revoked(&verified.record.lookup_id) {
-            return Ok(Err(Denial::Revoked));
-        }
-        Ok(self.judge(verified, Utc::now()))
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(Error::Unauthenticated(_)) => return Ok(Err(Denial::Unknown)),
+            Err(e) => return Err(e),
+        };
+        span.record("token.id", tracing::field::display(entry.token_id));
+        telemetry::note_token_id(entry.token_id);
+        Ok(self.judge(entry, Utc::now()))
     }
 
-    /// The cold path: one store read and one argon2 verify on the bounded pool.
-    async fn load_and_verify(&self, token: PlainToken) -> Result<Arc<Verified>, Error> {
-        // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
-        let record = self
-            .store
-            .find_by_lookup_id(token.lookup_id())
-            .await?
-            .ok_or(UNKNOWN_TOKEN)?;
-        let lookup_id = token.lookup_id().clone();
-        if !self.cache.take_verify_slot(&lookup_id) {
+    /// A miss: the negative cache, else one shared load per token.
+    async fn cold(&self, key: Key, token: PlainToken) -> Result<Arc<Entry>, Error> {
+        if self.cache.is_known_wrong(&key) {
             metrics::counter!(NEGATIVE_CACHE_HITS_TOTAL).increment(1);
             return Err(UNKNOWN_TOKEN);
+        }
+        self.cache
+            .get_or_load(key, self.load_and_verify(key, token))
+            .await
+    }
+
+    /// A cached entry older than a change to its token: re-read the row, keep the proof of
+    /// the secret (no argon2). Only a row that vanished, now belongs to another token, or
+    /// holds another hash (a rotated secret) sends the token back to the cold path.
+    async fn refresh(
+        &self,
+        key: Key,
+        stale: &Entry,
+        token: PlainToken,
+    ) -> Result<Arc<Entry>, Error> {
+        metrics::counter!(CACHE_REFRESHES_TOTAL).increment(1);
+        let stamp = self.cache.stamp();
+        match self.store.get(stale.token_id).await? {
+            Some(record) if stale.proves(&record) => {
+                let entry = Arc::new(self.entry(&record, stamp));
+                self.cache.put(key, entry.clone());
+                Ok(entry)
+            }
+            _ => {
+                self.cache.remove(&key);
+                self.cold(key, token).await
+            }
+        }
+    }
+
+    /// The cold path: one store read and, within the lookup id's budget, one argon2 verify
+    /// on the bounded pool.
+    async fn load_and_verify(&self, key: Key, token: PlainToken) -> Result<Arc<Entry>, Error> {
+        if self.cache.verify_budget_spent(token.lookup_id()) {
+            return Err(budget_spent());
+        }
+        // Taken before the read: a change heard after this point refreshes the entry.
+        let stamp = self.cache.stamp();
+        // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
+        let Some(mut record) = self.store.find_by_lookup_id(token.lookup_id()).await? else {
+            self.cache.known_wrong(key);
+            return Err(UNKNOWN_TOKEN);
+        };
+        let lookup_id = token.lookup_id().clone();
+        if !self.cache.take_verify(&lookup_id) {
+            return Err(budget_spent());
         }
         let (verification, rehash) = match self.verify(token, record.secret_hash.clone()).await {
             Ok(done) => done,
             Err(e) => {
-                // Not judged: the slot goes back for the next try.
-                self.cache.release_verify_slot(&lookup_id);
+                // Not judged: the verify goes back to the budget.
+                self.cache.return_verify(&lookup_id);
                 return Err(e);
             }
         };
         match verification {
             Ok(Verification::Match { .. }) => {
-                self.cache.release_verify_slot(&lookup_id);
-                if let Some(new_hash) = rehash
-                    && let Err(e) = self.store.replace_hash(record.id, &new_hash).await
-                {
-                    tracing::warn!(token.id = %record.id, error = %e, "rehash not stored");
+                // The right secret does not spend the budget of wrong ones.
+                self.cache.return_verify(&lookup_id);
+                if let Some(new_hash) = rehash {
+                    match self.store.replace_hash(record.id, &new_hash).await {
+                        // The entry proves the new hash too (same secret), so the change
+                        // this write logs refreshes it here without argon2.
+                        Ok(()) => record.secret_hash = new_hash,
+                        Err(e) => {
+                            tracing::warn!(token.id = %record.id, error = %e, "rehash not stored")
+                        }
+                    }
                 }
-                Ok(Arc::new(self.verified(record)))
+                Ok(Arc::new(self.entry(&record, stamp)))
             }
-            Ok(Verification::Mismatch) => Err(UNKNOWN_TOKEN),
+            Ok(Verification::Mismatch) => {
+                self.cache.known_wrong(key);
+                Err(UNKNOWN_TOKEN)
+            }
             Err(e) => {
                 tracing::error!(token.id = %record.id, error = %e, "stored hash unreadable");
+                self.cache.known_wrong(key);
                 Err(UNKNOWN_TOKEN)
             }
         }
@@ -258,33 +317,30 @@ impl Authorizer {
         Ok((verification, rehash))
     }
 
-    /// A proven token as the cache keeps it, its scopes expanded once.
-    fn verified(&self, record: TokenRecord) -> Verified {
-        let scopes = self
-            .catalog
-            .expand(&self.catalog.from_stored(&record.scopes));
-        let principal = Principal {
-            token_id: record.id,
-            owner: record.owner.clone(),
-            scopes,
-            expires_at: record.expires_at,
-        };
-        Verified { record, principal }
+    /// A row as the cache keeps it, its scopes expanded once per distinct scope list.
+    fn entry(&self, record: &TokenRecord, stamp: u64) -> Entry {
+        self.cache.entry(record, stamp, |stored| {
+            self.catalog.expand(&self.catalog.from_stored(stored))
+        })
     }
 
-    /// Revocation and expiry of a verified token.
-    fn judge(&self, verified: Arc<Verified>, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
-        let record = &verified.record;
-        match record.status_at(now) {
+    /// Revocation and expiry of a proven token.
+    fn judge(&self, entry: Arc<Entry>, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
+        match entry.status_at(now) {
             TokenStatus::Revoked => return Err(Denial::Revoked),
             TokenStatus::Expired => return Err(Denial::Expired),
             TokenStatus::Active => {}
         }
-        self.last_used.note(record.id, now);
+        self.last_used.note(entry.token_id, now);
         Ok(Authenticated {
-            principal: verified.principal.clone(),
-            verified,
+            principal: entry.principal(),
+            entry,
         })
+    }
+
+    /// A token's full row (WhoAmI shows it; the cache keeps only what decisions need).
+    pub async fn record(&self, id: uuid::Uuid) -> Result<Option<TokenRecord>, Error> {
+        Ok(self.store.get(id).await?)
     }
 
     /// The whole decision: authenticate, then match the required scopes.

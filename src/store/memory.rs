@@ -7,13 +7,29 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore};
+use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
 use crate::token::{LookupId, hash::SecretHash};
 
 #[derive(Default)]
 struct Tables {
     tokens: HashMap<Uuid, TokenRecord>,
     by_lookup: HashMap<LookupId, Uuid>,
+    /// The change log; position = index + 1. Written under the same lock as the change,
+    /// so positions are visible in order (the contract the Postgres store keeps too).
+    changes: Vec<TokenChange>,
+}
+
+impl Tables {
+    fn log_change(&mut self, id: Uuid) {
+        if let Some(record) = self.tokens.get(&id) {
+            let change = TokenChange {
+                position: self.changes.len() as u64 + 1,
+                token_id: id,
+                lookup_id: record.lookup_id.clone(),
+            };
+            self.changes.push(change);
+        }
+    }
 }
 
 /// Tokens in a map behind a lock.
@@ -119,7 +135,11 @@ impl TokenStore for MemoryStore {
         if let Some(description) = &patch.description {
             record.description = description.as_str().to_owned();
         }
-        Ok(Some(record.clone()))
+        let record = record.clone();
+        if patch.name.is_some() || patch.description.is_some() {
+            t.log_change(id);
+        }
+        Ok(Some(record))
     }
 
     async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
@@ -127,13 +147,20 @@ impl TokenStore for MemoryStore {
         let Some(record) = t.tokens.get_mut(&id) else {
             return Ok(None);
         };
+        let newly = record.revoked_at.is_none();
         record.revoked_at.get_or_insert(at);
-        Ok(Some(record.clone()))
+        let record = record.clone();
+        if newly {
+            t.log_change(id);
+        }
+        Ok(Some(record))
     }
 
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {
-        if let Some(record) = self.write().tokens.get_mut(&id) {
+        let mut t = self.write();
+        if let Some(record) = t.tokens.get_mut(&id) {
             record.secret_hash = hash.clone();
+            t.log_change(id);
         }
         Ok(())
     }
@@ -148,5 +175,19 @@ impl TokenStore for MemoryStore {
             }
         }
         Ok(written)
+    }
+
+    async fn latest_change(&self) -> Result<u64, StoreError> {
+        Ok(self.read().changes.len() as u64)
+    }
+
+    async fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TokenChange>, StoreError> {
+        let t = self.read();
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(t.changes.iter().skip(start).take(limit).cloned().collect())
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Every write is one statement or one transaction: nothing is half-written.
 
+pub mod changes;
 pub mod memory;
 pub mod postgres;
 pub mod timed;
@@ -104,6 +105,19 @@ pub struct TokenPatch {
     pub description: Option<Description>,
 }
 
+/// One entry of the change log: a token whose revocation, scopes, expiry, owner or hash may
+/// have changed (design.md section 7). Positions only grow, and a change becomes visible
+/// only after every change with a smaller position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenChange {
+    /// Position in the log (greater than 0).
+    pub position: u64,
+    /// The changed token.
+    pub token_id: Uuid,
+    /// Its lookup id, by which caches find it.
+    pub lookup_id: LookupId,
+}
+
 /// Store failures. `Unavailable` is the store being unreachable: never an invalid token.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -145,6 +159,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Records last-used times in one write; a time never moves backwards. Returns the
     /// number of rows written.
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError>;
+    /// The position of the newest change in the log (0 when it is empty): where a replica
+    /// that starts with an empty cache begins to poll.
+    async fn latest_change(&self) -> Result<u64, StoreError>;
+    /// Up to `limit` changes with a position greater than `after`, oldest first. Every
+    /// revocation and every update (or revoke) through this trait appears here; the
+    /// Postgres store also logs changes made by hand in SQL.
+    async fn changes_after(&self, after: u64, limit: usize)
+    -> Result<Vec<TokenChange>, StoreError>;
     /// Pool connections `(in use, idle)`, for metrics; `None` for a store without a pool.
     fn pool_connections(&self) -> Option<(usize, usize)> {
         None

@@ -13,7 +13,7 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore};
+use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
 use crate::{
     telemetry::metrics::{STORE_CALL_DURATION_SECONDS, STORE_ERRORS_TOTAL},
     token::{LookupId, hash::SecretHash},
@@ -119,6 +119,20 @@ impl TokenStore for TimedStore {
             .await
     }
 
+    async fn latest_change(&self) -> Result<u64, StoreError> {
+        self.observe("latest_change", self.inner.latest_change())
+            .await
+    }
+
+    async fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TokenChange>, StoreError> {
+        self.observe("changes_after", self.inner.changes_after(after, limit))
+            .await
+    }
+
     fn pool_connections(&self) -> Option<(usize, usize)> {
         self.inner.pool_connections()
     }
@@ -162,6 +176,12 @@ mod tests {
             unreachable!()
         }
         async fn record_last_used(&self, _: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+        async fn latest_change(&self) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+        async fn changes_after(&self, _: u64, _: usize) -> Result<Vec<TokenChange>, StoreError> {
             unreachable!()
         }
     }

@@ -29,7 +29,7 @@ pub const CACHE_MISSES_TOTAL: &str = "casola_auth_cache_misses_total";
 pub const CACHE_EVICTIONS_TOTAL: &str = "casola_auth_cache_evictions_total";
 /// Gauge: entries in the verified-token cache now.
 pub const CACHE_ENTRIES: &str = "casola_auth_cache_entries";
-/// Counter: lookups answered by the negative cache (recently unknown lookup ids).
+/// Counter: lookups answered by the negative cache (a token recently found wrong or unknown).
 pub const NEGATIVE_CACHE_HITS_TOTAL: &str = "casola_auth_negative_cache_hits_total";
 
 /// Counter, label `outcome` (`match`, `mismatch`, `error`): argon2 verifies of a secret.
@@ -54,6 +54,21 @@ pub const STORE_POOL_CONNECTIONS: &str = "casola_auth_store_pool_connections";
 pub const REVOCATION_NOTICES_TOTAL: &str = "casola_auth_revocation_notices_total";
 /// Gauge: 1 while the revocation listener is connected and listening, else 0.
 pub const REVOCATION_LISTENER_UP: &str = "casola_auth_revocation_listener_up";
+/// Gauge: position of the newest change-log entry this replica has applied.
+pub const CHANGE_LOG_POSITION: &str = "casola_auth_change_log_position";
+/// Gauge: Unix time (seconds) of the last successful change-log poll; `time() - this` is
+/// the poll lag.
+pub const CHANGE_LOG_LAST_POLL_TIMESTAMP_SECONDS: &str =
+    "casola_auth_change_log_last_poll_timestamp_seconds";
+/// Counter: change-log entries applied to the cache.
+pub const CHANGE_LOG_APPLIED_TOTAL: &str = "casola_auth_change_log_applied_total";
+/// Counter: failed change-log polls.
+pub const CHANGE_LOG_POLL_ERRORS_TOTAL: &str = "casola_auth_change_log_poll_errors_total";
+/// Counter: cached tokens re-read from the store after a change (no argon2).
+pub const CACHE_REFRESHES_TOTAL: &str = "casola_auth_cache_refreshes_total";
+/// Counter: verifies refused with RESOURCE_EXHAUSTED because a lookup id spent its budget
+/// of wrong secrets.
+pub const VERIFY_BUDGET_EXHAUSTED_TOTAL: &str = "casola_auth_verify_budget_exhausted_total";
 /// Counter: reconnects of the revocation listener.
 pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
     "casola_auth_revocation_listener_reconnects_total";
@@ -75,6 +90,8 @@ pub const ALL: &[&str] = &[
     CACHE_EVICTIONS_TOTAL,
     CACHE_ENTRIES,
     NEGATIVE_CACHE_HITS_TOTAL,
+    CACHE_REFRESHES_TOTAL,
+    VERIFY_BUDGET_EXHAUSTED_TOTAL,
     ARGON2_VERIFIES_TOTAL,
     ARGON2_VERIFY_DURATION_SECONDS,
     ARGON2_QUEUE_DEPTH,
@@ -86,6 +103,10 @@ pub const ALL: &[&str] = &[
     REVOCATION_NOTICES_TOTAL,
     REVOCATION_LISTENER_UP,
     REVOCATION_LISTENER_RECONNECTS_TOTAL,
+    CHANGE_LOG_POSITION,
+    CHANGE_LOG_LAST_POLL_TIMESTAMP_SECONDS,
+    CHANGE_LOG_APPLIED_TOTAL,
+    CHANGE_LOG_POLL_ERRORS_TOTAL,
     LAST_USED_FLUSHES_TOTAL,
     LAST_USED_FLUSH_SIZE,
     LAST_USED_FLUSH_ERRORS_TOTAL,
@@ -157,7 +178,37 @@ pub fn describe() {
     describe_counter!(
         NEGATIVE_CACHE_HITS_TOTAL,
         Unit::Count,
-        "Lookups answered by the negative cache of unknown lookup ids."
+        "Lookups answered by the negative cache of recently wrong or unknown tokens."
+    );
+    describe_counter!(
+        CACHE_REFRESHES_TOTAL,
+        Unit::Count,
+        "Cached tokens re-read from the store after a change, without argon2."
+    );
+    describe_counter!(
+        VERIFY_BUDGET_EXHAUSTED_TOTAL,
+        Unit::Count,
+        "Verifies refused because a lookup id spent its budget of wrong secrets."
+    );
+    describe_gauge!(
+        CHANGE_LOG_POSITION,
+        Unit::Count,
+        "Position of the newest change-log entry applied by this replica."
+    );
+    describe_gauge!(
+        CHANGE_LOG_LAST_POLL_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time of the last successful change-log poll."
+    );
+    describe_counter!(
+        CHANGE_LOG_APPLIED_TOTAL,
+        Unit::Count,
+        "Change-log entries applied to the verified-token cache."
+    );
+    describe_counter!(
+        CHANGE_LOG_POLL_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed change-log polls."
     );
     describe_counter!(
         ARGON2_VERIFIES_TOTAL,

@@ -1,11 +1,15 @@
 //! Hot-path correctness (never timing): the verified-token cache, revocation across
-//! replicas (two real server processes on one Postgres), the listener's reconnect, the
+//! replicas (two real server processes on one Postgres), the change log behind NOTIFY, the
+//! listener's reconnect, refreshes without argon2, no lockout through a lookup id, the
 //! write-behind of last_used_at, single-flight verifies and exact expiry.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use casola_auth::proto::{
-    Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
+    AuthorizeRequest, Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
     authorization_service_client::AuthorizationServiceClient,
     token_service_client::TokenServiceClient,
 };
@@ -65,8 +69,8 @@ fn cli_token(db: &str, user: &str, preset: &str) -> String {
 #[tokio::test]
 async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
     let db = pg::TestDb::new().await;
-    // Long TTL: only the revocation notice can make the second replica deny.
-    let env = [("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")];
+    // Only the revocation notice (or the change log) can make the second replica deny.
+    let env = [("CASOLA_AUTH_CACHE__IDLE_SECONDS", "3600")];
     let a = replica(&db.url, &env);
     let b = replica(&db.url, &env);
     let (ca, cb) = (a.channel().await, b.channel().await);
@@ -103,74 +107,225 @@ async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
     }
 }
 
-#[tokio::test]
-async fn a_killed_listener_reconnects_and_drops_the_cache() {
-    let db = pg::TestDb::new().await;
-    let b = replica(&db.url, &[("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")]);
-    let cb = b.channel().await;
-    let mut on_b = AuthorizationServiceClient::new(cb.clone());
-    let token = cli_token(&db.url, "alice", "user-read");
-    // Wait for the listener, then warm the token.
-    let app = format!("casola-auth-revocations-{}", b.pid());
-    let listeners =
-        format!("select count(*) from pg_stat_activity where application_name = '{app}'");
-    eventually(Duration::from_secs(10), "listener connected", || {
-        let (url, q) = (db.url.clone(), listeners.clone());
-        async move { pg::query_i64(&url, &q).await == 1 }
-    })
-    .await;
-    assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
+/// Whether `app`'s LISTEN connection is in pg_stat_activity.
+async fn listener_count(db: &str, app: &str) -> i64 {
+    pg::query_i64(
+        db,
+        &format!("select count(*) from pg_stat_activity where application_name = '{app}'"),
+    )
+    .await
+}
 
-    // Revoke behind the service's back: no NOTIFY, so only a dropped cache can notice.
+async fn revoke_by_hand(db: &str, token: &str) {
     let lookup = &token[4..16];
     pg::exec(
-        &db.url,
+        db,
         &format!("update api_tokens set revoked_at = now() where lookup_id = '{lookup}'"),
     )
     .await;
-    assert_eq!(
-        decide(&mut on_b, &token).await.0,
-        Decision::Allow,
-        "still served from the cache: no notice was sent"
-    );
+}
 
-    // Kill the listener's connection: it reconnects and drops the whole cache.
+async fn eventually_revoked(client: &AuthorizationServiceClient<Channel>, token: &str) {
+    eventually(Duration::from_secs(15), "the revoked token is denied", || {
+        let mut client = client.clone();
+        let token = token.to_owned();
+        async move { decide(&mut client, &token).await == (Decision::Deny, DenyReason::Revoked) }
+    })
+    .await;
+}
+
+// Contract change (issue 14): a reconnect used to drop the whole cache; now the change log
+// catches up with what the listener missed, and the cache is kept.
+#[tokio::test]
+async fn a_killed_listener_reconnects_and_keeps_the_cache_while_the_change_log_catches_up() {
+    let db = pg::TestDb::new().await;
+    let b = replica(&db.url, &[]);
+    let cb = b.channel().await;
+    let mut on_b = AuthorizationServiceClient::new(cb.clone());
+    let revoked = cli_token(&db.url, "alice", "user-read");
+    let kept = cli_token(&db.url, "bob", "user-read");
+    let app = format!("casola-auth-revocations-{}", b.pid());
+    eventually(Duration::from_secs(10), "listener connected", || {
+        let (url, app) = (db.url.clone(), app.clone());
+        async move { listener_count(&url, &app).await == 1 }
+    })
+    .await;
+    assert_eq!(decide(&mut on_b, &revoked).await.0, Decision::Allow);
+    assert_eq!(decide(&mut on_b, &kept).await.0, Decision::Allow);
+    let verifies = b.metric("casola_auth_argon2_verifies_total").await;
+    assert_eq!(verifies, 2.0);
+
     let killed = pg::query_i64(
         &db.url,
         &format!("select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity where application_name = '{app}') t"),
     )
     .await;
     assert_eq!(killed, 1);
-    eventually(
-        Duration::from_secs(15),
-        "the revoked token is denied after the reconnect",
-        || {
-            let mut on_b = on_b.clone();
-            let token = token.clone();
-            async move { decide(&mut on_b, &token).await == (Decision::Deny, DenyReason::Revoked) }
-        },
-    )
-    .await;
+    // Behind the service's back: no NOTIFY; only the change log tells.
+    revoke_by_hand(&db.url, &revoked).await;
+    eventually_revoked(&on_b, &revoked).await;
     eventually(Duration::from_secs(10), "the listener is back", || {
-        let (url, q) = (db.url.clone(), listeners.clone());
-        async move { pg::query_i64(&url, &q).await == 1 }
+        let (url, app) = (db.url.clone(), app.clone());
+        async move { listener_count(&url, &app).await == 1 }
     })
     .await;
+    assert_eq!(decide(&mut on_b, &kept).await.0, Decision::Allow);
+    assert_eq!(
+        b.metric("casola_auth_argon2_verifies_total").await,
+        verifies,
+        "the reconnect kept the cache: no secret proven twice"
+    );
 }
 
 #[tokio::test]
-async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
+async fn without_notify_a_revocation_by_hand_is_denied_through_the_change_log() {
+    let db = pg::TestDb::new().await;
+    // The listener can never connect: no notice ever arrives. The poll keeps answers fresh.
+    let dead = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let b = replica(
+        &db.url,
+        &[
+            ("CASOLA_AUTH_LISTEN_DATABASE_URL", &dead),
+            ("CASOLA_AUTH_CACHE__POLL_INTERVAL_MS", "100"),
+        ],
+    );
+    let mut on_b = AuthorizationServiceClient::new(b.channel().await);
+    for round in 0..3 {
+        let token = cli_token(&db.url, &format!("user{round}"), "user-read");
+        let hits = b.metric("casola_auth_cache_hits_total").await;
+        assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
+        assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
+        assert!(
+            b.metric("casola_auth_cache_hits_total").await > hits,
+            "cached before the revocation"
+        );
+        revoke_by_hand(&db.url, &token).await;
+        eventually_revoked(&on_b, &token).await;
+        for _ in 0..20 {
+            assert_eq!(
+                decide(&mut on_b, &token).await,
+                (Decision::Deny, DenyReason::Revoked)
+            );
+        }
+    }
+    assert_eq!(b.metric("casola_auth_revocation_notices_total").await, 0.0);
+    assert!(b.metric("casola_auth_change_log_applied_total").await >= 3.0);
+}
+
+#[tokio::test]
+async fn a_cached_token_refreshed_after_a_change_costs_no_argon2_verify() {
+    let db = pg::TestDb::new().await;
+    let mut config = test_config(Some(&db.url));
+    config.cache.poll_interval_ms = 100;
+    let server = TestServer::with_config(config, Some(db)).await;
+    let db = server.db.as_ref().unwrap();
+    let token = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let pool = server.running.services().authorizer.verify_pool().clone();
+    let write = AuthorizeRequest {
+        token: token.clone(),
+        required_scopes: vec!["user:write".into()],
+        ..Default::default()
+    };
+    let mut client = server.authz();
+    let before = pool.runs();
+    let first = client.authorize(write.clone()).await.unwrap().into_inner();
+    assert_eq!(first.deny_reason(), DenyReason::InsufficientScope);
+    let proven = pool.runs();
+    assert_eq!(proven - before, 1, "proven once");
+
+    // A change to something the cache holds, by hand (so no NOTIFY either): the entry must
+    // be re-read, and the secret must not be proven again.
+    let lookup = &token[4..16];
+    pg::exec(
+        &db.url,
+        &format!(
+            "update api_tokens set scopes = '{{user:read,user:write}}' where lookup_id = '{lookup}'"
+        ),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the new scope is seen", || {
+        let mut client = client.clone();
+        let write = write.clone();
+        async move {
+            client
+                .authorize(write)
+                .await
+                .unwrap()
+                .into_inner()
+                .decision()
+                == Decision::Allow
+        }
+    })
+    .await;
+    // A second change: the refreshed entry refreshes again.
+    pg::exec(
+        &db.url,
+        &format!("update api_tokens set scopes = '{{user:read}}' where lookup_id = '{lookup}'"),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the scope is gone again", || {
+        let mut client = client.clone();
+        let write = write.clone();
+        async move {
+            client
+                .authorize(write)
+                .await
+                .unwrap()
+                .into_inner()
+                .deny_reason()
+                == DenyReason::InsufficientScope
+        }
+    })
+    .await;
+    assert_eq!(
+        pool.runs(),
+        proven,
+        "refreshes re-read the row, never argon2"
+    );
+}
+
+// Contract change (issue 14): the change-log poll now keeps answers fresh on its own, so
+// failing closed needs both the listener and the poll to fail.
+#[tokio::test]
+async fn without_notices_or_the_change_log_cached_answers_stop_after_max_staleness() {
     let db = pg::TestDb::new().await;
     let dead = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
     let b = replica(
         &db.url,
         &[
             ("CASOLA_AUTH_LISTEN_DATABASE_URL", &dead),
-            ("CASOLA_AUTH_CACHE__MAX_STALENESS_SECONDS", "1"),
+            ("CASOLA_AUTH_CACHE__MAX_STALENESS_SECONDS", "3"),
+            ("CASOLA_AUTH_CACHE__POLL_INTERVAL_MS", "100"),
         ],
     );
-    let mut on_b = AuthorizationServiceClient::new(b.channel().await);
+    let on_b = AuthorizationServiceClient::new(b.channel().await);
     let token = cli_token(&db.url, "alice", "user-read");
+    let allowed = || {
+        let mut on_b = on_b.clone();
+        let token = token.clone();
+        async move {
+            matches!(on_b.authorize(authorize(&token, &[])).await,
+                Ok(r) if r.get_ref().decision() == Decision::Allow)
+        }
+    };
+    // The poll alone keeps it serving, past the start-up grace too.
+    eventually(
+        Duration::from_secs(15),
+        "serving on the poll alone",
+        allowed,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(allowed().await, "still serving after max_staleness");
+
+    // Now the change log cannot be read either.
+    pg::exec(
+        &db.url,
+        "alter table token_changes rename to token_changes_away",
+    )
+    .await;
     eventually(Duration::from_secs(15), "fails closed with UNAVAILABLE", || {
         let mut on_b = on_b.clone();
         let token = token.clone();
@@ -180,7 +335,22 @@ async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
     })
     .await;
     // Malformed input needs no state and is still a plain denial.
-    assert_eq!(decide(&mut on_b, "nope").await.1, DenyReason::Malformed);
+    assert_eq!(
+        decide(&mut on_b.clone(), "nope").await.1,
+        DenyReason::Malformed
+    );
+
+    pg::exec(
+        &db.url,
+        "alter table token_changes_away rename to token_changes",
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "serves again once the log is back",
+        allowed,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -206,8 +376,7 @@ async fn last_used_is_written_behind_and_flushed_at_shutdown() {
         0,
         "not written per request"
     );
-    let status = slow.terminate().await;
-    assert!(status.success(), "replica exited with {status}");
+    slow.terminate().await;
     assert_eq!(
         pg::query_i64(&db.url, &last_used).await,
         1,
@@ -268,10 +437,14 @@ async fn concurrent_cold_requests_for_one_token_run_one_verify() {
     }
 }
 
+// Contract change (issue 16): different wrong secrets used to share one verify slot per
+// lookup id, which also kept the right secret out. Now a repeated wrong secret costs one
+// verify per interval, different ones a bounded budget, answered RESOURCE_EXHAUSTED past it.
 #[tokio::test]
-async fn a_flood_of_wrong_secrets_for_one_lookup_id_costs_one_verify_per_interval() {
+async fn a_repeated_wrong_secret_costs_one_verify_and_different_ones_a_bounded_budget() {
     let mut config = test_config(None);
     config.cache.negative_ttl_ms = 3_600_000;
+    config.cache.wrong_secret_budget = 4;
     let server = TestServer::with_config(config, None).await;
     let token = server
         .operator_token("acme", "alice", "user-read", &[])
@@ -279,14 +452,153 @@ async fn a_flood_of_wrong_secrets_for_one_lookup_id_costs_one_verify_per_interva
     let pool = server.running.services().authorizer.verify_pool().clone();
     let before = pool.runs();
     let mut client = server.authz();
-    for i in 0..40 {
-        let forged = forge_secret(&token, i);
+    let forged = forge_secret(&token, 0);
+    for _ in 0..40 {
         assert_eq!(
             decide(&mut client, &forged).await,
             (Decision::Deny, DenyReason::Unknown)
         );
     }
-    assert_eq!(pool.runs() - before, 1);
+    assert_eq!(pool.runs() - before, 1, "one verify for one wrong secret");
+
+    let mut exhausted = 0;
+    for i in 1..40 {
+        match client
+            .authorize(authorize(&forge_secret(&token, i), &[]))
+            .await
+        {
+            Ok(r) => assert_eq!(r.get_ref().deny_reason(), DenyReason::Unknown),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                exhausted += 1;
+            }
+        }
+    }
+    assert_eq!(pool.runs() - before, 4, "the budget bounds the verifies");
+    assert_eq!(exhausted, 39 - 3);
+    // The right secret is never called unknown: while the budget is spent it gets a
+    // retryable refusal.
+    let answer = client.authorize(authorize(&token, &[])).await;
+    assert!(
+        matches!(&answer, Err(s) if s.code() == Code::ResourceExhausted),
+        "{answer:?}"
+    );
+}
+
+/// Floods `channel` with `forged` (cycled) from 8 tasks until `until`; returns how many
+/// answers were "unknown" and how many RESOURCE_EXHAUSTED. Anything else fails.
+fn flood(
+    channel: Channel,
+    forged: Vec<String>,
+    until: Instant,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let forged = std::sync::Arc::new(forged);
+        let tasks = (0..8).map(|t| {
+            let mut client = AuthorizationServiceClient::new(channel.clone());
+            let forged = forged.clone();
+            tokio::spawn(async move {
+                let (mut unknown, mut exhausted, mut i) = (0u64, 0u64, t);
+                while Instant::now() < until {
+                    let token = &forged[i % forged.len()];
+                    i += 8;
+                    match client.authorize(authorize(token, &[])).await {
+                        Ok(r) => {
+                            assert_eq!(
+                                (r.get_ref().decision(), r.get_ref().deny_reason()),
+                                (Decision::Deny, DenyReason::Unknown)
+                            );
+                            unknown += 1;
+                        }
+                        Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
+                        Err(s) => panic!("flood answered {s:?}"),
+                    }
+                }
+                (unknown, exhausted)
+            })
+        });
+        let mut total = (0, 0);
+        for task in futures::future::join_all(tasks).await {
+            let (u, e) = task.unwrap();
+            total = (total.0 + u, total.1 + e);
+        }
+        total
+    })
+}
+
+/// How long each lockout flood runs (loopback only, bounded).
+const FLOOD: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_forged_token_never_keeps_the_right_secret_out() {
+    let db = pg::TestDb::new().await;
+    // Entries idle out after a second, so the valid token is proven again mid-flood.
+    let b = replica(&db.url, &[("CASOLA_AUTH_CACHE__IDLE_SECONDS", "1")]);
+    let channel = b.channel().await;
+    let valid = cli_token(&db.url, "victim", "user-read");
+    let forged = forge_secret(&valid, 0);
+    let until = Instant::now() + FLOOD;
+    let flooding = flood(channel.clone(), vec![forged], until);
+    let mut client = AuthorizationServiceClient::new(channel);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tries = 0;
+    while Instant::now() + Duration::from_secs(3) < until {
+        // First use (or first since the entry idled out), then warm uses.
+        for _ in 0..3 {
+            assert_eq!(
+                decide(&mut client, &valid).await,
+                (Decision::Allow, DenyReason::Unspecified),
+                "the valid token during the flood"
+            );
+            tries += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    let (unknown, exhausted) = flooding.await.unwrap();
+    assert!(unknown > 0, "the flood ran");
+    assert_eq!(exhausted, 0, "one wrong secret never spends the budget");
+    assert!(tries >= 6);
+    let matches = b
+        .metric("casola_auth_argon2_verifies_total{outcome=\"match\"}")
+        .await;
+    assert!(
+        matches >= 2.0,
+        "the valid token was proven again after its entry was gone ({matches})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_varying_forged_secrets_never_gets_the_right_secret_called_unknown() {
+    let db = pg::TestDb::new().await;
+    let b = replica(&db.url, &[("CASOLA_AUTH_CACHE__IDLE_SECONDS", "1")]);
+    let channel = b.channel().await;
+    let valid = cli_token(&db.url, "victim", "user-read");
+    let forged: Vec<_> = (1..1900).map(|n| forge_secret(&valid, n)).collect();
+    let until = Instant::now() + FLOOD;
+    let flooding = flood(channel.clone(), forged, until);
+    let mut client = AuthorizationServiceClient::new(channel);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut allowed, mut retry) = (0, 0);
+    while Instant::now() + Duration::from_secs(1) < until {
+        match client.authorize(authorize(&valid, &[])).await {
+            Ok(r) => {
+                assert_eq!(
+                    (r.get_ref().decision(), r.get_ref().deny_reason()),
+                    (Decision::Allow, DenyReason::Unspecified),
+                    "the valid token is never refused as unknown"
+                );
+                allowed += 1;
+            }
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                retry += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (unknown, exhausted) = flooding.await.unwrap();
+    assert!(unknown > 0 && exhausted > 0, "the flood spent the budget");
+    assert!(allowed + retry >= 5, "the valid token was tried");
 }
 
 #[tokio::test]
@@ -295,7 +607,7 @@ async fn a_cached_token_stops_working_exactly_at_its_expiry() {
     let token = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
-    let db = server.db();
+    let db = server.db.as_ref().unwrap();
     let lookup = &token[4..16];
     // Generous, so a slow machine still sees the token valid first; the test then waits
     // for the expiry the service itself reports.

@@ -325,6 +325,76 @@ mod cases {
             new_hash
         );
     }
+
+    pub async fn every_revocation_update_and_rehash_is_logged_in_order(store: &dyn TokenStore) {
+        let a = store
+            .insert(new_token(&owner("acme", "alice"), 0))
+            .await
+            .unwrap();
+        let b = store
+            .insert(new_token(&owner("acme", "bob"), 0))
+            .await
+            .unwrap();
+        let start = store.latest_change().await.unwrap();
+        assert!(
+            store.changes_after(start, 100).await.unwrap().is_empty(),
+            "inserting is not a change: nothing can have cached a new token"
+        );
+        store.revoke(a.id, now_micros()).await.unwrap();
+        let patch = TokenPatch {
+            name: Some(TokenName::parse("renamed").unwrap()),
+            description: None,
+        };
+        store.update(b.id, &patch).await.unwrap();
+        // Already revoked: unchanged, so not logged again.
+        store.revoke(a.id, now_micros()).await.unwrap();
+        let new_hash = SecretHash::from_stored("$argon2id$v=19$m=2048,t=1,p=1$new$hash".into());
+        store.replace_hash(b.id, &new_hash).await.unwrap();
+
+        let changes = store.changes_after(start, 100).await.unwrap();
+        let seen: Vec<_> = changes
+            .iter()
+            .map(|c| (c.token_id, c.lookup_id.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (a.id, a.lookup_id.clone()),
+                (b.id, b.lookup_id.clone()),
+                (b.id, b.lookup_id.clone()),
+            ]
+        );
+        assert!(changes.iter().all(|c| c.position > start));
+        assert!(
+            changes.windows(2).all(|w| w[0].position < w[1].position),
+            "positions only grow"
+        );
+        let last = changes.last().unwrap().position;
+        assert_eq!(store.latest_change().await.unwrap(), last);
+        assert!(store.changes_after(last, 100).await.unwrap().is_empty());
+        // A limit returns the oldest first, and the rest follows from its position.
+        let first = store.changes_after(start, 1).await.unwrap();
+        assert_eq!(first, changes[..1]);
+        assert_eq!(
+            store.changes_after(first[0].position, 100).await.unwrap(),
+            changes[1..]
+        );
+    }
+
+    pub async fn changes_of_unknown_tokens_are_not_logged(store: &dyn TokenStore) {
+        let start = store.latest_change().await.unwrap();
+        assert_eq!(
+            store.revoke(Uuid::new_v4(), now_micros()).await.unwrap(),
+            None
+        );
+        let patch = TokenPatch {
+            name: Some(TokenName::parse("x").unwrap()),
+            description: None,
+        };
+        assert_eq!(store.update(Uuid::new_v4(), &patch).await.unwrap(), None);
+        assert!(store.changes_after(start, 100).await.unwrap().is_empty());
+        assert_eq!(store.latest_change().await.unwrap(), start);
+    }
 }
 
 macro_rules! conformance {
@@ -341,6 +411,8 @@ macro_rules! conformance {
                 revocation_is_idempotent_and_keeps_the_first_time,
                 last_used_is_batched_and_never_moves_backwards,
                 the_hash_can_be_replaced,
+                every_revocation_update_and_rehash_is_logged_in_order,
+                changes_of_unknown_tokens_are_not_logged,
             );
         }
     };
@@ -404,4 +476,115 @@ async fn postgres_refuses_to_unrevoke_even_by_hand() {
         .unwrap_err();
     assert!(format!("{err:?}").contains("irreversible"), "{err:?}");
     assert!(store.get(t.id).await.unwrap().unwrap().revoked_at.is_some());
+}
+
+#[tokio::test]
+async fn postgres_logs_changes_made_by_hand_and_not_last_used_writes() {
+    let db = crate::support::pg::TestDb::new().await;
+    let store = PgStore::new(&db.url, PoolOptions::default()).unwrap();
+    let t = store
+        .insert(new_token(&owner("acme", "alice"), 0))
+        .await
+        .unwrap();
+    let start = store.latest_change().await.unwrap();
+    store
+        .record_last_used(&[(t.id, now_micros())])
+        .await
+        .unwrap();
+    assert!(
+        store.changes_after(start, 10).await.unwrap().is_empty(),
+        "last-used writes are nothing a cache holds"
+    );
+    crate::support::pg::exec(
+        &db.url,
+        &format!(
+            "update api_tokens set scopes = '{{user:read}}' where id = '{}'",
+            t.id
+        ),
+    )
+    .await;
+    crate::support::pg::exec(
+        &db.url,
+        &format!(
+            "update api_tokens set revoked_at = now() where id = '{}'",
+            t.id
+        ),
+    )
+    .await;
+    crate::support::pg::exec(
+        &db.url,
+        &format!("delete from api_tokens where id = '{}'", t.id),
+    )
+    .await;
+    let changes = store.changes_after(start, 10).await.unwrap();
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.token_id == t.id && c.lookup_id == t.lookup_id)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_postgres_changes_become_visible_in_position_order() {
+    // Two transactions change tokens; the first stays open while the second tries to
+    // commit. Without ordering, the second's larger position would be visible first and a
+    // poller at that position would never see the first. With it, the second waits.
+    let db = crate::support::pg::TestDb::new().await;
+    let store = PgStore::new(&db.url, PoolOptions::default()).unwrap();
+    let a = store
+        .insert(new_token(&owner("acme", "alice"), 0))
+        .await
+        .unwrap();
+    let b = store
+        .insert(new_token(&owner("acme", "bob"), 0))
+        .await
+        .unwrap();
+    let start = store.latest_change().await.unwrap();
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let first = connect().await;
+    first
+        .batch_execute(&format!(
+            "begin; update api_tokens set revoked_at = now() where id = '{}'",
+            a.id
+        ))
+        .await
+        .unwrap();
+    let second = tokio::spawn({
+        let client = connect().await;
+        let id = b.id;
+        async move {
+            client
+                .batch_execute(&format!(
+                    "update api_tokens set revoked_at = now() where id = '{id}'"
+                ))
+                .await
+                .unwrap();
+        }
+    });
+    // Whatever a poller sees while the first is open never skips it: nothing at all.
+    for _ in 0..20 {
+        assert!(store.changes_after(start, 10).await.unwrap().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        !second.is_finished(),
+        "the second change waits for the first"
+    );
+    first.batch_execute("commit").await.unwrap();
+    second.await.unwrap();
+    let order: Vec<_> = store
+        .changes_after(start, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.token_id)
+        .collect();
+    assert_eq!(order, [a.id, b.id]);
 }

@@ -1,6 +1,8 @@
 //! The Postgres store: diesel 2 + diesel-async over a deadpool pool, migrations embedded in
 //! the binary. Revocations are announced with NOTIFY on [`REVOCATION_CHANNEL`] in the same
 //! transaction as the UPDATE, so a listener never hears of an uncommitted revocation.
+//! Every change a cache may care about is also logged in `token_changes` by a trigger
+//! (migration `token_changes`), which replicas poll by position.
 
 pub mod listener;
 mod schema;
@@ -27,7 +29,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use self::schema::api_tokens;
-use super::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore};
+use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
 use crate::token::{
     LookupId,
     fields::{Owner, OwnerId},
@@ -303,6 +305,22 @@ struct TokenChanges<'a> {
     description: Option<&'a str>,
 }
 
+#[derive(QueryableByName)]
+struct ChangeRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    position: i64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    token_id: Uuid,
+    #[diesel(sql_type = Text)]
+    lookup_id: String,
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    position: i64,
+}
+
 #[async_trait]
 impl TokenStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -480,6 +498,43 @@ impl TokenStore for PgStore {
         .await
         .map_err(map_err)?;
         Ok(written as u64)
+    }
+
+    async fn latest_change(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Position =
+            diesel::sql_query("select coalesce(max(position), 0) as position from token_changes")
+                .get_result(&mut conn)
+                .await
+                .map_err(map_err)?;
+        Ok(u64::try_from(row.position).unwrap_or(0))
+    }
+
+    async fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<TokenChange>, StoreError> {
+        let mut conn = self.conn().await?;
+        // Plain "position > N" is complete: the log's trigger makes positions commit in
+        // order (see the migration), so no smaller position can appear later.
+        let rows: Vec<ChangeRow> = diesel::sql_query(
+            "select position, token_id, lookup_id from token_changes \
+             where position > $1 order by position limit $2",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind::<diesel::sql_types::BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
+        .load(&mut conn)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TokenChange {
+                position: u64::try_from(row.position).unwrap_or(0),
+                token_id: row.token_id,
+                lookup_id: LookupId::from_stored(row.lookup_id),
+            })
+            .collect())
     }
 
     fn pool_connections(&self) -> Option<(usize, usize)> {

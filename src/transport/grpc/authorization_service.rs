@@ -87,13 +87,17 @@ impl AuthorizationService for AuthorizationApi {
         let authenticated = self.authorizer.authenticate(credential).await;
         verdict::record(Entry::WhoAmI, verdict::of_authentication(&authenticated));
         match authenticated? {
-            Ok(Authenticated {
-                principal,
-                verified,
-            }) => Ok(Response::new(proto::WhoAmIResponse {
-                principal: Some(principal_to_proto(&principal)),
-                token: Some(token_to_proto(&verified.record, Utc::now())),
-            })),
+            Ok(Authenticated { principal, .. }) => {
+                // The cache keeps only what decisions need; the full row is read here.
+                let Some(record) = self.authorizer.record(principal.token_id).await? else {
+                    // Deleted between the decision and this read.
+                    return Err(status::token_not_accepted(&Denial::Unknown));
+                };
+                Ok(Response::new(proto::WhoAmIResponse {
+                    principal: Some(principal_to_proto(&principal)),
+                    token: Some(token_to_proto(&record, Utc::now())),
+                }))
+            }
             Err(denial) => {
                 tracing::info!(reason = denial.as_str(), "who-am-I token refused");
                 Err(status::token_not_accepted(&denial))

@@ -219,6 +219,21 @@ impl ServerProcess {
         super::http_get(self.admin, path).await
     }
 
+    /// The sum of every sample of a counter or gauge on the admin port's `/metrics` (a
+    /// name with a label selector, `name{outcome="match"}`, sums that series only).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.admin_get("/metrics")
+            .await
+            .body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// SIGTERM, then waits for the exit without blocking the runtime (the test's receiver
     /// and clients must keep answering while the service drains and flushes).
     pub async fn terminate(&mut self) -> ExitStatus {
