@@ -396,6 +396,10 @@ async fn serve(config: Config, telemetry: telemetry::Telemetry) -> Result<(), St
             token.expose()
         );
     }
+    // After the bootstrap token: its line stays the first on stdout.
+    if let Some(addr) = running.console_addr {
+        println!("console (API Tokens page): http://{addr}/");
+    }
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;

@@ -23,6 +23,7 @@
 //! | `cache.max_entries` / `ttl_seconds` / `negative_ttl_ms` / `max_staleness_seconds` | 100000 / 60 / 1000 / 30 | verified-token cache |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
+//! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 
 use std::{
     fmt,
@@ -185,6 +186,27 @@ pub struct EnvoyConfig {
     pub routes: Vec<RouteRule>,
 }
 
+/// The web console (the API Tokens page, docs/console.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console. On by default so that a local `serve` shows the page; deployments
+    /// with a dashboard of their own turn it off (the Helm chart does).
+    pub enabled: bool,
+    /// Its own HTTP/1.1 address: the page and the gRPC-Web endpoints, same origin. Not
+    /// 8080, which the Envoy example's gateway takes.
+    pub listen: SocketAddr,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 8088).into(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -221,6 +243,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Envoy ext_authz.
     pub envoy: EnvoyConfig,
+    /// The web console.
+    pub console: ConsoleConfig,
 }
 
 impl Default for Config {
@@ -242,12 +266,13 @@ impl Default for Config {
             cache: CacheConfig::default(),
             catalog: CatalogConfig::default(),
             envoy: EnvoyConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -264,6 +289,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "cache",
     "catalog",
     "envoy",
+    "console",
 ];
 
 /// Flag overrides for [`Config::load`] when there are none.

@@ -194,6 +194,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The bound admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The bound console address, when the console is enabled.
+    pub console_addr: Option<SocketAddr>,
     /// With the in-memory store: a token with admin-full + tokens:issue, for local use.
     pub bootstrap_token: Option<PlainToken>,
     services: Services,
@@ -202,6 +204,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<()>,
+    console: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -284,7 +287,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Other(e.to_string()))?;
 
+    let console_listener = match config.console.enabled {
+        true => Some(TcpListener::bind(config.console.listen).await.map_err(|source| {
+            StartError::Bind {
+                addr: config.console.listen,
+                source,
+            }
+        })?),
+        false => None,
+    };
+    let console_addr = console_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+
     let (stop, stopped) = watch::channel(false);
+    // The console's gRPC-Web reaches the same service stacks as the gRPC port.
+    let console = console_listener.map(|listener| {
+        tokio::spawn(crate::console::serve(
+            listener,
+            tonic::service::Routes::new(token_service.clone())
+                .add_service(authorization_service.clone()),
+            grpc_telemetry.clone(),
+            stopped.clone(),
+        ))
+    });
     let ready = Arc::new(AtomicBool::new(false));
 
     let grpc = {
@@ -356,10 +384,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stop.subscribe(),
         )));
     }
-    tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
+    tracing::info!(%grpc_addr, %admin_addr, console_addr = ?console_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        console_addr,
         bootstrap_token,
         services,
         health,
@@ -367,6 +396,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         grpc,
         admin,
+        console,
         background,
     })
 }
@@ -512,6 +542,9 @@ impl Running {
             tracing::warn!(error = %e, "final last_used_at flush failed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+        if let Some(console) = self.console {
+            let _ = tokio::time::timeout(Duration::from_secs(1), console).await;
+        }
         tracing::info!("casola-auth stopped");
     }
 }

@@ -75,6 +75,7 @@ impl Replica {
             .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
             .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
             .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
+            .env("CASOLA_AUTH_CONSOLE__ENABLED", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

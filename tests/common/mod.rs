@@ -8,7 +8,7 @@
 pub mod pg;
 
 use casola_auth::{
-    config::{Config, DatabaseUrl},
+    config::{Config, ConsoleConfig, DatabaseUrl},
     manage::{Caller, CreateRequest},
     proto::{
         authorization_service_client::AuthorizationServiceClient,
@@ -39,6 +39,11 @@ pub fn test_config(database_url: Option<&str>) -> Config {
         argon2: FAST_ARGON2,
         health_interval_ms: 200,
         shutdown_grace_seconds: 5,
+        // Enabled only by the console tests (tests/console.rs), on an ephemeral port.
+        console: ConsoleConfig {
+            enabled: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
         ..Config::default()
     }
 }

@@ -93,6 +93,7 @@ impl Binary {
             .env_clear()
             .env("CASOLA_AUTH_LISTEN", "127.0.0.1:0")
             .env("CASOLA_AUTH_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CASOLA_AUTH_CONSOLE__ENABLED", "false")
             .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
             .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
             .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
