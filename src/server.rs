@@ -288,12 +288,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))?;
 
     let console_listener = match config.console.enabled {
-        true => Some(TcpListener::bind(config.console.listen).await.map_err(|source| {
-            StartError::Bind {
-                addr: config.console.listen,
-                source,
-            }
-        })?),
+        true => Some(
+            TcpListener::bind(config.console.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.console.listen,
+                    source,
+                })?,
+        ),
         false => None,
     };
     let console_addr = console_listener

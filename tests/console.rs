@@ -47,7 +47,9 @@ async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the console");
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the console");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -66,7 +68,14 @@ async fn request(
         .expect("end of the response head");
     let head = std::str::from_utf8(&raw[..split]).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: HashMap<String, String> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -94,7 +103,10 @@ fn assert_security_headers(what: &str, answer: &Answer) {
     }
     let csp = &answer.headers["content-security-policy"];
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
 }
 
 async fn console_server() -> (TestServer, std::net::SocketAddr) {
@@ -164,7 +176,10 @@ async fn the_page_loads_only_its_own_script_and_style() {
     assert!(html.contains(r#"<link rel="stylesheet" href="/app.css">"#));
     // No inline script or style: the CSP would block them anyway.
     assert_eq!(html.matches("<script").count(), 1, "{html}");
-    assert!(!html.contains("<style") && !html.contains("style="), "{html}");
+    assert!(
+        !html.contains("<style") && !html.contains("style="),
+        "{html}"
+    );
     let script = request(addr, "GET", "/app.js", &[], b"").await;
     assert_eq!(
         script.headers["content-type"],
@@ -182,7 +197,10 @@ async fn grpc_web_goes_through_caller_authentication() {
 
     let anonymous = request(addr, "POST", path, &[grpc_web], &EMPTY_MESSAGE_FRAME).await;
     // A trailers-only answer: the status is in the headers.
-    assert_eq!(anonymous.headers.get("grpc-status").map(String::as_str), Some("16"));
+    assert_eq!(
+        anonymous.headers.get("grpc-status").map(String::as_str),
+        Some("16")
+    );
 
     let bootstrap = server.running.bootstrap_token.as_ref().unwrap().expose();
     let bearer = format!("Bearer {bootstrap}");
