@@ -120,6 +120,34 @@ async fn console_server() -> (TestServer, std::net::SocketAddr) {
     (server, addr)
 }
 
+/// One request of the header sweep: a GET, or a gRPC-Web POST of an empty message.
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    status: u16,
+}
+
+impl Case {
+    fn get(what: &'static str, path: &'static str, status: u16) -> Self {
+        Self {
+            what,
+            method: "GET",
+            path,
+            status,
+        }
+    }
+
+    fn grpc_web(what: &'static str, path: &'static str, status: u16) -> Self {
+        Self {
+            what,
+            method: "POST",
+            path,
+            status,
+        }
+    }
+}
+
 /// A gRPC-Web frame of an empty message (WhoAmIRequest, ListScopesRequest).
 const EMPTY_MESSAGE_FRAME: [u8; 5] = [0, 0, 0, 0, 0];
 
@@ -127,41 +155,36 @@ const EMPTY_MESSAGE_FRAME: [u8; 5] = [0, 0, 0, 0, 0];
 async fn every_console_response_carries_the_security_headers() {
     let (server, addr) = console_server().await;
     let grpc_web = [("content-type", "application/grpc-web+proto")];
-    let cases: [(&str, &str, &str, &[(&str, &str)], &[u8], u16); 8] = [
-        ("page", "GET", "/", &[], b"", 200),
-        ("script", "GET", "/app.js", &[], b"", 200),
-        ("style", "GET", "/app.css", &[], b"", 200),
-        ("icon", "GET", "/favicon.svg", &[], b"", 200),
-        ("unknown path", "GET", "/nope", &[], b"", 404),
-        (
+    let cases = [
+        Case::get("page", "/", 200),
+        Case::get("script", "/app.js", 200),
+        Case::get("style", "/app.css", 200),
+        Case::get("icon", "/favicon.svg", 200),
+        Case::get("unknown path", "/nope", 404),
+        Case::get(
             "gRPC path without gRPC-Web",
-            "GET",
             "/casola.auth.v1.TokenService/ListScopes",
-            &[],
-            b"",
             400,
         ),
-        (
+        Case::grpc_web(
             "gRPC-Web without a token",
-            "POST",
             "/casola.auth.v1.TokenService/ListScopes",
-            &grpc_web,
-            &EMPTY_MESSAGE_FRAME,
             200,
         ),
-        (
+        Case::grpc_web(
             "a gRPC service the console does not expose",
-            "POST",
             "/grpc.health.v1.Health/Check",
-            &grpc_web,
-            &EMPTY_MESSAGE_FRAME,
             404,
         ),
     ];
-    for (what, method, path, headers, body, status) in cases {
-        let answer = request(addr, method, path, headers, body).await;
-        assert_eq!(answer.status, status, "{what}");
-        assert_security_headers(what, &answer);
+    for case in cases {
+        let (headers, body): (&[(&str, &str)], &[u8]) = match case.method {
+            "POST" => (&grpc_web, &EMPTY_MESSAGE_FRAME),
+            _ => (&[], b""),
+        };
+        let answer = request(addr, case.method, case.path, headers, body).await;
+        assert_eq!(answer.status, case.status, "{}", case.what);
+        assert_security_headers(case.what, &answer);
     }
     server.running.shutdown().await;
 }
