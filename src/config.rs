@@ -38,32 +38,50 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::{
-    authorize::cache::CacheConfig,
     scope::{Catalog, CatalogSpec, ScopeMatch},
     token::hash::HashParams,
 };
 
-/// A database URL; may carry a password, so `Debug` hides everything after the scheme.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A database URL; may carry a password, so it is kept as a secret (zeroed on drop) and
+/// `Debug` shows only the scheme.
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl(SecretString);
 
 impl DatabaseUrl {
     /// Wraps a URL.
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        Self(SecretString::from(url.into()))
     }
 
     /// The URL, for connecting.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for DatabaseUrl {}
+
+/// Serialized only to layer configuration sources (figment merges serialized values): the
+/// value goes from one in-memory source to another and is never written out.
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
     }
 }
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = self.0.split("://").next().unwrap_or("");
+        let scheme = self.expose().split("://").next().unwrap_or("");
         write!(f, "DatabaseUrl({scheme}://…)")
     }
 }
@@ -148,25 +166,31 @@ pub struct RouteRule {
     pub scopes: Vec<String>,
     /// `all` (default) or `any`.
     #[serde(default, rename = "match")]
-    pub mode: RouteMatch,
+    pub mode: ScopeMatch,
 }
 
-/// Serializable twin of [`ScopeMatch`] for the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteMatch {
-    /// All scopes.
-    #[default]
-    All,
-    /// Any scope.
-    Any,
+/// The verified-token cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most verified tokens held.
+    pub max_entries: u64,
+    /// How long a verified token is trusted without a store read (backstop for a missed
+    /// revocation notice).
+    pub ttl_seconds: u64,
+    /// The verify-slot interval per lookup id after a wrong secret.
+    pub negative_ttl_ms: u64,
+    /// How long cached answers may still be served while the revocation listener is down.
+    pub max_staleness_seconds: u64,
 }
 
-impl From<RouteMatch> for ScopeMatch {
-    fn from(m: RouteMatch) -> Self {
-        match m {
-            RouteMatch::All => ScopeMatch::All,
-            RouteMatch::Any => ScopeMatch::Any,
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            ttl_seconds: 60,
+            negative_ttl_ms: 1000,
+            max_staleness_seconds: 30,
         }
     }
 }
@@ -350,12 +374,8 @@ impl Config {
             path: path.clone(),
             message,
         };
-        if !path.exists() {
-            return Err(err("does not exist".into()));
-        }
-        let spec: CatalogSpec = Figment::from(Toml::file(path))
-            .extract()
-            .map_err(|e| err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let spec = CatalogSpec::from_toml(&text).map_err(err)?;
         Catalog::build(spec).map_err(|e| err(e.to_string()))
     }
 

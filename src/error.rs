@@ -1,6 +1,8 @@
-//! The domain error: one enum for the use cases, mapped to gRPC status in one place
-//! (`transport::grpc::status`). Messages are safe to show a client; causes that are not
-//! (store errors) are logged where they happen and never carry a token.
+//! The domain error: one enum for the use cases and the decision path, mapped to gRPC status
+//! in one place (`transport::grpc::status`). Messages are safe to show a client; causes
+//! that are not (store errors) are logged where they happen and never carry a token. Cheap
+//! to clone: the verified-token cache hands one cold lookup's error to every caller that
+//! waited on it.
 
 use crate::store::StoreError;
 
@@ -24,7 +26,7 @@ impl FieldViolation {
 }
 
 /// Errors of the token use cases and of authorization.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// One or more request fields are invalid.
     #[error("invalid argument")]

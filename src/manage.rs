@@ -4,23 +4,20 @@
 
 use std::sync::Arc;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::DateTime;
 use uuid::Uuid;
 
 use crate::{
     authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
+    pagination::{Cursor, PageSize},
     permission::{self, Access, Action, GrantError},
     principal::Principal,
     scope::{ADMIN_READ, Catalog, ScopeSet, TOKENS_ISSUE},
-    store::{
-        Cursor, ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros,
-    },
+    store::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros},
     token::{
         PlainToken,
-        fields::{Description, ExpiresInDays, Owner, OwnerId, PageSize, TokenName},
-        hash::TokenHasher,
+        fields::{Description, ExpiresInDays, Owner, OwnerId, TokenName},
+        hash::{SecretHash, TokenHasher},
     },
 };
 
@@ -112,6 +109,16 @@ pub struct UpdateRequest {
     pub mask: Vec<String>,
 }
 
+/// A create request with every field valid.
+struct ValidCreate {
+    name: TokenName,
+    description: Description,
+    /// Granted (not expanded).
+    scopes: ScopeSet,
+    expires: Option<ExpiresInDays>,
+    owner: Owner,
+}
+
 /// The token lifecycle. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenManager {
@@ -145,21 +152,6 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(raw.trim()).map_err(|_| Error::invalid("id", "must be a token id (UUID)"))
 }
 
-fn encode_cursor(c: &Cursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1:{}:{}", c.created_at.timestamp_micros(), c.id))
-}
-
-fn decode_cursor(token: &str) -> Option<Cursor> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
-    let mut parts = raw.splitn(3, ':');
-    if parts.next()? != "v1" {
-        return None;
-    }
-    let created_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
-    let id = Uuid::parse_str(parts.next()?).ok()?;
-    Some(Cursor { created_at, id })
-}
-
 impl TokenManager {
     /// A manager over `store`.
     pub fn new(
@@ -181,130 +173,27 @@ impl TokenManager {
     /// Creates a token.
     #[tracing::instrument(name = "create_token", skip_all)]
     pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Created, Error> {
-        let mut bad = Vec::new();
-        let name = TokenName::parse(&req.name)
-            .map_err(|e| bad.push(FieldViolation::new("name", e)))
-            .ok();
-        let description = Description::parse(&req.description)
-            .map_err(|e| bad.push(FieldViolation::new("description", e)))
-            .ok();
-        // The preset's scopes first (always known: the catalog checks presets), then the
-        // explicit ones, resolved together once.
-        let mut names: Vec<&str> = Vec::new();
-        if !req.preset.is_empty() {
-            match self.catalog.preset(&req.preset) {
-                Some(preset) => names.extend(preset.scopes.iter().map(String::as_str)),
-                None => bad.push(FieldViolation::new(
-                    "preset",
-                    format!("unknown preset {:?}", req.preset),
-                )),
-            }
-        }
-        let from_preset = names.len();
-        names.extend(req.scopes.iter().map(String::as_str));
-        if req.scopes.len() > MAX_SCOPES {
-            bad.push(FieldViolation::new(
-                "scopes",
-                format!("at most {MAX_SCOPES} scopes, got {}", req.scopes.len()),
-            ));
-        }
-        if req.preset.is_empty() && req.scopes.is_empty() {
-            bad.push(FieldViolation::new(
-                "scopes",
-                "at least one scope is required (give scopes or a preset)",
-            ));
-        }
-        let granted = self.catalog.resolve(&names).unwrap_or_else(|unknown| {
-            bad.extend(unknown.into_iter().map(|(i, n)| {
-                FieldViolation::new(
-                    format!("scopes[{}]", i - from_preset),
-                    format!("unknown scope {n:?}"),
-                )
-            }));
-            ScopeSet::default()
-        });
-        let expires = req
-            .expires_in_days
-            .map(ExpiresInDays::parse)
-            .transpose()
-            .map_err(|e| bad.push(FieldViolation::new("expires_in_days", e)))
-            .ok()
-            .flatten();
-        let owner = self.owner_for(caller, &req.org_id, &req.user_id, &mut bad);
-        let (Some(name), Some(description), Some(owner), true) =
-            (name, description, owner, bad.is_empty())
-        else {
-            return Err(Error::InvalidArgument(bad));
-        };
-
+        let valid = self.validate_create(caller, req)?;
         let now = now_micros();
-        let expires_at = expires.map(|d| now + d.duration());
+        let expires_at = valid.expires.map(|d| now + d.duration());
         let created_by = match caller {
             Caller::Token(principal) => {
-                match permission::access(principal, Action::Create, &owner) {
-                    Access::Allowed => {}
-                    Access::Denied if principal.owner == owner => {
-                        return Err(Error::PermissionDenied(
-                            "creating tokens needs the user:write scope".into(),
-                        ));
-                    }
-                    _ => {
-                        return Err(Error::PermissionDenied(format!(
-                            "org_id and user_id may name another owner only for callers holding {TOKENS_ISSUE}"
-                        )));
-                    }
-                }
-                match permission::may_grant(principal, &self.catalog.expand(&granted), expires_at) {
-                    Ok(()) => {}
-                    Err(GrantError::Reserved) => {
-                        return Err(Error::PermissionDenied(format!(
-                            "{TOKENS_ISSUE} is reserved and is granted only by operators (casola-auth token create)"
-                        )));
-                    }
-                    Err(GrantError::NotHeld(missing)) => {
-                        return Err(Error::PermissionDenied(format!(
-                            "a token cannot grant scopes its creator lacks: {}",
-                            missing.join(", ")
-                        )));
-                    }
-                    Err(GrantError::OutlivesCaller(limit)) => {
-                        return Err(Error::invalid(
-                            "expires_in_days",
-                            format!(
-                                "the new token may not outlive the calling token, which expires at {}",
-                                limit.to_rfc3339()
-                            ),
-                        ));
-                    }
-                }
+                self.may_create(principal, &valid.owner, &valid.scopes, expires_at)?;
                 principal.as_creator()
             }
             Caller::Operator => "cli".to_owned(),
         };
-
         // A lookup-id collision is a 1 in 62^12 event; one retry covers it.
         for _ in 0..2 {
-            let token = PlainToken::generate();
-            let hasher = self.hasher.clone();
-            let (token, hash) = self
-                .pool
-                .run(move || {
-                    let hash = hasher.hash(&token);
-                    (token, hash)
-                })
-                .await?;
-            let hash = hash.map_err(|e| {
-                tracing::error!(error = %e, "hashing a new token failed");
-                Error::Internal
-            })?;
+            let (token, secret_hash) = self.new_secret().await?;
             let new = NewToken {
                 id: Uuid::new_v4(),
                 lookup_id: token.lookup_id().clone(),
-                secret_hash: hash,
-                name: name.clone(),
-                description: description.clone(),
-                scopes: granted.to_vec(),
-                owner: owner.clone(),
+                secret_hash,
+                name: valid.name.clone(),
+                description: valid.description.clone(),
+                scopes: valid.scopes.to_vec(),
+                owner: valid.owner.clone(),
                 created_at: now,
                 created_by: created_by.clone(),
                 expires_at,
@@ -319,6 +208,133 @@ impl TokenManager {
             }
         }
         Err(Error::Internal)
+    }
+
+    /// Every field of a create request, each bad one reported.
+    fn validate_create(&self, caller: &Caller, req: CreateRequest) -> Result<ValidCreate, Error> {
+        let mut bad = Vec::new();
+        let name = TokenName::parse(&req.name)
+            .map_err(|e| bad.push(FieldViolation::new("name", e)))
+            .ok();
+        let description = Description::parse(&req.description)
+            .map_err(|e| bad.push(FieldViolation::new("description", e)))
+            .ok();
+        let scopes = self.requested_scopes(&req.preset, &req.scopes, &mut bad);
+        let expires = req
+            .expires_in_days
+            .map(ExpiresInDays::parse)
+            .transpose()
+            .map_err(|e| bad.push(FieldViolation::new("expires_in_days", e)))
+            .ok()
+            .flatten();
+        let owner = self.owner_for(caller, &req.org_id, &req.user_id, &mut bad);
+        match (name, description, owner, bad.is_empty()) {
+            (Some(name), Some(description), Some(owner), true) => Ok(ValidCreate {
+                name,
+                description,
+                scopes,
+                expires,
+                owner,
+            }),
+            _ => Err(Error::InvalidArgument(bad)),
+        }
+    }
+
+    /// The scopes of a preset plus explicit ones, resolved together once.
+    fn requested_scopes(
+        &self,
+        preset: &str,
+        scopes: &[String],
+        bad: &mut Vec<FieldViolation>,
+    ) -> ScopeSet {
+        // The preset's scopes first (always known: the catalog checks presets).
+        let mut names: Vec<&str> = Vec::new();
+        if !preset.is_empty() {
+            match self.catalog.preset(preset) {
+                Some(preset) => names.extend(preset.scopes.iter().map(String::as_str)),
+                None => bad.push(FieldViolation::new(
+                    "preset",
+                    format!("unknown preset {preset:?}"),
+                )),
+            }
+        }
+        let from_preset = names.len();
+        names.extend(scopes.iter().map(String::as_str));
+        if scopes.len() > MAX_SCOPES {
+            bad.push(FieldViolation::new(
+                "scopes",
+                format!("at most {MAX_SCOPES} scopes, got {}", scopes.len()),
+            ));
+        }
+        if preset.is_empty() && scopes.is_empty() {
+            bad.push(FieldViolation::new(
+                "scopes",
+                "at least one scope is required (give scopes or a preset)",
+            ));
+        }
+        self.catalog.resolve(&names).unwrap_or_else(|unknown| {
+            bad.extend(unknown.violations("scopes", from_preset));
+            ScopeSet::default()
+        })
+    }
+
+    /// Whether `principal` may create a token for `owner` with `scopes` until `expires_at`:
+    /// no minting for others without tokens:issue, no escalation, no outliving the caller.
+    fn may_create(
+        &self,
+        principal: &Principal,
+        owner: &Owner,
+        scopes: &ScopeSet,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), Error> {
+        match permission::access(principal, Action::Create, owner) {
+            Access::Allowed => {}
+            Access::Denied if principal.owner == *owner => {
+                return Err(Error::PermissionDenied(
+                    "creating tokens needs the user:write scope".into(),
+                ));
+            }
+            _ => {
+                return Err(Error::PermissionDenied(format!(
+                    "org_id and user_id may name another owner only for callers holding {TOKENS_ISSUE}"
+                )));
+            }
+        }
+        match permission::may_grant(principal, &self.catalog.expand(scopes), expires_at) {
+            Ok(()) => Ok(()),
+            Err(GrantError::Reserved) => Err(Error::PermissionDenied(format!(
+                "{TOKENS_ISSUE} is reserved and is granted only by operators (casola-auth token create)"
+            ))),
+            Err(GrantError::NotHeld(missing)) => Err(Error::PermissionDenied(format!(
+                "a token cannot grant scopes its creator lacks: {}",
+                missing.join(", ")
+            ))),
+            Err(GrantError::OutlivesCaller(limit)) => Err(Error::invalid(
+                "expires_in_days",
+                format!(
+                    "the new token may not outlive the calling token, which expires at {}",
+                    limit.to_rfc3339()
+                ),
+            )),
+        }
+    }
+
+    /// A fresh token and the hash of its secret, computed on the argon2 pool.
+    async fn new_secret(&self) -> Result<(PlainToken, SecretHash), Error> {
+        let token = PlainToken::generate();
+        let hasher = self.hasher.clone();
+        let (token, hash) = self
+            .pool
+            .run(move || {
+                let hash = hasher.hash(&token);
+                (token, hash)
+            })
+            .await?;
+        let hash = hash.map_err(|e| {
+            tracing::error!(error = %e, "hashing a new token failed");
+            Error::Internal
+        })?;
+        Ok((token, hash))
     }
 
     fn owner_for(
@@ -380,7 +396,7 @@ impl TokenManager {
         let after = if req.page_token.is_empty() {
             None
         } else {
-            let c = decode_cursor(&req.page_token);
+            let c = Cursor::from_page_token(&req.page_token);
             if c.is_none() {
                 bad.push(FieldViolation::new(
                     "page_token",
@@ -435,10 +451,11 @@ impl TokenManager {
         let next_page_token = if tokens.len() > size.get() {
             tokens.truncate(size.get());
             tokens.last().map(|last| {
-                encode_cursor(&Cursor {
+                Cursor {
                     created_at: last.created_at,
                     id: last.id,
-                })
+                }
+                .to_page_token()
             })
         } else {
             None
@@ -520,21 +537,5 @@ impl TokenManager {
     /// The catalog, for ListScopes.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_garbage_is_refused() {
-        let c = Cursor {
-            created_at: now_micros(),
-            id: Uuid::new_v4(),
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("garbage"), None);
-        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("v2:1:x")), None);
     }
 }

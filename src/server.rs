@@ -11,9 +11,19 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
-use tower::Layer;
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::{Health, HealthServer},
+    server::HealthReporter,
+};
+use tower::{
+    Layer,
+    layer::util::{Identity, Stack},
+};
 
 use crate::{
     admin::AdminState,
@@ -37,7 +47,13 @@ use crate::{
         },
         timed::TimedStore,
     },
-    telemetry::{self, grpc::GrpcTelemetryLayer},
+    telemetry::{
+        self,
+        metrics::{
+            CACHE_ENTRIES, REVOCATION_LISTENER_RECONNECTS_TOTAL, REVOCATION_LISTENER_UP,
+            REVOCATION_NOTICES_TOTAL,
+        },
+    },
     token::{
         PlainToken,
         hash::{HashError, TokenHasher},
@@ -45,6 +61,7 @@ use crate::{
     transport::{
         envoy::{CheckApi, RouteTable},
         grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
+        telemetry::GrpcTelemetryLayer,
     },
 };
 
@@ -214,134 +231,54 @@ async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// The gRPC router with every service, the telemetry layer around them all.
+type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
+
+/// What the console's gRPC-Web serves: the service stacks of the gRPC port (caller
+/// authentication included) and its telemetry layer.
+struct ConsoleApi {
+    services: tonic::service::Routes,
+    telemetry: GrpcTelemetryLayer,
+}
+
 /// Starts serving per `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = telemetry::metrics::install();
     let services = Services::open(&config).await?;
-    if services.kind == StoreKind::Memory {
-        tracing::warn!(
-            "no database configured: using the in-memory store, nothing is kept across restarts"
-        );
-    }
     let bootstrap_token = match services.kind {
-        StoreKind::Memory => Some(bootstrap(&services).await?),
+        StoreKind::Memory => {
+            tracing::warn!(
+                "no database configured: using the in-memory store, nothing is kept across restarts"
+            );
+            Some(bootstrap(&services).await?)
+        }
         StoreKind::Postgres => None,
     };
-    let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
-        .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     set_store_bound(&health, ServingStatus::NotServing).await;
     health
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
-
-    // v1 for current clients, v1alpha for grpcurl 1.8.6 and other older ones.
-    let reflection = || {
-        SERVED_DESCRIPTOR_SETS.iter().fold(
-            tonic_reflection::server::Builder::configure(),
-            |builder, set| builder.register_encoded_file_descriptor_set(set),
-        )
-    };
-    let reflection_error = |e| StartError::Other(format!("reflection: {e}"));
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-
-    let grpc_telemetry = GrpcTelemetryLayer::new(&[
-        proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        crate::transport::envoy::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ])
-    .map_err(|e| StartError::Other(format!("descriptor sets: {e}")))?;
-
-    let max = config.max_message_bytes;
-    let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
-        TokenServiceServer::new(TokenApi::new(services.manager.clone()))
-            .max_decoding_message_size(max),
-    );
-    let authorization_service =
-        AuthorizationServiceServer::new(AuthorizationApi::new(services.authorizer.clone()))
-            .max_decoding_message_size(max);
-    let check_service = CheckApi::new(services.authorizer.clone(), routes, config.envoy.clone())
-        .into_server()
-        .max_decoding_message_size(max);
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let grpc_addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.to_string()))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.to_string()))?;
-
+    let (router, console_api) = grpc_router(&config, &services, health_service)?;
+    let (listener, grpc_addr) = bind(config.listen).await?;
+    let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
     let console_listener = match config.console.enabled {
-        true => Some(
-            TcpListener::bind(config.console.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.console.listen,
-                    source,
-                })?,
-        ),
+        true => Some(bind(config.console.listen).await?),
         false => None,
     };
-    let console_addr = console_listener
-        .as_ref()
-        .map(TcpListener::local_addr)
-        .transpose()
-        .map_err(|e| StartError::Other(e.to_string()))?;
+    let console_addr = console_listener.as_ref().map(|(_, addr)| *addr);
 
     let (stop, stopped) = watch::channel(false);
-    // The console's gRPC-Web reaches the same service stacks as the gRPC port.
-    let console = console_listener.map(|listener| {
+    let ready = Arc::new(AtomicBool::new(false));
+    let grpc = tokio::spawn(serve_grpc(router, listener, stopped.clone()));
+    let console = console_listener.map(|(listener, _)| {
         tokio::spawn(crate::console::serve(
             listener,
-            tonic::service::Routes::new(token_service.clone())
-                .add_service(authorization_service.clone()),
-            grpc_telemetry.clone(),
+            console_api.services,
+            console_api.telemetry,
             stopped.clone(),
         ))
     });
-    let ready = Arc::new(AtomicBool::new(false));
-
-    let grpc = {
-        let mut stopped = stopped.clone();
-        let router = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(grpc_telemetry)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(token_service)
-            .add_service(authorization_service)
-            .add_service(check_service);
-        tokio::spawn(async move {
-            router
-                // Our own listener, so nodelay must be set here (the builder's applies only
-                // when tonic binds): without it larger answers (Check's) wait ~40 ms on
-                // Nagle and delayed ACKs.
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    },
-                )
-                .await
-        })
-    };
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         AdminState {
@@ -370,22 +307,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped,
         )),
     ];
-    if let Some(url) = config
-        .listen_database_url
-        .as_ref()
-        .or(config.database_url.as_ref())
-    {
-        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(0.0);
-        background.push(tokio::spawn(listener::run(
-            url.expose().to_owned(),
-            CacheSink(services.authorizer.cache().clone()),
-            ListenerOptions {
-                tls_ca_file: config.store.tls_ca_file.clone(),
-                ..ListenerOptions::default()
-            },
-            stop.subscribe(),
-        )));
-    }
+    background.extend(spawn_revocation_listener(&config, &services, &stop));
     tracing::info!(%grpc_addr, %admin_addr, console_addr = ?console_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
@@ -403,24 +325,130 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// Every gRPC service: health, reflection (v1 for current clients, v1alpha for grpcurl
+/// 1.8.6 and other older ones), TokenService behind caller authentication,
+/// AuthorizationService and Envoy's Check; and the console's share of them.
+fn grpc_router(
+    config: &Config,
+    services: &Services,
+    health_service: HealthServer<impl Health>,
+) -> Result<(GrpcRouter, ConsoleApi), StartError> {
+    let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
+        .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
+    let reflection = || {
+        SERVED_DESCRIPTOR_SETS.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let reflection_error = |e| StartError::Other(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let grpc_telemetry = GrpcTelemetryLayer::new(&[
+        proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        crate::transport::envoy::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .map_err(|e| StartError::Other(format!("descriptor sets: {e}")))?;
+
+    let max = config.max_message_bytes;
+    let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
+        TokenServiceServer::new(TokenApi::new(services.manager.clone()))
+            .max_decoding_message_size(max),
+    );
+    let authorization_service =
+        AuthorizationServiceServer::new(AuthorizationApi::new(services.authorizer.clone()))
+            .max_decoding_message_size(max);
+    let check_service = CheckApi::new(services.authorizer.clone(), routes, config.envoy.clone())
+        .into_server()
+        .max_decoding_message_size(max);
+    let console = ConsoleApi {
+        services: tonic::service::Routes::new(token_service.clone())
+            .add_service(authorization_service.clone()),
+        telemetry: grpc_telemetry.clone(),
+    };
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(grpc_telemetry)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(token_service)
+        .add_service(authorization_service)
+        .add_service(check_service);
+    Ok((router, console))
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    Ok((listener, bound))
+}
+
+async fn serve_grpc(
+    router: GrpcRouter,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    router
+        // Our own listener, so nodelay must be set here (the builder's applies only when
+        // tonic binds): without it larger answers (Check's) wait ~40 ms on Nagle and
+        // delayed ACKs.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )
+        .await
+}
+
+/// On Postgres: the task that hears revocations from every replica.
+fn spawn_revocation_listener(
+    config: &Config,
+    services: &Services,
+    stop: &watch::Sender<bool>,
+) -> Option<JoinHandle<()>> {
+    let url = config
+        .listen_database_url
+        .as_ref()
+        .or(config.database_url.as_ref())?;
+    metrics::gauge!(REVOCATION_LISTENER_UP).set(0.0);
+    Some(tokio::spawn(listener::run(
+        url.expose().to_owned(),
+        CacheSink(services.authorizer.cache().clone()),
+        ListenerOptions {
+            tls_ca_file: config.store.tls_ca_file.clone(),
+            ..ListenerOptions::default()
+        },
+        stop.subscribe(),
+    )))
+}
+
 /// Revocation notices into the verified-token cache.
 struct CacheSink(TokenCache);
 
 impl RevocationSink for CacheSink {
     fn connected(&self) {
         self.0.listener_connected();
-        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(1.0);
+        metrics::gauge!(REVOCATION_LISTENER_UP).set(1.0);
     }
 
     fn revoked(&self, lookup_id: crate::token::LookupId) {
         self.0.revoked(lookup_id);
-        metrics::counter!(telemetry::metrics::REVOCATION_NOTICES_TOTAL).increment(1);
+        metrics::counter!(REVOCATION_NOTICES_TOTAL).increment(1);
     }
 
     fn disconnected(&self) {
         self.0.listener_disconnected();
-        metrics::gauge!(telemetry::metrics::REVOCATION_LISTENER_UP).set(0.0);
-        metrics::counter!(telemetry::metrics::REVOCATION_LISTENER_RECONNECTS_TOTAL).increment(1);
+        metrics::gauge!(REVOCATION_LISTENER_UP).set(0.0);
+        metrics::counter!(REVOCATION_LISTENER_RECONNECTS_TOTAL).increment(1);
     }
 }
 
@@ -504,7 +532,7 @@ async fn metrics_upkeep(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        metrics::gauge!(telemetry::metrics::CACHE_ENTRIES).set(cache.entry_count() as f64);
+        metrics::gauge!(CACHE_ENTRIES).set(cache.entry_count() as f64);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
             _ = stopped.wait_for(|s| *s) => return,

@@ -24,39 +24,15 @@ use std::{
 
 use moka::{future::Cache, sync::Cache as SyncCache};
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
-use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::CacheConfig,
+    error::Error,
     principal::Principal,
     store::TokenRecord,
+    telemetry::metrics::CACHE_EVICTIONS_TOTAL,
     token::{LookupId, PlainToken},
 };
-
-/// Cache settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Most verified tokens held.
-    pub max_entries: u64,
-    /// How long a verified token is trusted without a store read (backstop for a missed
-    /// revocation notice).
-    pub ttl_seconds: u64,
-    /// The verify-slot interval per lookup id after a wrong secret.
-    pub negative_ttl_ms: u64,
-    /// How long cached answers may still be served while the revocation listener is down.
-    pub max_staleness_seconds: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            max_entries: 100_000,
-            ttl_seconds: 60,
-            negative_ttl_ms: 1000,
-            max_staleness_seconds: 30,
-        }
-    }
-}
 
 /// A verified token, as cached: its row (the hash, never the secret) and its principal,
 /// expanded once when it was verified rather than on every hit.
@@ -66,19 +42,6 @@ pub struct Verified {
     pub record: TokenRecord,
     /// Who it is, scopes expanded.
     pub principal: Principal,
-}
-
-/// Why a cold lookup did not produce a verified token; shared by every caller waiting on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MissError {
-    /// No such token, or a wrong secret, or a verify slot taken by a recent wrong secret.
-    Unknown,
-    /// The store could not be reached.
-    Unavailable,
-    /// The argon2 queue is full.
-    Exhausted,
-    /// Something unexpected (logged where it happened).
-    Internal,
 }
 
 /// The cache. Cheap to clone.
@@ -119,8 +82,7 @@ impl TokenCache {
                     // Explicit removal is the drop after a listener reconnect; count the
                     // rest (capacity, expiry, replacement).
                     if cause != moka::notification::RemovalCause::Explicit {
-                        metrics::counter!(crate::telemetry::metrics::CACHE_EVICTIONS_TOTAL)
-                            .increment(1);
+                        metrics::counter!(CACHE_EVICTIONS_TOTAL).increment(1);
                     }
                 })
                 .build(),
@@ -161,12 +123,15 @@ impl TokenCache {
     }
 
     /// The verified token for `key`, loading it with `load` on a miss; concurrent misses
-    /// for one key share one load.
-    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Verified>, MissError>
+    /// for one key share one load, and its error.
+    pub async fn get_or_load<F>(&self, key: [u8; 32], load: F) -> Result<Arc<Verified>, Error>
     where
-        F: Future<Output = Result<Arc<Verified>, MissError>>,
+        F: Future<Output = Result<Arc<Verified>, Error>>,
     {
-        self.verified.try_get_with(key, load).await.map_err(|e| *e)
+        self.verified
+            .try_get_with(key, load)
+            .await
+            .map_err(|e| (*e).clone())
     }
 
     /// Takes the verify slot of a lookup id; false if a verify ran within the interval.

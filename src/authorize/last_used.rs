@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::{
     store::{StoreError, TokenStore, truncate_micros},
-    telemetry,
+    telemetry::metrics::{
+        LAST_USED_FLUSH_ERRORS_TOTAL, LAST_USED_FLUSH_SIZE, LAST_USED_FLUSHES_TOTAL,
+    },
 };
 
 /// Pending last-used times. Cheap to clone.
@@ -36,11 +38,6 @@ impl LastUsed {
         }
     }
 
-    /// Tokens waiting to be written.
-    pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Writes everything pending in one store call. On failure the batch is put back
     /// (newer notes win) so nothing is lost before the next try.
     pub async fn flush(&self, store: &dyn TokenStore) -> Result<usize, StoreError> {
@@ -56,11 +53,12 @@ impl LastUsed {
         }
         match store.record_last_used(&batch).await {
             Ok(_) => {
-                telemetry::last_used_flushed(batch.len());
+                metrics::counter!(LAST_USED_FLUSHES_TOTAL).increment(1);
+                metrics::histogram!(LAST_USED_FLUSH_SIZE).record(batch.len() as f64);
                 Ok(batch.len())
             }
             Err(e) => {
-                telemetry::last_used_flush_failed();
+                metrics::counter!(LAST_USED_FLUSH_ERRORS_TOTAL).increment(1);
                 for (id, at) in batch {
                     self.note(id, at);
                 }

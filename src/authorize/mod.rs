@@ -12,20 +12,32 @@ use chrono::{DateTime, Utc};
 
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
 use self::{
-    cache::{MissError, TokenCache, Verified},
+    cache::{TokenCache, Verified},
     last_used::LastUsed,
 };
 use crate::{
     error::Error,
     principal::Principal,
     scope::{Catalog, ScopeMatch, ScopeSet},
-    store::TokenStore,
-    telemetry::metrics as telemetry,
+    store::{TokenRecord, TokenStore},
+    telemetry::{
+        self,
+        metrics::{
+            ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL,
+            NEGATIVE_CACHE_HITS_TOTAL,
+        },
+    },
     token::{
         PlainToken,
-        hash::{TokenHasher, Verification},
+        hash::{HashError, SecretHash, TokenHasher, Verification},
+        status::TokenStatus,
     },
 };
+
+/// The cold path's error for a token that is not valid (no such lookup id, a wrong secret,
+/// an unreadable hash): shared through the cache like any error, then turned into
+/// [`Denial::Unknown`] by [`Authorizer::authenticate`].
+const UNKNOWN_TOKEN: Error = Error::Unauthenticated("unknown token");
 
 /// Why a token is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,19 +142,9 @@ impl Authorizer {
         field: &str,
         names: &[S],
     ) -> Result<ScopeSet, Error> {
-        self.catalog.resolve(names).map_err(|unknown| {
-            Error::InvalidArgument(
-                unknown
-                    .into_iter()
-                    .map(|(i, name)| {
-                        crate::error::FieldViolation::new(
-                            format!("{field}[{i}]"),
-                            format!("unknown scope {name:?}"),
-                        )
-                    })
-                    .collect(),
-            )
-        })
+        self.catalog
+            .resolve(names)
+            .map_err(|unknown| Error::InvalidArgument(unknown.violations(field, 0)))
     }
 
     /// Authenticates a credential (a raw token or an `Authorization` value). `Err` only for
@@ -165,29 +167,23 @@ impl Authorizer {
         let verified = match self.cache.get(&key).await {
             Some(hit) => {
                 span.record("cache", "hit");
-                metrics::counter!(telemetry::CACHE_HITS_TOTAL).increment(1);
+                metrics::counter!(CACHE_HITS_TOTAL).increment(1);
                 hit
             }
             None => {
                 span.record("cache", "miss");
-                metrics::counter!(telemetry::CACHE_MISSES_TOTAL).increment(1);
+                metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
                 // Boxed: the cold path's state machine is large, and moving it with every
                 // warm request's future cost more than the allocation on a miss.
                 match Box::pin(self.cache.get_or_load(key, self.load_and_verify(token))).await {
                     Ok(verified) => verified,
-                    Err(MissError::Unknown) => return Ok(Err(Denial::Unknown)),
-                    Err(MissError::Unavailable) => return Err(Error::Unavailable),
-                    Err(MissError::Exhausted) => {
-                        return Err(Error::ResourceExhausted(
-                            "too many token verifications queued",
-                        ));
-                    }
-                    Err(MissError::Internal) => return Err(Error::Internal),
+                    Err(Error::Unauthenticated(_)) => return Ok(Err(Denial::Unknown)),
+                    Err(e) => return Err(e),
                 }
             }
         };
         span.record("token.id", tracing::field::display(verified.record.id));
-        crate::telemetry::note_token_id(verified.record.id);
+        telemetry::note_token_id(verified.record.id);
         // Checked after the secret is proven, on hits and misses alike: a notice that raced
         // a miss still wins.
         if self.cache.is_revoked(&verified.record.lookup_id) {
@@ -197,26 +193,53 @@ impl Authorizer {
     }
 
     /// The cold path: one store read and one argon2 verify on the bounded pool.
-    async fn load_and_verify(&self, token: PlainToken) -> Result<Arc<Verified>, MissError> {
-        let record = match self.store.find_by_lookup_id(token.lookup_id()).await {
-            // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
-            Ok(None) => return Err(MissError::Unknown),
-            Ok(Some(record)) => record,
-            Err(e) => {
-                return Err(match Error::from(e) {
-                    Error::Unavailable => MissError::Unavailable,
-                    _ => MissError::Internal,
-                });
-            }
-        };
+    async fn load_and_verify(&self, token: PlainToken) -> Result<Arc<Verified>, Error> {
+        // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
+        let record = self
+            .store
+            .find_by_lookup_id(token.lookup_id())
+            .await?
+            .ok_or(UNKNOWN_TOKEN)?;
         let lookup_id = token.lookup_id().clone();
         if !self.cache.take_verify_slot(&lookup_id) {
-            metrics::counter!(telemetry::NEGATIVE_CACHE_HITS_TOTAL).increment(1);
-            return Err(MissError::Unknown);
+            metrics::counter!(NEGATIVE_CACHE_HITS_TOTAL).increment(1);
+            return Err(UNKNOWN_TOKEN);
         }
+        let (verification, rehash) = match self.verify(token, record.secret_hash.clone()).await {
+            Ok(done) => done,
+            Err(e) => {
+                // Not judged: the slot goes back for the next try.
+                self.cache.release_verify_slot(&lookup_id);
+                return Err(e);
+            }
+        };
+        match verification {
+            Ok(Verification::Match { .. }) => {
+                self.cache.release_verify_slot(&lookup_id);
+                if let Some(new_hash) = rehash
+                    && let Err(e) = self.store.replace_hash(record.id, &new_hash).await
+                {
+                    tracing::warn!(token.id = %record.id, error = %e, "rehash not stored");
+                }
+                Ok(Arc::new(self.verified(record)))
+            }
+            Ok(Verification::Mismatch) => Err(UNKNOWN_TOKEN),
+            Err(e) => {
+                tracing::error!(token.id = %record.id, error = %e, "stored hash unreadable");
+                Err(UNKNOWN_TOKEN)
+            }
+        }
+    }
+
+    /// Verifies `token` against `stored` on the argon2 pool, and computes the new hash when
+    /// the stored one has outdated parameters.
+    async fn verify(
+        &self,
+        token: PlainToken,
+        stored: SecretHash,
+    ) -> Result<(Result<Verification, HashError>, Option<SecretHash>), Error> {
         let hasher = self.hasher.clone();
-        let stored = record.secret_hash.clone();
-        let outcome = self
+        let (verification, rehash) = self
             .pool
             .run(move || {
                 let verification = hasher.verify(&token, &stored);
@@ -226,54 +249,37 @@ impl Authorizer {
                 };
                 (verification, rehash)
             })
-            .await;
-        let (verification, rehash) = match outcome {
-            Ok(done) => done,
-            Err(e) => {
-                // Not judged: the slot goes back for the next try.
-                self.cache.release_verify_slot(&lookup_id);
-                return Err(match e {
-                    Error::ResourceExhausted(_) => MissError::Exhausted,
-                    _ => MissError::Internal,
-                });
-            }
+            .await?;
+        let outcome = match &verification {
+            Ok(Verification::Match { .. }) => "match",
+            Ok(Verification::Mismatch) => "mismatch",
+            Err(_) => "error",
         };
-        crate::telemetry::argon2_verified(&verification);
-        match verification {
-            Ok(Verification::Match { .. }) => {
-                self.cache.release_verify_slot(&lookup_id);
-                if let Some(new_hash) = rehash
-                    && let Err(e) = self.store.replace_hash(record.id, &new_hash).await
-                {
-                    tracing::warn!(token.id = %record.id, error = %e, "rehash not stored");
-                }
-                let scopes = self
-                    .catalog
-                    .expand(&self.catalog.from_stored(&record.scopes));
-                let principal = Principal {
-                    token_id: record.id,
-                    owner: record.owner.clone(),
-                    scopes,
-                    expires_at: record.expires_at,
-                };
-                Ok(Arc::new(Verified { record, principal }))
-            }
-            Ok(Verification::Mismatch) => Err(MissError::Unknown),
-            Err(e) => {
-                tracing::error!(token.id = %record.id, error = %e, "stored hash unreadable");
-                Err(MissError::Unknown)
-            }
-        }
+        metrics::counter!(ARGON2_VERIFIES_TOTAL, "outcome" => outcome).increment(1);
+        Ok((verification, rehash))
+    }
+
+    /// A proven token as the cache keeps it, its scopes expanded once.
+    fn verified(&self, record: TokenRecord) -> Verified {
+        let scopes = self
+            .catalog
+            .expand(&self.catalog.from_stored(&record.scopes));
+        let principal = Principal {
+            token_id: record.id,
+            owner: record.owner.clone(),
+            scopes,
+            expires_at: record.expires_at,
+        };
+        Verified { record, principal }
     }
 
     /// Revocation and expiry of a verified token.
     fn judge(&self, verified: Arc<Verified>, now: DateTime<Utc>) -> Result<Authenticated, Denial> {
         let record = &verified.record;
-        if record.revoked_at.is_some() {
-            return Err(Denial::Revoked);
-        }
-        if record.is_expired_at(now) {
-            return Err(Denial::Expired);
+        match record.status_at(now) {
+            TokenStatus::Revoked => return Err(Denial::Revoked),
+            TokenStatus::Expired => return Err(Denial::Expired),
+            TokenStatus::Active => {}
         }
         self.last_used.note(record.id, now);
         Ok(Authenticated {

@@ -18,7 +18,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::service::Routes;
 use tower::Layer;
 
-use crate::telemetry::grpc::GrpcTelemetryLayer;
+use crate::transport::telemetry::GrpcTelemetryLayer;
 
 /// The Content-Security-Policy of every console response: scripts, styles and API calls
 /// from the console's own origin only (no inline script or style, no eval), no plugins,

@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::pagination::Cursor;
 use crate::token::{
     LookupId,
     fields::{Description, Owner, OwnerId, TokenName},
     hash::SecretHash,
+    status::TokenStatus,
 };
 
 /// A token row. Holds the hash of the secret, never the secret.
@@ -47,9 +49,9 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
-    /// Whether the token has expired at `now` (a token stops working exactly at expires_at).
-    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.is_some_and(|e| now >= e)
+    /// The token's status at `now`.
+    pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
+        TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
 }
 
@@ -76,15 +78,6 @@ pub struct NewToken {
     pub created_by: String,
     /// Expiry, if any (microsecond precision).
     pub expires_at: Option<DateTime<Utc>>,
-}
-
-/// Position in a listing: the last item of the previous page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Its creation time.
-    pub created_at: DateTime<Utc>,
-    /// Its id (ties on created_at).
-    pub id: Uuid,
 }
 
 /// Which tokens to list: newest first, `(created_at, id)` descending.

@@ -12,8 +12,6 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::token::hash::{HashError, Verification};
-
 /// Counter, labels `rpc` (`package.Service/Method`, or `unknown`) and `code` (gRPC status
 /// name): finished gRPC calls.
 pub const REQUESTS_TOTAL: &str = "casola_auth_requests_total";
@@ -93,8 +91,8 @@ pub const ALL: &[&str] = &[
     LAST_USED_FLUSH_ERRORS_TOTAL,
 ];
 
-/// The values of the `reason` label of [`DECISIONS_TOTAL`] besides the deny reasons of
-/// `authorize::Denial::as_str`.
+/// The values of the `reason` label of [`DECISIONS_TOTAL`] besides the domain's stable
+/// denial names (`malformed`, `unknown`, `revoked`, `expired`, `insufficient_scope`).
 pub mod reasons {
     /// An allow.
     pub const NONE: &str = "none";
@@ -270,27 +268,6 @@ pub fn render(handle: &PrometheusHandle) -> String {
     // Publishes pending descriptions and drains histogram samples into their buckets.
     handle.run_upkeep();
     handle.render()
-}
-
-/// Counts an argon2 verify by outcome.
-pub fn argon2_verified(result: &Result<Verification, HashError>) {
-    let outcome = match result {
-        Ok(Verification::Match { .. }) => "match",
-        Ok(Verification::Mismatch) => "mismatch",
-        Err(_) => "error",
-    };
-    metrics::counter!(ARGON2_VERIFIES_TOTAL, "outcome" => outcome).increment(1);
-}
-
-/// Counts a last-used flush that wrote `tokens` rows.
-pub fn last_used_flushed(tokens: usize) {
-    metrics::counter!(LAST_USED_FLUSHES_TOTAL).increment(1);
-    metrics::histogram!(LAST_USED_FLUSH_SIZE).record(tokens as f64);
-}
-
-/// Counts a failed last-used flush.
-pub fn last_used_flush_failed() {
-    metrics::counter!(LAST_USED_FLUSH_ERRORS_TOTAL).increment(1);
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! - Logs: `tracing` to stderr, readable text (colours on a terminal) or one JSON object per
 //!   line (`log_format = "json"`), filtered by `RUST_LOG` (default `info`). One line per
-//!   gRPC call ([`grpc`]); never a token, a secret or a hash.
+//!   gRPC call (written by the transport's call layer); never a token, a secret or a hash.
 //! - Traces: OpenTelemetry over OTLP/gRPC through `tracing-opentelemetry`, configured only by
 //!   the standard variables, and off unless an endpoint is set:
 //!
@@ -18,14 +18,13 @@
 //!   | `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none` | tracing off |
 //!
 //!   The incoming W3C `traceparent`/`tracestate` is the parent of each call's span
-//!   ([`context`], [`grpc`], [`request::check_span`] for Envoy Check).
+//!   ([`context`]; the transport's call layer opens the spans).
 //! - Metrics: the `metrics` facade into a Prometheus recorder, served at `/metrics` by the
 //!   admin port; every name is in [`metrics`].
 
+pub mod call;
 pub mod context;
-pub mod grpc;
 pub mod metrics;
-pub mod request;
 
 use std::io::IsTerminal;
 
@@ -37,10 +36,7 @@ use tracing_subscriber::{
     EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
-pub use self::{
-    metrics::{argon2_verified, last_used_flush_failed, last_used_flushed},
-    request::{Entry, Verdict, check_span, note_token_id, record},
-};
+pub use self::call::{Verdict, note_token_id, record};
 use crate::config::LogFormat;
 
 /// The `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` sets one.
@@ -123,11 +119,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn tracing(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports what is buffered and stops the exporter. Blocks a thread of its own: the
     /// exporter needs the runtime while it flushes.
     pub async fn shutdown(self) {

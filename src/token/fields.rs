@@ -11,10 +11,6 @@ pub const DESCRIPTION_MAX_CHARS: usize = 1000;
 pub const OWNER_ID_MAX_CHARS: usize = 128;
 /// Longest expiry, in days (ten years).
 pub const EXPIRES_IN_DAYS_MAX: i32 = 3650;
-/// Page size when none is asked for.
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-/// Largest page; larger requests are served this many.
-pub const MAX_PAGE_SIZE: usize = 500;
 
 /// A token's label: 1-100 characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,26 +154,6 @@ pub struct Owner {
     pub user_id: OwnerId,
 }
 
-/// A list page size: 0 means the default, larger than the maximum is served the maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageSize(usize);
-
-impl PageSize {
-    /// Parses a requested page size.
-    pub fn parse(requested: i32) -> Result<Self, String> {
-        match usize::try_from(requested) {
-            Err(_) => Err(format!("must not be negative, is {requested}")),
-            Ok(0) => Ok(Self(DEFAULT_PAGE_SIZE)),
-            Ok(n) => Ok(Self(n.min(MAX_PAGE_SIZE))),
-        }
-    }
-
-    /// The number of items.
-    pub fn get(self) -> usize {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,14 +185,6 @@ mod tests {
         assert_eq!(ExpiresInDays::parse(1).unwrap().days(), 1);
         assert_eq!(ExpiresInDays::parse(3650).unwrap().days(), 3650);
         assert!(ExpiresInDays::parse(3651).is_err());
-    }
-
-    #[test]
-    fn page_sizes_default_clamp_and_reject_negatives() {
-        assert_eq!(PageSize::parse(0).unwrap().get(), 50);
-        assert_eq!(PageSize::parse(7).unwrap().get(), 7);
-        assert_eq!(PageSize::parse(10_000).unwrap().get(), 500);
-        assert!(PageSize::parse(-1).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod fields;
 pub mod hash;
+pub mod status;
 
 use std::fmt;
 

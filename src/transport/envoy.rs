@@ -16,16 +16,21 @@ use envoy_types::{
     },
     pb::google::protobuf::{Struct, Value, value::Kind},
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use super::{
+    grpc::status,
+    telemetry::check_span,
+    verdict::{self, Entry},
+};
 use crate::{
     authorize::{Authorizer, Decision, Denial},
     config::EnvoyConfig,
     error::Error,
     principal::Principal,
     scope::{Catalog, ScopeMatch, ScopeSet},
-    telemetry::{self, Entry, Verdict, metrics::reasons},
+    telemetry::{Verdict, metrics::reasons},
 };
 
 /// Descriptor set of `envoy/service/auth/v3/external_auth.proto` and its imports, for
@@ -81,13 +86,6 @@ fn split_scopes(raw: &str) -> Vec<&str> {
         .collect()
 }
 
-fn unknown_scopes(catalog: &Catalog, names: &[&str]) -> Result<ScopeSet, String> {
-    catalog.resolve(names).map_err(|unknown| {
-        let names: Vec<_> = unknown.into_iter().map(|(_, n)| n).collect();
-        format!("unknown scopes: {}", names.join(", "))
-    })
-}
-
 impl RouteTable {
     /// Builds the table; unknown scope names are a configuration error.
     pub fn from_config(config: &EnvoyConfig, catalog: &Catalog) -> Result<Self, String> {
@@ -97,14 +95,15 @@ impl RouteTable {
                 return Err(format!("envoy.routes[{i}].path_prefix must start with '/'"));
             }
             let names: Vec<&str> = rule.scopes.iter().map(String::as_str).collect();
-            let scopes =
-                unknown_scopes(catalog, &names).map_err(|e| format!("envoy.routes[{i}]: {e}"))?;
+            let scopes = catalog
+                .resolve(&names)
+                .map_err(|e| format!("envoy.routes[{i}]: {e}"))?;
             routes.push(Route {
                 method: rule.method.as_ref().map(|m| m.to_ascii_uppercase()),
                 path_prefix: rule.path_prefix.clone(),
                 requirement: Requirement {
                     scopes,
-                    mode: rule.mode.into(),
+                    mode: rule.mode,
                 },
             });
         }
@@ -168,17 +167,15 @@ impl CheckApi {
         let attributes = req.attributes.as_ref();
         let extensions = attributes.map(|a| &a.context_extensions);
         if let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) {
-            let scopes = unknown_scopes(self.authorizer.catalog(), &split_scopes(raw))
+            let scopes = self
+                .authorizer
+                .catalog()
+                .resolve(&split_scopes(raw))
                 .map_err(|e| format!("context extension {SCOPES_KEY}: {e}"))?;
-            let mode = match extensions.and_then(|e| e.get(MATCH_KEY)).map(|m| m.trim()) {
-                None | Some("") | Some("all") => ScopeMatch::All,
-                Some("any") => ScopeMatch::Any,
-                Some(other) => {
-                    return Err(format!(
-                        "context extension {MATCH_KEY}: {other:?} is not all or any"
-                    ));
-                }
-            };
+            let mode = extensions
+                .and_then(|e| e.get(MATCH_KEY))
+                .map_or(Ok(ScopeMatch::All), |m| m.parse())
+                .map_err(|e| format!("context extension {MATCH_KEY}: {e}"))?;
             return Ok(Some(Requirement { scopes, mode }));
         }
         let http = attributes
@@ -203,12 +200,12 @@ impl CheckApi {
         let requirement = match self.requirement(req) {
             Ok(r) => r,
             Err(message) => {
-                telemetry::record(Entry::Check, Verdict::deny(reasons::MISCONFIGURED_ROUTE));
+                verdict::record(Entry::Check, Verdict::deny(reasons::MISCONFIGURED_ROUTE));
                 return Outcome::Misconfigured(message);
             }
         };
         let Some(credential) = self.credential(req.get_client_headers()) else {
-            telemetry::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
+            verdict::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
             return Outcome::Unauthenticated(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
             );
@@ -219,7 +216,7 @@ impl CheckApi {
         };
         let decision = self.authorizer.authorize(credential, &required, mode).await;
         let covered = matched || self.config.allow_unmatched;
-        telemetry::record(Entry::Check, check_verdict(&decision, covered));
+        verdict::record(Entry::Check, check_verdict(&decision, covered));
         match decision {
             Ok(Decision::Allow(principal)) if matched || self.config.allow_unmatched => {
                 Outcome::Allow(principal)
@@ -256,142 +253,154 @@ impl CheckApi {
 
     fn respond(&self, req: &CheckRequest, outcome: Outcome) -> CheckResponse {
         let mut response = CheckResponse::new();
-        match outcome {
+        let (code, message, denied) = match outcome {
             Outcome::Allow(principal) => {
-                let mut ok = OkHttpResponseBuilder::new();
-                let scopes = principal.scopes.join(" ");
-                for (name, value) in [
-                    (TOKEN_ID_HEADER, principal.token_id.to_string()),
-                    (ORG_ID_HEADER, principal.owner.org_id.to_string()),
-                    (USER_ID_HEADER, principal.owner.user_id.to_string()),
-                    (SCOPES_HEADER, scopes.clone()),
-                ] {
-                    // Overwrite: a client-sent value of these names never survives.
-                    ok.add_header(
-                        name,
-                        value,
-                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                        true,
-                    );
-                }
-                if let Some(headers) = req.get_client_headers() {
-                    for name in headers.keys() {
-                        let name = name.to_ascii_lowercase();
-                        if name.starts_with("x-casola-")
-                            && !IDENTITY_HEADERS.contains(&name.as_str())
-                        {
-                            ok.remove_header(name);
-                        }
-                    }
-                }
-                if !self.config.keep_authorization {
-                    ok.remove_header("authorization");
-                }
-                if let Some(extra) = &self.config.token_header {
-                    ok.remove_header(extra.to_ascii_lowercase());
-                }
-                let metadata = Struct {
-                    fields: [
-                        ("token_id", principal.token_id.to_string()),
-                        ("org_id", principal.owner.org_id.to_string()),
-                        ("user_id", principal.owner.user_id.to_string()),
-                        ("scopes", scopes),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| {
-                        (
-                            k.to_owned(),
-                            Value {
-                                kind: Some(Kind::StringValue(v)),
-                            },
-                        )
-                    })
-                    .collect(),
-                };
                 response
-                    .set_status(Status::ok(""))
-                    .set_dynamic_metadata(Some(metadata))
-                    .set_http_response(ok);
+                    .set_status(status::check(Code::Ok, ""))
+                    .set_dynamic_metadata(Some(identity_metadata(&principal)))
+                    .set_http_response(self.allowed(req, &principal));
+                return response;
             }
-            Outcome::Unauthenticated(message) => {
-                let mut denied = json_error(
-                    HttpStatusCode::Unauthorized,
-                    message,
-                    "invalid_request_error",
-                    "invalid_api_key",
-                );
-                denied.add_header(
-                    "www-authenticate",
-                    r#"Bearer realm="casola", error="invalid_token""#,
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-                response
-                    .set_status(Status::unauthenticated(message))
-                    .set_http_response(denied);
-            }
-            Outcome::Forbidden { message, missing } => {
-                let mut denied = json_error(
-                    HttpStatusCode::Forbidden,
-                    &message,
-                    "permission_error",
-                    "insufficient_scope",
-                );
-                denied.add_header(
-                    "www-authenticate",
-                    format!(
-                        r#"Bearer realm="casola", error="insufficient_scope", scope="{}""#,
-                        missing.join(" ")
-                    ),
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-                response
-                    .set_status(Status::permission_denied(message))
-                    .set_http_response(denied);
-            }
-            Outcome::Misconfigured(cause) => {
-                tracing::error!(error = %cause, "check refused a misconfigured route");
-                let denied = json_error(
-                    HttpStatusCode::InternalServerError,
-                    "The gateway's authorization rule for this route is misconfigured.",
-                    "server_error",
-                    "authorization_misconfigured",
-                );
-                response
-                    .set_status(Status::internal("misconfigured route"))
-                    .set_http_response(denied);
-            }
-            Outcome::Unavailable(message) => {
-                let mut denied = json_error(
-                    HttpStatusCode::ServiceUnavailable,
-                    message,
-                    "server_error",
-                    "service_unavailable",
-                );
-                denied.add_header(
-                    "retry-after",
-                    "1",
-                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                    false,
-                );
-                response
-                    .set_status(Status::unavailable(message))
-                    .set_http_response(denied);
+            refused => refusal(refused),
+        };
+        response
+            .set_status(status::check(code, &message))
+            .set_http_response(denied);
+        response
+    }
+
+    /// The allow: identity headers set (overwriting any a client sent), every other
+    /// client `x-casola-*` header and the credential headers removed.
+    fn allowed(&self, req: &CheckRequest, principal: &Principal) -> OkHttpResponseBuilder {
+        let mut ok = OkHttpResponseBuilder::new();
+        for (name, value) in identity(principal) {
+            ok.add_header(
+                name,
+                value,
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                true,
+            );
+        }
+        if let Some(headers) = req.get_client_headers() {
+            for name in headers.keys() {
+                let name = name.to_ascii_lowercase();
+                if name.starts_with("x-casola-") && !IDENTITY_HEADERS.contains(&name.as_str()) {
+                    ok.remove_header(name);
+                }
             }
         }
-        response
+        if !self.config.keep_authorization {
+            ok.remove_header("authorization");
+        }
+        if let Some(extra) = &self.config.token_header {
+            ok.remove_header(extra.to_ascii_lowercase());
+        }
+        ok
+    }
+}
+
+/// A refusal: the status behind it and the HTTP answer Envoy sends (an OpenAI-style JSON
+/// error, `WWW-Authenticate` on 401 and 403, `Retry-After` on 503).
+fn refusal(outcome: Outcome) -> (Code, String, DeniedHttpResponseBuilder) {
+    match outcome {
+        Outcome::Allow(_) => unreachable!("an allow is no refusal"),
+        Outcome::Unauthenticated(message) => {
+            let mut denied = json_error(
+                HttpStatusCode::Unauthorized,
+                message,
+                "invalid_request_error",
+                "invalid_api_key",
+            );
+            set_header(
+                &mut denied,
+                "www-authenticate",
+                r#"Bearer realm="casola", error="invalid_token""#.into(),
+            );
+            (Code::Unauthenticated, message.to_owned(), denied)
+        }
+        Outcome::Forbidden { message, missing } => {
+            let mut denied = json_error(
+                HttpStatusCode::Forbidden,
+                &message,
+                "permission_error",
+                "insufficient_scope",
+            );
+            let challenge = format!(
+                r#"Bearer realm="casola", error="insufficient_scope", scope="{}""#,
+                missing.join(" ")
+            );
+            set_header(&mut denied, "www-authenticate", challenge);
+            (Code::PermissionDenied, message, denied)
+        }
+        Outcome::Misconfigured(cause) => {
+            tracing::error!(error = %cause, "check refused a misconfigured route");
+            let denied = json_error(
+                HttpStatusCode::InternalServerError,
+                "The gateway's authorization rule for this route is misconfigured.",
+                "server_error",
+                "authorization_misconfigured",
+            );
+            (Code::Internal, "misconfigured route".to_owned(), denied)
+        }
+        Outcome::Unavailable(message) => {
+            let mut denied = json_error(
+                HttpStatusCode::ServiceUnavailable,
+                message,
+                "server_error",
+                "service_unavailable",
+            );
+            set_header(&mut denied, "retry-after", "1".into());
+            (Code::Unavailable, message.to_owned(), denied)
+        }
+    }
+}
+
+fn set_header(denied: &mut DeniedHttpResponseBuilder, name: &str, value: String) {
+    denied.add_header(
+        name,
+        value,
+        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+        false,
+    );
+}
+
+/// The identity of an allowed request: the header names with their values.
+fn identity(principal: &Principal) -> [(&'static str, String); 4] {
+    [
+        (TOKEN_ID_HEADER, principal.token_id.to_string()),
+        (ORG_ID_HEADER, principal.owner.org_id.to_string()),
+        (USER_ID_HEADER, principal.owner.user_id.to_string()),
+        (SCOPES_HEADER, principal.scopes.join(" ")),
+    ]
+}
+
+/// The identity as Envoy dynamic metadata (`token_id`, `org_id`, `user_id`, `scopes`), for
+/// the access log and later filters.
+fn identity_metadata(principal: &Principal) -> Struct {
+    let keys = ["token_id", "org_id", "user_id", "scopes"];
+    Struct {
+        fields: keys
+            .into_iter()
+            .zip(identity(principal))
+            .map(|(key, (_, value))| {
+                (
+                    key.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(value)),
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
 /// The verdict of a Check: an allowed token on a route no rule covers is refused.
 fn check_verdict(decision: &Result<Decision, Error>, covered: bool) -> Verdict {
     match decision {
-        Ok(Decision::Allow(principal)) if !covered => Verdict {
-            token_id: Some(principal.token_id),
-            ..Verdict::deny(reasons::UNMATCHED_ROUTE)
-        },
-        other => Verdict::of_decision(other),
+        Ok(Decision::Allow(principal)) if !covered => {
+            Verdict::deny(reasons::UNMATCHED_ROUTE).about(principal.token_id)
+        }
+        other => verdict::of_decision(other),
     }
 }
 
@@ -425,7 +434,7 @@ impl Authorization for CheckApi {
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         // The checked request's traceparent joins our span to the caller's trace.
-        let span = telemetry::check_span(req.get_client_headers());
+        let span = check_span(req.get_client_headers());
         let outcome = self.decide(&req).instrument(span).await;
         Ok(Response::new(self.respond(&req, outcome)))
     }
@@ -434,14 +443,14 @@ impl Authorization for CheckApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RouteMatch, RouteRule};
+    use crate::config::RouteRule;
 
     fn rule(method: Option<&str>, prefix: &str, scopes: &[&str]) -> RouteRule {
         RouteRule {
             method: method.map(Into::into),
             path_prefix: prefix.into(),
             scopes: scopes.iter().map(|s| (*s).into()).collect(),
-            mode: RouteMatch::All,
+            mode: ScopeMatch::All,
         }
     }
 

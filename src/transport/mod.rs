@@ -1,6 +1,10 @@
 //! Transport adapters: they convert wire types to domain calls and back, and nothing else.
 //! - [`grpc`]: our `casola.auth.v1` services, with caller authentication as a tower layer;
-//! - [`envoy`]: Envoy's ext_authz `Authorization/Check`, on the same decision path.
+//! - [`envoy`]: Envoy's ext_authz `Authorization/Check`, on the same decision path;
+//! - [`telemetry`]: the call layer around every gRPC service (span, metrics, log line) and
+//!   the Check span's parent rule; [`verdict`]: domain outcomes as telemetry labels.
 
 pub mod envoy;
 pub mod grpc;
+pub mod telemetry;
+pub mod verdict;

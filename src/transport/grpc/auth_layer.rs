@@ -10,9 +10,11 @@ use std::{
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
 
+use super::status;
 use crate::{
     authorize::Authorizer,
-    telemetry::{self, Entry, Verdict, metrics::reasons},
+    telemetry::{Verdict, metrics::reasons},
+    transport::verdict::{self, Entry},
 };
 
 /// Wraps a service with caller authentication.
@@ -78,20 +80,14 @@ where
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
             else {
-                telemetry::record(
+                verdict::record(
                     Entry::CallerAuth,
                     Verdict::deny(reasons::MISSING_CREDENTIAL),
                 );
-                return Ok(Status::unauthenticated(
-                    "missing credentials: send `authorization: Bearer <token>`",
-                )
-                .into_http());
+                return Ok(status::missing_credentials().into_http());
             };
             let authenticated = authorizer.authenticate(credential).await;
-            telemetry::record(
-                Entry::CallerAuth,
-                Verdict::of_authentication(&authenticated),
-            );
+            verdict::record(Entry::CallerAuth, verdict::of_authentication(&authenticated));
             match authenticated {
                 Ok(Ok(authenticated)) => {
                     req.extensions_mut().insert(authenticated.principal);
@@ -99,7 +95,7 @@ where
                 }
                 Ok(Err(denial)) => {
                     tracing::info!(reason = denial.as_str(), "caller token refused");
-                    Ok(Status::unauthenticated("invalid or expired token").into_http())
+                    Ok(status::caller_refused().into_http())
                 }
                 Err(e) => Ok(Status::from(e).into_http()),
             }

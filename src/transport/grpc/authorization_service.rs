@@ -3,13 +3,15 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::convert::{principal_to_proto, token_to_proto};
+use super::{
+    convert::{principal_to_proto, scope_match_from_proto, token_to_proto},
+    status,
+};
 use crate::{
     authorize::{Authenticated, Authorizer, Decision, Denial},
-    error::Error,
     proto::{self, authorization_service_server::AuthorizationService},
-    scope::ScopeMatch,
-    telemetry::{self, Entry, Verdict, metrics::reasons},
+    telemetry::{Verdict, metrics::reasons},
+    transport::verdict::{self, Entry},
 };
 
 /// The AuthorizationService implementation.
@@ -61,20 +63,12 @@ impl AuthorizationService for AuthorizationApi {
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
         let r = request.into_inner();
-        let mode = match proto::ScopeMatch::try_from(r.r#match) {
-            Ok(proto::ScopeMatch::Unspecified | proto::ScopeMatch::All) => ScopeMatch::All,
-            Ok(proto::ScopeMatch::Any) => ScopeMatch::Any,
-            Err(_) => {
-                return Err(
-                    Error::invalid("match", format!("unknown scope match {}", r.r#match)).into(),
-                );
-            }
-        };
+        let mode = scope_match_from_proto(r.r#match)?;
         let required = self
             .authorizer
             .required_scopes("required_scopes", &r.required_scopes)?;
         let decision = self.authorizer.authorize(&r.token, &required, mode).await;
-        telemetry::record(Entry::Authorize, Verdict::of_decision(&decision));
+        verdict::record(Entry::Authorize, verdict::of_decision(&decision));
         Ok(Response::new(decision_to_proto(decision?)))
     }
 
@@ -87,14 +81,11 @@ impl AuthorizationService for AuthorizationApi {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
         else {
-            telemetry::record(Entry::WhoAmI, Verdict::deny(reasons::MISSING_CREDENTIAL));
-            return Err(Error::Unauthenticated(
-                "missing credentials: send `authorization: Bearer <token>`",
-            )
-            .into());
+            verdict::record(Entry::WhoAmI, Verdict::deny(reasons::MISSING_CREDENTIAL));
+            return Err(status::missing_credentials());
         };
         let authenticated = self.authorizer.authenticate(credential).await;
-        telemetry::record(Entry::WhoAmI, Verdict::of_authentication(&authenticated));
+        verdict::record(Entry::WhoAmI, verdict::of_authentication(&authenticated));
         match authenticated? {
             Ok(Authenticated {
                 principal,
@@ -105,10 +96,7 @@ impl AuthorizationService for AuthorizationApi {
             })),
             Err(denial) => {
                 tracing::info!(reason = denial.as_str(), "who-am-I token refused");
-                Err(Status::unauthenticated(format!(
-                    "token not accepted: {}",
-                    denial.as_str()
-                )))
+                Err(status::token_not_accepted(&denial))
             }
         }
     }

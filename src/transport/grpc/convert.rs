@@ -3,7 +3,12 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    principal::Principal, proto, scope::Catalog, store::TokenRecord, token::display_prefix,
+    error::Error,
+    principal::Principal,
+    proto,
+    scope::{Catalog, ScopeMatch},
+    store::TokenRecord,
+    token::{display_prefix, status::TokenStatus},
 };
 
 /// A protobuf timestamp.
@@ -16,12 +21,10 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// A stored token as the API shows it (never a secret), status as of `now`.
 pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token {
-    let status = if record.revoked_at.is_some() {
-        proto::TokenStatus::Revoked
-    } else if record.is_expired_at(now) {
-        proto::TokenStatus::Expired
-    } else {
-        proto::TokenStatus::Active
+    let status = match record.status_at(now) {
+        TokenStatus::Active => proto::TokenStatus::Active,
+        TokenStatus::Expired => proto::TokenStatus::Expired,
+        TokenStatus::Revoked => proto::TokenStatus::Revoked,
     };
     proto::Token {
         id: record.id.to_string(),
@@ -37,6 +40,18 @@ pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token 
         last_used_at: record.last_used_at.map(timestamp),
         revoked_at: record.revoked_at.map(timestamp),
         status: status.into(),
+    }
+}
+
+/// The match mode of an AuthorizeRequest (unset: ALL).
+pub fn scope_match_from_proto(raw: i32) -> Result<ScopeMatch, Error> {
+    match proto::ScopeMatch::try_from(raw) {
+        Ok(proto::ScopeMatch::Unspecified | proto::ScopeMatch::All) => Ok(ScopeMatch::All),
+        Ok(proto::ScopeMatch::Any) => Ok(ScopeMatch::Any),
+        Err(_) => Err(Error::invalid(
+            "match",
+            format!("unknown scope match {raw}"),
+        )),
     }
 }
 

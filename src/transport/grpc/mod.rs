@@ -3,7 +3,7 @@
 mod auth_layer;
 mod authorization_service;
 mod convert;
-mod status;
+pub(crate) mod status;
 mod token_service;
 
 pub use auth_layer::{CallerAuth, CallerAuthLayer};

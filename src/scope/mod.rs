@@ -2,9 +2,18 @@
 //! implications, the presets, expansion and matching. Operators extend the default catalog
 //! from a file; unknown scope names are an error wherever they appear.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    str::FromStr,
+};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::error::FieldViolation;
+
+/// The default catalog, as TOML in the operator's file format.
+const DEFAULT_CATALOG: &str = include_str!("default-catalog.toml");
 
 /// The reserved service scope: create and manage tokens for any user of any organisation.
 /// No preset grants it, and it is never granted through the API (only by the CLI).
@@ -18,8 +27,9 @@ pub const ADMIN_READ: &str = "admin:read";
 /// Manage the organisation, revoke its tokens; implies admin:read.
 pub const ADMIN_WRITE: &str = "admin:write";
 
-/// How required scopes are matched against held ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+/// How required scopes are matched against held ones: `all` or `any`, the same words in
+/// the configuration (serde) and in Envoy context extensions ([`FromStr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScopeMatch {
     /// Every required scope must be held.
@@ -27,6 +37,47 @@ pub enum ScopeMatch {
     All,
     /// At least one required scope must be held.
     Any,
+}
+
+impl FromStr for ScopeMatch {
+    type Err = String;
+
+    /// `all` or `any` (surrounding blanks ignored); empty is the default, `all`.
+    fn from_str(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "" | "all" => Ok(Self::All),
+            "any" => Ok(Self::Any),
+            other => Err(format!("{other:?} is not all or any")),
+        }
+    }
+}
+
+/// Scope names the catalog does not know, with their positions in the list given: the one
+/// place an unknown scope becomes an error, as field violations or as a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownScopes(Vec<(usize, String)>);
+
+impl UnknownScopes {
+    /// One violation per unknown name, on `field[i]`; `offset` is subtracted from each
+    /// position (for lists resolved behind a preset's scopes).
+    pub fn violations(&self, field: &str, offset: usize) -> Vec<FieldViolation> {
+        self.0
+            .iter()
+            .map(|(i, name)| {
+                FieldViolation::new(
+                    format!("{field}[{}]", i - offset),
+                    format!("unknown scope {name:?}"),
+                )
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for UnknownScopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|(_, n)| n.as_str()).collect();
+        write!(f, "unknown scopes: {}", names.join(", "))
+    }
 }
 
 /// A sorted set of scope names known to the catalog.
@@ -134,6 +185,13 @@ pub struct CatalogSpec {
     pub presets: Vec<Preset>,
 }
 
+impl CatalogSpec {
+    /// A spec from the TOML of a catalog file (`[[categories]]`, `[[presets]]`).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// A catalog that does not hold together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -194,88 +252,7 @@ impl Default for Catalog {
 
 impl Catalog {
     fn defaults() -> CatalogSpec {
-        let scope = |name: &str, description: &str, implies: &[&str]| ScopeDef {
-            name: name.into(),
-            description: description.into(),
-            implies: implies.iter().map(|s| (*s).into()).collect(),
-        };
-        let preset = |id: &str, label: &str, description: &str, scopes: &[&str]| Preset {
-            id: id.into(),
-            label: label.into(),
-            description: description.into(),
-            scopes: scopes.iter().map(|s| (*s).into()).collect(),
-        };
-        CatalogSpec {
-            categories: vec![
-                Category {
-                    name: "user".into(),
-                    description: "Your jobs, models, workflows and profile".into(),
-                    scopes: vec![
-                        scope(
-                            USER_READ,
-                            "Read-only access to jobs, models, and your profile",
-                            &[],
-                        ),
-                        scope(
-                            USER_WRITE,
-                            "Submit jobs, manage workflows, update your profile",
-                            &[USER_READ],
-                        ),
-                    ],
-                },
-                Category {
-                    name: "admin".into(),
-                    description: "Organization settings, members, and billing".into(),
-                    scopes: vec![
-                        scope(
-                            ADMIN_READ,
-                            "View organization settings, members, and billing",
-                            &[],
-                        ),
-                        scope(
-                            ADMIN_WRITE,
-                            "Manage organization settings, members, and billing",
-                            &[ADMIN_READ],
-                        ),
-                    ],
-                },
-                Category {
-                    name: "service".into(),
-                    description: "Reserved for trusted platform backends".into(),
-                    scopes: vec![scope(
-                        TOKENS_ISSUE,
-                        "Create and manage tokens for any user of any organisation; no preset grants it",
-                        &[],
-                    )],
-                },
-            ],
-            presets: vec![
-                preset(
-                    "user-read",
-                    "User (Read-only)",
-                    "Read-only access to jobs, models, and your profile",
-                    &[USER_READ],
-                ),
-                preset(
-                    "user-full",
-                    "User (Full)",
-                    "Submit jobs, manage workflows, update your profile",
-                    &[USER_READ, USER_WRITE],
-                ),
-                preset(
-                    "admin-read",
-                    "Admin (Read-only)",
-                    "View organization settings, members, and billing",
-                    &[ADMIN_READ],
-                ),
-                preset(
-                    "admin-full",
-                    "Admin (Full)",
-                    "Manage organization settings, members, and billing",
-                    &[ADMIN_WRITE],
-                ),
-            ],
-        }
+        CatalogSpec::from_toml(DEFAULT_CATALOG).expect("the embedded default catalog parses")
     }
 
     /// The default catalog extended by an operator's spec.
@@ -369,7 +346,7 @@ impl Catalog {
     }
 
     /// Resolves names to a set; the error lists the position and name of each unknown one.
-    pub fn resolve<S: AsRef<str>>(&self, names: &[S]) -> Result<ScopeSet, Vec<(usize, String)>> {
+    pub fn resolve<S: AsRef<str>>(&self, names: &[S]) -> Result<ScopeSet, UnknownScopes> {
         let mut set = ScopeSet::default();
         let mut unknown = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -383,7 +360,7 @@ impl Catalog {
         if unknown.is_empty() {
             Ok(set)
         } else {
-            Err(unknown)
+            Err(UnknownScopes(unknown))
         }
     }
 
@@ -482,7 +459,20 @@ mod tests {
         let err = c
             .resolve(&["user:read", "jobs:write", "admin"])
             .unwrap_err();
-        assert_eq!(err, vec![(1, "jobs:write".into()), (2, "admin".into())]);
+        assert_eq!(
+            err,
+            UnknownScopes(vec![(1, "jobs:write".into()), (2, "admin".into())])
+        );
+        assert_eq!(err.to_string(), "unknown scopes: jobs:write, admin");
+        assert_eq!(err.violations("scopes", 1)[0].field, "scopes[0]");
+    }
+
+    #[test]
+    fn match_modes_parse_from_the_words_of_the_config() {
+        assert_eq!("all".parse(), Ok(ScopeMatch::All));
+        assert_eq!(" any ".parse(), Ok(ScopeMatch::Any));
+        assert_eq!("".parse(), Ok(ScopeMatch::All));
+        assert!("most".parse::<ScopeMatch>().unwrap_err().contains("most"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The gRPC server's telemetry layer, around every service: per call a span joined to the
-//! caller's W3C trace, the request counter and latency histogram, and one log line.
+//! caller's W3C trace, the request counter and latency histogram, and one log line. Also the
+//! rule that picks the parent of an Envoy Check span ([`check_span`]), which only the Check
+//! handler can apply: the checked request's headers are inside the request message.
 //!
 //! A call ends when its response body ends (for unary calls: the trailers with
 //! `grpc-status`), or when the body is dropped unfinished (the client went away:
@@ -18,21 +20,24 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use opentelemetry::trace::{Status as SpanStatus, TraceContextExt};
+use opentelemetry::{
+    Context,
+    trace::{SpanContext, Status as SpanStatus, TraceContextExt},
+};
 use prost::Message;
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, Level, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{
+use crate::telemetry::{
+    call::{self, Call, DecisionKind, Note},
     context,
     metrics::{REQUEST_DURATION_SECONDS, REQUESTS_TOTAL},
-    request::{Call, DecisionKind, Note},
 };
 
 /// The Envoy Check method: its span's parent comes from the checked request's headers,
-/// which only the handler sees ([`super::request::check_span`]).
+/// which only the handler sees ([`check_span`]).
 pub const CHECK_METHOD: &str = "envoy.service.auth.v3.Authorization/Check";
 
 /// Services that get metrics and log lines but no span: probes and reflection would fill
@@ -385,6 +390,62 @@ fn ids(call: &Call) -> (Option<String>, Option<String>) {
     (remote.map(|r| r.trace_id().to_string()), None)
 }
 
+/// The span of the current Check call, its parent chosen by [`check_parent`] from the
+/// checked request's `headers` and the call's gRPC metadata. The layer leaves a Check span
+/// unentered until this picks its parent; the caller runs the decision in it.
+pub fn check_span(headers: Option<&HashMap<String, String>>) -> Span {
+    call::with_current(|call| {
+        let http = headers.map(context::from_http_headers).unwrap_or_default();
+        let choice = check_parent(&call.remote, &http);
+        if let Some(parent) = choice.parent {
+            // Fails only when tracing is off (no OpenTelemetry layer): nothing to join.
+            let _ = call
+                .span
+                .set_parent(Context::new().with_remote_span_context(parent));
+        }
+        if let Some(link) = choice.link {
+            call.span.add_link(link);
+        }
+        call.span.clone()
+    })
+    .unwrap_or_else(Span::current)
+}
+
+/// The parent of a Check span, and a span to link to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckParent {
+    /// The parent (an empty context: a new trace).
+    pub parent: Option<SpanContext>,
+    /// A second context worth keeping: linked, not parent.
+    pub link: Option<SpanContext>,
+}
+
+/// Picks the parent of a Check span from the gRPC metadata of the Check call (`grpc`: set
+/// by Envoy's own tracing, if on) and the HTTP headers of the request being checked
+/// (`http`: the caller's trace, when Envoy forwards `traceparent`).
+///
+/// - Both in one trace: the gRPC one. Envoy's ext_authz span sits inside the caller's
+///   trace, between the caller's span and ours, so it is the more precise parent.
+/// - Different traces: the HTTP one. The request being checked is what an operator
+///   follows ("why was my request denied?"); Envoy's unrelated trace is kept as a link.
+/// - Only one: that one. None: a new trace.
+pub fn check_parent(grpc: &Context, http: &Context) -> CheckParent {
+    match (context::remote_span(grpc), context::remote_span(http)) {
+        (Some(g), Some(h)) if g.trace_id() == h.trace_id() => CheckParent {
+            parent: Some(g),
+            link: None,
+        },
+        (Some(g), Some(h)) => CheckParent {
+            parent: Some(h),
+            link: Some(g),
+        },
+        (g, h) => CheckParent {
+            parent: h.or(g),
+            link: None,
+        },
+    }
+}
+
 /// A response body that completes its call's telemetry when it ends (or is dropped).
 struct ObservedBody {
     inner: Body,
@@ -438,7 +499,7 @@ impl HttpBody for ObservedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::request::Verdict;
+    use crate::telemetry::{call::Verdict, metrics::reasons};
 
     #[test]
     fn only_served_methods_become_labels() {
@@ -474,7 +535,7 @@ mod tests {
             token_id: None,
         };
         let error = Note {
-            verdict: Some(Verdict::error(&crate::error::Error::Unavailable)),
+            verdict: Some(Verdict::error(reasons::UNAVAILABLE)),
             token_id: None,
         };
         assert_eq!(log_level(Code::Ok, &allow, false), Level::DEBUG);
@@ -497,5 +558,56 @@ mod tests {
         assert_eq!(code_name(Code::from(0)), "OK");
         assert_eq!(code_name(Code::from(14)), "UNAVAILABLE");
         assert_eq!(code_name(Code::from(16)), "UNAUTHENTICATED");
+    }
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const ENVOY_SAME_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+    const ENVOY_OTHER_TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b9c7c989f97918e1-01";
+
+    fn metadata(traceparent: Option<&str>) -> Context {
+        let mut headers = http::HeaderMap::new();
+        if let Some(tp) = traceparent {
+            headers.insert("traceparent", tp.parse().unwrap());
+        }
+        context::from_metadata(&headers)
+    }
+
+    fn http_headers(traceparent: Option<&str>) -> Context {
+        let headers: HashMap<String, String> = traceparent
+            .map(|tp| ("traceparent".to_owned(), tp.to_owned()))
+            .into_iter()
+            .collect();
+        context::from_http_headers(&headers)
+    }
+
+    fn span_id(cx: Option<SpanContext>) -> Option<String> {
+        cx.map(|c| c.span_id().to_string())
+    }
+
+    #[test]
+    fn check_prefers_the_checked_request_unless_envoy_is_in_the_same_trace() {
+        let pick = |g, h| {
+            let p = check_parent(&metadata(g), &http_headers(h));
+            (span_id(p.parent), span_id(p.link))
+        };
+        let caller = Some("00f067aa0ba902b7".to_owned());
+        // Only the caller's headers (Envoy without tracing): the caller's span.
+        assert_eq!(pick(None, Some(CALLER)), (caller.clone(), None));
+        // Envoy traces inside the caller's trace: Envoy's ext_authz span, the closer parent.
+        assert_eq!(
+            pick(Some(ENVOY_SAME_TRACE), Some(CALLER)),
+            (Some("b7ad6b7169203331".into()), None)
+        );
+        // Envoy's own unrelated trace: the caller's, with Envoy's linked.
+        assert_eq!(
+            pick(Some(ENVOY_OTHER_TRACE), Some(CALLER)),
+            (caller, Some("b9c7c989f97918e1".into()))
+        );
+        // Only gRPC metadata: that.
+        assert_eq!(
+            pick(Some(ENVOY_OTHER_TRACE), None),
+            (Some("b9c7c989f97918e1".into()), None)
+        );
+        assert_eq!(pick(None, None), (None, None));
     }
 }
