@@ -11,7 +11,8 @@ import re
 
 from playwright.sync_api import Page, expect
 
-from conftest import ADMIN_USER, COLLEAGUE, Tab
+from conftest import ADMIN_USER, COLLEAGUE, ORG, Console, Tab
+from harness import casola_auth_bin, clean_env, free_port, run, spawn, stop, wait_until
 
 SECRET = re.compile(r"^csl_[0-9A-Za-z]{50}$")
 # What the tests made, for the later ones.
@@ -285,3 +286,66 @@ def test_sign_out_forgets_the_token(tab: Tab):
     assert page.evaluate("sessionStorage.length") == 0
     page.reload()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+def test_paging_walks_through_more_tokens_than_fit_on_a_page(browser, console):
+    # 21 tokens for carol: one more than a page (app.ts PAGE_SIZE = 20).
+    first = _make_tokens(console, "carol", 21)
+    tab = Tab(browser, console)
+    try:
+        page = tab.sign_in(first)
+        expect(page.locator("#token-rows tr")).to_have_count(20)
+        expect(page.get_by_role("button", name="Previous page")).to_be_disabled()
+        page.get_by_role("button", name="Next page").click()
+        expect(page.locator("#page-number")).to_have_text("Page 2")
+        # Newest first: the first token made is the one left for page 2.
+        expect(page.locator("#token-rows tr")).to_have_count(1)
+        expect(row(page, "carol 00")).to_be_visible()
+        expect(page.get_by_role("button", name="Next page")).to_be_disabled()
+        tab.shot("19-second-page")
+        page.get_by_role("button", name="Previous page").click()
+        expect(page.locator("#token-rows tr")).to_have_count(20)
+    finally:
+        tab.close()
+
+
+def test_the_in_memory_run_prints_a_url_whose_page_takes_the_bootstrap_token(browser):
+    # The README's run: `casola-auth serve` with no database, then the URL it prints and the
+    # bootstrap token it prints. Only the ports differ (free ones, not the defaults).
+    port, admin_port, console_port = free_port(), free_port(), free_port()
+    proc = spawn(
+        "casola-auth-memory",
+        [casola_auth_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}"],
+        env=clean_env(CASOLA_AUTH_CONSOLE__LISTEN=f"127.0.0.1:{console_port}"),
+    )
+    try:
+        printed = wait_until(
+            "the console URL on stdout",
+            lambda: re.search(r"console \(API Tokens page\): (http://\S+)", proc.e2e_log.read_text()),
+            60,
+            proc,
+        )
+        url = printed.group(1)
+        assert url == f"http://127.0.0.1:{console_port}/"
+        bootstrap = re.search(r"bootstrap token \(.*\): (csl_\w+)", proc.e2e_log.read_text()).group(1)
+        tab = Tab(browser, Console(url=url, db_url="", admin_token=bootstrap, colleague_token=""))
+        try:
+            page = tab.sign_in(bootstrap)
+            expect(row(page, "bootstrap (in-memory store)")).to_be_visible()
+            tab.shot("20-in-memory-run")
+        finally:
+            tab.close()
+    finally:
+        stop(proc)
+
+
+def _make_tokens(console, user: str, n: int) -> str:
+    """`n` tokens for `user` (names `user 00`...), made with the CLI; returns the first."""
+    secrets = []
+    for i in range(n):
+        cp = run(
+            [casola_auth_bin(), "token", "create", "--org", ORG, "--user", user, "--name", f"{user} {i:02d}", "--preset", "user-read"],
+            env=clean_env(DATABASE_URL=console.db_url, CASOLA_AUTH_ARGON2__MEMORY_KIB="1024", CASOLA_AUTH_ARGON2__ITERATIONS="1"),
+        )
+        secrets.append(cp.stdout.strip())
+    return secrets[0]
