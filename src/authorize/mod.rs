@@ -23,8 +23,7 @@ use crate::{
     telemetry::{
         self,
         metrics::{
-            ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL,
-            NEGATIVE_CACHE_HITS_TOTAL,
+            ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, NEGATIVE_CACHE_HITS_TOTAL,
         },
     },
     token::{

@@ -87,7 +87,10 @@ where
                 return Ok(status::missing_credentials().into_http());
             };
             let authenticated = authorizer.authenticate(credential).await;
-            verdict::record(Entry::CallerAuth, verdict::of_authentication(&authenticated));
+            verdict::record(
+                Entry::CallerAuth,
+                verdict::of_authentication(&authenticated),
+            );
             match authenticated {
                 Ok(Ok(authenticated)) => {
                     req.extensions_mut().insert(authenticated.principal);
