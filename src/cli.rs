@@ -1,20 +1,34 @@
-//! The `casola-auth` command line: `serve`, and store commands for bootstrap and
-//! emergencies (`migrate`, `token create|list|revoke`, `scopes`) that talk to the
-//! configured store directly.
+//! The `casola-auth` command line: `serve`; store commands for bootstrap and emergencies
+//! (`migrate`, `token create|list|get|update|revoke`) that talk to the database directly;
+//! `scopes`, `check-config` and `completions`.
+//!
+//! Results go to stdout, as a table with a header row (`--output table`, the default) or as
+//! JSON with stable keys (`--output json`); messages go to stderr. A closed stdout (`| head`)
+//! ends a command quietly with status 0. Request errors name the flag (`--expires-in-days`),
+//! not the API field.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+mod output;
 
-use clap::{Args, Parser, Subcommand};
+use std::{io, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use serde::Serialize;
 
+pub use self::output::Format;
+use self::output::{CatalogView, TokenView, emit, json, note, token_detail, token_table};
 use crate::{
     config::{Config, DatabaseUrl},
-    manage::{Caller, CreateRequest, ListRequest},
+    error::{Error, FieldViolation},
+    manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
     server::{self, Services},
-    store::postgres::run_migrations,
+    store::{
+        TokenRecord,
+        postgres::{self, run_migrations},
+    },
     telemetry,
     token::hash::TokenHasher,
-    transport::{envoy::RouteTable, grpc::token_to_proto},
+    transport::envoy::RouteTable,
 };
 
 /// casola-auth: API tokens and authorization for the Casola platform.
@@ -26,103 +40,146 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command shares.
+/// `--config`, which every command reads.
 #[derive(Debug, Args, Clone)]
-pub struct Common {
-    /// Configuration file (TOML).
-    #[arg(long, env = "CASOLA_AUTH_CONFIG", global = true)]
+pub struct ConfigFile {
+    /// Configuration file (TOML); the environment and flags override it.
+    #[arg(long, env = "CASOLA_AUTH_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Postgres URL; without one the server uses the in-memory store.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+}
+
+/// `--database-url` for the commands that work on the database and need one.
+#[derive(Debug, Args, Clone)]
+pub struct Database {
+    /// Postgres URL (required here: from this flag, DATABASE_URL or `database_url` in the
+    /// configuration file).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub database_url: Option<String>,
+}
+
+/// `--output`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Output {
+    /// Output format: a table with a header row, or JSON with stable keys and RFC 3339
+    /// times.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve gRPC (TokenService, AuthorizationService, Envoy ext_authz, health, reflection).
-    Serve {
-        /// gRPC listen address [env CASOLA_AUTH_LISTEN; default 127.0.0.1:50051].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Admin HTTP listen address [env CASOLA_AUTH_ADMIN_LISTEN; default 127.0.0.1:9090].
-        #[arg(long)]
-        admin_listen: Option<SocketAddr>,
-        /// Run pending migrations before serving.
-        #[arg(long)]
-        migrate: bool,
-        /// Shared options.
-        #[command(flatten)]
-        common: Common,
-    },
-    /// Run pending database migrations and exit.
+    /// Serve gRPC (TokenService, AuthorizationService, Envoy ext_authz, health, reflection)
+    /// and the admin HTTP port.
+    Serve(ServeArgs),
+    /// Run pending database migrations on Postgres and exit (there is nothing to migrate in
+    /// memory: this command needs a database).
     Migrate {
-        /// Shared options.
+        /// The database to migrate.
         #[command(flatten)]
-        common: Common,
+        database: Database,
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
     },
-    /// Manage tokens directly in the store.
+    /// Manage tokens directly in the Postgres database (for bootstrap and emergencies; no
+    /// caller token needed, so guard access to the database URL).
     Token {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
-        /// Shared options.
+        /// The database.
         #[command(flatten)]
-        common: Common,
+        database: Database,
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Check a configuration (file, environment, scope catalog, Envoy route table, argon2
-    /// parameters) without starting anything; prints a summary without secrets.
+    /// parameters) without starting or connecting to anything; prints a summary without
+    /// secrets.
     CheckConfig {
-        /// Shared options.
+        /// Postgres URL, read as `serve` would read it; no connection is made.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+        database_url: Option<String>,
+        /// The configuration file.
         #[command(flatten)]
-        common: Common,
+        config: ConfigFile,
     },
-    /// Print the scope catalog and presets.
+    /// Print the scope catalog (defaults plus the operator's `catalog.file`) and presets.
     Scopes {
-        /// Shared options.
+        /// The format.
         #[command(flatten)]
-        common: Common,
+        output: Output,
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
     },
+    /// Print a shell completion script, e.g. `casola-auth completions bash >
+    /// /etc/bash_completion.d/casola-auth`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address [env CASOLA_AUTH_LISTEN; default 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP listen address [env CASOLA_AUTH_ADMIN_LISTEN; default 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Run pending migrations before serving.
+    #[arg(long)]
+    pub migrate: bool,
+    /// Postgres URL; without one, the server runs on an in-memory store that keeps nothing
+    /// and prints a bootstrap token.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The configuration file.
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 /// Token commands.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a token; prints the secret alone on stdout, once.
-    Create {
-        /// Owner organisation.
-        #[arg(long)]
-        org: String,
-        /// Owner user.
-        #[arg(long)]
-        user: String,
-        /// Label.
-        #[arg(long)]
-        name: String,
-        /// Notes.
-        #[arg(long, default_value = "")]
-        description: String,
-        /// Preset id (user-read, user-full, admin-read, admin-full, ...).
-        #[arg(long)]
-        preset: Option<String>,
-        /// Extra scope (repeatable); tokens:issue is allowed here.
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// Days to expiry; never expires without it.
-        #[arg(long)]
-        expires_in_days: Option<i32>,
+    /// Create a token. The secret is printed once: alone on stdout, or as `token` in JSON.
+    Create(CreateArgs),
+    /// List the tokens of an organisation (every user) or of one user, newest first.
+    List(ListArgs),
+    /// Show one token (never its secret).
+    Get {
+        /// Token id (UUID).
+        id: String,
+        /// The format.
+        #[command(flatten)]
+        output: Output,
     },
-    /// List tokens of an organisation (every user) or one user.
-    List {
-        /// Organisation.
-        #[arg(long)]
-        org: String,
-        /// One user only.
-        #[arg(long)]
-        user: Option<String>,
-        /// Include revoked tokens.
-        #[arg(long)]
-        include_revoked: bool,
+    /// Rename a token or change its description; prints the token.
+    #[command(group(ArgGroup::new("change").required(true).multiple(true)))]
+    Update {
+        /// Token id (UUID).
+        id: String,
+        /// New name.
+        #[arg(long, group = "change")]
+        name: Option<String>,
+        /// New description (`--description ""` clears it).
+        #[arg(long, group = "change")]
+        description: Option<String>,
+        /// The format.
+        #[command(flatten)]
+        output: Output,
     },
     /// Revoke a token by id, at once and for good.
     Revoke {
@@ -130,6 +187,88 @@ pub enum TokenCommand {
         id: String,
     },
 }
+
+/// `token create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Owner organisation.
+    #[arg(long)]
+    pub org: String,
+    /// Owner user.
+    #[arg(long)]
+    pub user: String,
+    /// Label, e.g. "CI pipeline".
+    #[arg(long)]
+    pub name: String,
+    /// Notes.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Preset id (user-read, user-full, admin-read, admin-full, or one of the catalog file).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Scope to grant (repeatable); tokens:issue may be granted here.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// Days until the token expires (1 to 3650); without it, it never expires.
+    // Negative numbers must reach the validator, not read as an unknown flag.
+    #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
+    pub expires_in_days: Option<i32>,
+    /// The format.
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// `token list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Organisation.
+    #[arg(long)]
+    pub org: String,
+    /// One user only.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Include revoked tokens.
+    #[arg(long)]
+    pub include_revoked: bool,
+    /// The format.
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// Why a command stopped.
+#[derive(Debug)]
+enum Failure {
+    /// Told to the operator on stderr; exit status 1.
+    Message(String),
+    /// The reader of stdout has gone (`| head`): nothing more to do or say.
+    Closed,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Self::Message(message.to_owned())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(err: io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::BrokenPipe => Self::Closed,
+            _ => Self::Message(format!("writing the output: {err}")),
+        }
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// What a command says when the database has not been migrated.
+const NO_SCHEMA: &str = "the database has no casola-auth schema: run `casola-auth migrate`";
 
 #[derive(Serialize, Default)]
 struct Overrides {
@@ -143,258 +282,316 @@ struct Overrides {
     migrate: bool,
 }
 
-fn load(common: &Common, overrides: Overrides) -> Result<Config, String> {
+fn load(
+    file: &ConfigFile,
+    database_url: Option<&String>,
+    overrides: Overrides,
+) -> Result<Config, String> {
     let overrides = Overrides {
-        database_url: common.database_url.clone().map(DatabaseUrl::new),
+        database_url: database_url.cloned().map(DatabaseUrl::new),
         ..overrides
     };
-    Config::load(common.config.as_deref(), overrides).map_err(|e| e.to_string())
+    Config::load(file.config.as_deref(), overrides).map_err(|e| e.to_string())
 }
 
 /// Runs the command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("casola-auth: {message}");
+        Ok(()) | Err(Failure::Closed) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
+            note(&format!("casola-auth: {message}"));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn store_services(common: &Common) -> Result<Services, String> {
-    let config = load(common, Overrides::default())?;
+async fn dispatch(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate { database, config } => migrate(&config, &database).await,
+        Command::Token {
+            command,
+            database,
+            config,
+        } => {
+            let services = store_services(&config, &database).await?;
+            token_command(&services.manager, command).await
+        }
+        Command::CheckConfig {
+            database_url,
+            config,
+        } => check_config(&config, database_url.as_ref()),
+        Command::Scopes { output, config } => scopes(&config, output.output),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "casola-auth", &mut script);
+            Ok(emit(&script)?)
+        }
+    }
+}
+
+/// Whether `migrate` has prepared the database, within the pool's connect patience.
+async fn schema_present(config: &Config, url: &DatabaseUrl) -> Result<bool, String> {
+    let patience =
+        Duration::from_millis(config.store.acquire_timeout_ms).max(Duration::from_secs(5));
+    let check = postgres::schema_present(url.expose(), config.store.tls_ca_file.as_deref());
+    match tokio::time::timeout(patience, check).await {
+        Ok(found) => found.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("the database did not answer within {patience:?}")),
+    }
+}
+
+async fn store_services(file: &ConfigFile, database: &Database) -> Result<Services, Failure> {
+    let config = load(file, database.database_url.as_ref(), Overrides::default())?;
     telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
-    if config.database_url.is_none() {
+    let Some(url) = &config.database_url else {
         return Err(
             "this command needs a database: pass --database-url or set DATABASE_URL".into(),
         );
+    };
+    if !schema_present(&config, url).await? {
+        return Err(NO_SCHEMA.into());
     }
-    Services::open(&config).await.map_err(|e| e.to_string())
+    Ok(Services::open(&config).await.map_err(|e| e.to_string())?)
 }
 
-async fn dispatch(cli: Cli) -> Result<(), String> {
-    match cli.command {
-        Command::Serve {
-            listen,
-            admin_listen,
-            migrate,
-            common,
-        } => {
-            let config = load(
-                &common,
-                Overrides {
-                    listen,
-                    admin_listen,
-                    migrate,
-                    ..Default::default()
-                },
-            )?;
-            let telemetry = telemetry::init(config.log_format).map_err(|e| e.to_string())?;
-            serve(config, telemetry).await
-        }
-        Command::Migrate { common } => {
-            let config = load(&common, Overrides::default())?;
-            telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
-            let url = config
-                .database_url
-                .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;
-            let applied = run_migrations(url.expose(), config.store.tls_ca_file.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!("applied {} migration(s)", applied.len());
-            for version in applied {
-                eprintln!("  {version}");
-            }
-            Ok(())
-        }
-        Command::CheckConfig { common } => {
-            let config = load(&common, Overrides::default())?;
-            let catalog = config.catalog().map_err(|e| e.to_string())?;
-            TokenHasher::new(config.argon2).map_err(|e| e.to_string())?;
-            RouteTable::from_config(&config.envoy, &catalog)
-                .map_err(|e| format!("envoy route table: {e}"))?;
-            let scopes: usize = catalog.categories().iter().map(|c| c.scopes.len()).sum();
-            println!("configuration ok");
-            println!("  listen {} / admin {}", config.listen, config.admin_listen);
-            println!(
-                "  store: {}",
-                if config.database_url.is_some() {
-                    "postgres"
-                } else {
-                    "in-memory"
-                }
-            );
-            println!(
-                "  argon2id m={} KiB t={} p={}",
-                config.argon2.memory_kib, config.argon2.iterations, config.argon2.parallelism
-            );
-            println!(
-                "  catalog: {scopes} scopes, {} presets",
-                catalog.presets().len()
-            );
-            println!("  envoy: {} fallback routes", config.envoy.routes.len());
-            Ok(())
-        }
-        Command::Scopes { common } => {
-            let config = load(&common, Overrides::default())?;
-            let catalog = config.catalog().map_err(|e| e.to_string())?;
-            for category in catalog.categories() {
-                println!("{} - {}", category.name, category.description);
-                for scope in &category.scopes {
-                    let implies = if scope.implies.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (implies {})", scope.implies.join(", "))
-                    };
-                    println!("  {:<16} {}{implies}", scope.name, scope.description);
-                }
-            }
-            println!("presets:");
-            for preset in catalog.presets() {
-                println!(
-                    "  {:<12} {:<18} {}",
-                    preset.id,
-                    preset.label,
-                    preset.scopes.join(", ")
-                );
-            }
-            Ok(())
-        }
-        Command::Token { command, common } => {
-            let services = store_services(&common).await?;
-            token_command(&services, command).await
-        }
+async fn migrate(file: &ConfigFile, database: &Database) -> Outcome {
+    let config = load(file, database.database_url.as_ref(), Overrides::default())?;
+    telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
+    let url = config
+        .database_url
+        .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;
+    let applied = run_migrations(url.expose(), config.store.tls_ca_file.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    note(&format!("applied {} migration(s)", applied.len()));
+    for version in applied {
+        note(&format!("  {version}"));
     }
+    Ok(())
 }
 
-async fn token_command(services: &Services, command: TokenCommand) -> Result<(), String> {
-    let now = chrono::Utc::now();
+fn check_config(file: &ConfigFile, database_url: Option<&String>) -> Outcome {
+    let config = load(file, database_url, Overrides::default())?;
+    let catalog = config.catalog().map_err(|e| e.to_string())?;
+    TokenHasher::new(config.argon2).map_err(|e| e.to_string())?;
+    RouteTable::from_config(&config.envoy, &catalog)
+        .map_err(|e| format!("envoy route table: {e}"))?;
+    let scopes: usize = catalog.categories().iter().map(|c| c.scopes.len()).sum();
+    let store = if config.database_url.is_some() {
+        "postgres"
+    } else {
+        "in-memory"
+    };
+    let a = config.argon2;
+    let summary = [
+        "configuration ok".to_owned(),
+        format!("  listen {} / admin {}", config.listen, config.admin_listen),
+        format!("  store: {store}"),
+        format!(
+            "  argon2id m={} KiB t={} p={}",
+            a.memory_kib, a.iterations, a.parallelism
+        ),
+        format!(
+            "  catalog: {scopes} scopes, {} presets",
+            catalog.presets().len()
+        ),
+        format!("  envoy: {} fallback routes", config.envoy.routes.len()),
+    ];
+    Ok(emit(summary.join("\n") + "\n")?)
+}
+
+fn scopes(file: &ConfigFile, format: Format) -> Outcome {
+    let config = load(file, None, Overrides::default())?;
+    let catalog = config.catalog().map_err(|e| e.to_string())?;
+    let view = CatalogView::new(&catalog);
+    Ok(emit(match format {
+        Format::Table => view.render_tables(),
+        Format::Json => json(&view),
+    })?)
+}
+
+async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome {
+    let operator = &Caller::Operator;
     match command {
-        TokenCommand::Create {
-            org,
-            user,
+        TokenCommand::Create(args) => token_create(manager, args).await,
+        TokenCommand::List(args) => token_list(manager, args).await,
+        TokenCommand::Get { id, output } => {
+            let record = manager.get(operator, &id).await.map_err(describe)?;
+            print_token(&record, output.output)
+        }
+        TokenCommand::Update {
+            id,
             name,
             description,
-            preset,
-            scopes,
-            expires_in_days,
+            output,
         } => {
-            let created = services
-                .manager
-                .create(
-                    &Caller::Operator,
-                    CreateRequest {
-                        name,
-                        description,
-                        preset: preset.unwrap_or_default(),
-                        scopes,
-                        expires_in_days,
-                        org_id: org,
-                        user_id: user,
-                    },
-                )
-                .await
-                .map_err(describe)?;
-            let t = token_to_proto(&created.record, now);
-            eprintln!(
-                "created token {} ({}) for {}/{} with scopes {}; the secret below is shown once:",
-                t.id,
-                t.prefix,
-                t.org_id,
-                t.user_id,
-                t.scopes.join(", ")
-            );
-            println!("{}", created.token.expose());
-            Ok(())
-        }
-        TokenCommand::List {
-            org,
-            user,
-            include_revoked,
-        } => {
-            let mut page_token = String::new();
-            loop {
-                let page = services
-                    .manager
-                    .list(
-                        &Caller::Operator,
-                        ListRequest {
-                            page_size: 500,
-                            page_token,
-                            user_id: user.clone().unwrap_or_else(|| "-".into()),
-                            include_revoked,
-                            org_id: org.clone(),
-                        },
-                    )
-                    .await
-                    .map_err(describe)?;
-                for record in &page.tokens {
-                    let t = token_to_proto(record, now);
-                    let status = crate::proto::TokenStatus::try_from(t.status)
-                        .map(|s| {
-                            s.as_str_name()
-                                .trim_start_matches("TOKEN_STATUS_")
-                                .to_ascii_lowercase()
-                        })
-                        .unwrap_or_default();
-                    println!(
-                        "{}\t{}\t{}\t{}/{}\t{}\t{}",
-                        t.id,
-                        t.prefix,
-                        t.name,
-                        t.org_id,
-                        t.user_id,
-                        status,
-                        t.scopes.join(",")
-                    );
-                }
-                match page.next_page_token {
-                    Some(next) => page_token = next,
-                    None => return Ok(()),
-                }
+            // The mask names exactly the flags given, so `--description ""` clears it.
+            let mut mask = Vec::new();
+            if name.is_some() {
+                mask.push("name".to_owned());
             }
+            if description.is_some() {
+                mask.push("description".to_owned());
+            }
+            let request = UpdateRequest {
+                id,
+                name: name.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+                mask,
+            };
+            let record = manager.update(operator, request).await.map_err(describe)?;
+            print_token(&record, output.output)
         }
         TokenCommand::Revoke { id } => {
-            let record = services
-                .manager
-                .revoke(&Caller::Operator, &id)
-                .await
-                .map_err(describe)?;
-            eprintln!(
-                "revoked token {} ({})",
-                record.id,
-                crate::token::display_prefix(record.lookup_id.as_str())
-            );
+            let record = manager.revoke(operator, &id).await.map_err(describe)?;
+            let view = TokenView::new(&record, chrono::Utc::now());
+            note(&format!("revoked token {} ({})", view.id, view.prefix));
             Ok(())
         }
     }
 }
 
-fn describe(err: crate::error::Error) -> String {
+fn print_token(record: &TokenRecord, format: Format) -> Outcome {
+    let view = TokenView::new(record, chrono::Utc::now());
+    Ok(emit(match format {
+        Format::Table => token_detail(&view).render(),
+        Format::Json => json(&view),
+    })?)
+}
+
+async fn token_create(manager: &TokenManager, args: CreateArgs) -> Outcome {
+    let request = CreateRequest {
+        name: args.name,
+        description: args.description,
+        preset: args.preset.unwrap_or_default(),
+        scopes: args.scopes,
+        expires_in_days: args.expires_in_days,
+        org_id: args.org,
+        user_id: args.user,
+    };
+    let created = manager
+        .create(&Caller::Operator, request)
+        .await
+        .map_err(describe)?;
+    let view = TokenView::new(&created.record, chrono::Utc::now());
+    match args.output.output {
+        Format::Table => {
+            note(&format!(
+                "created token {} ({}) for {}/{} with scopes {}; the secret below is shown once:",
+                view.id,
+                view.prefix,
+                view.org_id,
+                view.user_id,
+                view.scopes.join(", ")
+            ));
+            Ok(emit(format!("{}\n", created.token.expose()))?)
+        }
+        Format::Json => {
+            /// The one output that carries a secret: the create response.
+            #[derive(Serialize)]
+            struct WithSecret<'a> {
+                #[serde(flatten)]
+                view: &'a TokenView,
+                token: &'a str,
+            }
+            let with_secret = WithSecret {
+                view: &view,
+                token: created.token.expose(),
+            };
+            Ok(emit(json(&with_secret))?)
+        }
+    }
+}
+
+async fn token_list(manager: &TokenManager, args: ListArgs) -> Outcome {
+    let now = chrono::Utc::now();
+    let mut views = Vec::new();
+    let mut page_token = String::new();
+    // Bounded by the organisation's tokens; each page moves the cursor forward.
+    loop {
+        let request = ListRequest {
+            page_size: 500,
+            page_token,
+            // `-`: every user of the organisation.
+            user_id: args.user.clone().unwrap_or_else(|| "-".into()),
+            include_revoked: args.include_revoked,
+            org_id: args.org.clone(),
+        };
+        let page = manager
+            .list(&Caller::Operator, request)
+            .await
+            .map_err(describe)?;
+        views.extend(page.tokens.iter().map(|r| TokenView::new(r, now)));
+        match page.next_page_token {
+            Some(next) => page_token = next,
+            None => break,
+        }
+    }
+    Ok(emit(match args.output.output {
+        Format::Table => token_table(&views).render(),
+        Format::Json => json(&views),
+    })?)
+}
+
+/// A domain error for the operator, invalid fields named by their flags.
+fn describe(err: Error) -> String {
     match err {
-        crate::error::Error::InvalidArgument(violations) => violations
+        Error::InvalidArgument(violations) => violations
             .iter()
-            .map(|v| format!("{}: {}", v.field, v.description))
+            .map(|v: &FieldViolation| format!("{}: {}", flag_of(&v.field), v.description))
             .collect::<Vec<_>>()
             .join("; "),
         other => other.to_string(),
     }
 }
 
-async fn serve(config: Config, telemetry: telemetry::Telemetry) -> Result<(), String> {
-    let running = match server::start(config).await {
+/// The CLI's name for an API request field.
+fn flag_of(field: &str) -> &str {
+    match field {
+        "org_id" => "--org",
+        "user_id" => "--user",
+        "name" => "--name",
+        "description" => "--description",
+        "preset" => "--preset",
+        "scopes" => "--scope/--preset",
+        "expires_in_days" => "--expires-in-days",
+        "update_mask" => "--name/--description",
+        "id" => "ID",
+        f if f.starts_with("scopes[") => "--scope",
+        other => other,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Outcome {
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        migrate: args.migrate,
+        ..Default::default()
+    };
+    let config = load(&args.config, args.database_url.as_ref(), overrides)?;
+    let telemetry = telemetry::init(config.log_format).map_err(|e| e.to_string())?;
+    let started = match refuse_unmigrated(&config).await {
+        Ok(()) => server::start(config).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let running = match started {
         Ok(running) => running,
         Err(e) => {
             telemetry.shutdown().await;
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     if let Some(token) = &running.bootstrap_token {
-        println!(
-            "bootstrap token (local use only, in-memory store, admin-full + tokens:issue): {}",
+        let line = format!(
+            "bootstrap token (local use only, in-memory store, admin-full + tokens:issue): {}\n",
             token.expose()
         );
+        // A server whose stdout is gone keeps serving; only the token line is lost.
+        if let Err(e) = emit(line) {
+            tracing::warn!(error = %e, "could not print the bootstrap token to stdout");
+        }
     }
     // After the bootstrap token: its line stays the first on stdout.
     if let Some(addr) = running.console_addr {
@@ -408,6 +605,23 @@ async fn serve(config: Config, telemetry: telemetry::Telemetry) -> Result<(), St
     Ok(())
 }
 
+/// `serve` on a database that was never migrated would answer every call with an internal
+/// error: refuse at start-up instead. A database that does not answer is no reason to
+/// refuse (the server starts not ready and waits for it), so that case only warns.
+async fn refuse_unmigrated(config: &Config) -> Result<(), String> {
+    let (Some(url), false) = (&config.database_url, config.migrate) else {
+        return Ok(());
+    };
+    match schema_present(config, url).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(NO_SCHEMA.into()),
+        Err(cause) => {
+            tracing::warn!(error = %cause, "could not check the database schema; starting anyway");
+            Ok(())
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -415,5 +629,74 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn field_violations_name_the_flags() {
+        let err = Error::InvalidArgument(vec![
+            FieldViolation::new("expires_in_days", "must be between 1 and 3650 days, is -5"),
+            FieldViolation::new("scopes[1]", "unknown scope \"nope\""),
+            FieldViolation::new("org_id", "must not be empty"),
+        ]);
+        assert_eq!(
+            describe(err),
+            "--expires-in-days: must be between 1 and 3650 days, is -5; \
+             --scope: unknown scope \"nope\"; --org: must not be empty"
+        );
+    }
+
+    #[test]
+    fn negative_days_parse_as_a_value_for_the_validator() {
+        let cli = Cli::try_parse_from([
+            "casola-auth",
+            "token",
+            "create",
+            "--org",
+            "a",
+            "--user",
+            "u",
+            "--name",
+            "n",
+            "--expires-in-days",
+            "-5",
+        ])
+        .expect("a negative number is a value, not a flag");
+        let Command::Token {
+            command: TokenCommand::Create(args),
+            ..
+        } = cli.command
+        else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.expires_in_days, Some(-5));
+    }
+
+    #[test]
+    fn update_without_a_change_is_refused_by_the_parser() {
+        let err = Cli::try_parse_from(["casola-auth", "token", "update", "some-id"])
+            .expect_err("nothing to change");
+        assert!(err.to_string().contains("--name"), "{err}");
+    }
+
+    #[test]
+    fn migrate_help_promises_no_in_memory_fallback() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("migrate")
+            .expect("migrate exists")
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("in-memory"), "{help}");
+        assert!(help.contains("needs a database"), "{help}");
     }
 }

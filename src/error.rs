@@ -40,6 +40,9 @@ pub enum Error {
     /// Not found, or not visible to the caller.
     #[error("{0}")]
     NotFound(String),
+    /// The resource is in a state that does not allow this (a revoked token is final).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The store cannot be reached; never to be reported as an invalid token.
     #[error("token store unavailable")]
     Unavailable,

@@ -344,6 +344,25 @@ impl TokenManager {
         user: &str,
         bad: &mut Vec<FieldViolation>,
     ) -> Option<Owner> {
+        // Both or neither: an org_id alone would otherwise mint a token for the caller's
+        // own user id inside another organisation.
+        match (org.is_empty(), user.is_empty()) {
+            (false, true) => {
+                bad.push(FieldViolation::new(
+                    "user_id",
+                    "must be given together with org_id (or leave both empty for your own)",
+                ));
+                return None;
+            }
+            (true, false) => {
+                bad.push(FieldViolation::new(
+                    "org_id",
+                    "must be given together with user_id (or leave both empty for your own)",
+                ));
+                return None;
+            }
+            _ => {}
+        }
         let own = caller.owner();
         let org_id = owner_id("org_id", org, own.map(|o| &o.org_id), bad);
         let user_id = owner_id("user_id", user, own.map(|o| &o.user_id), bad);
@@ -389,64 +408,10 @@ impl TokenManager {
 
     /// A page of tokens.
     pub async fn list(&self, caller: &Caller, req: ListRequest) -> Result<Page, Error> {
-        let mut bad = Vec::new();
-        let size = PageSize::parse(req.page_size)
-            .map_err(|e| bad.push(FieldViolation::new("page_size", e)))
-            .ok();
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let c = Cursor::from_page_token(&req.page_token);
-            if c.is_none() {
-                bad.push(FieldViolation::new(
-                    "page_token",
-                    "not a page token of this API",
-                ));
-            }
-            c
-        };
-        // `-` lists every user of the organisation (AIP-159's wildcard).
-        let all_users = req.user_id == "-";
-        let own = caller.owner();
-        let org_id = owner_id("org_id", &req.org_id, own.map(|o| &o.org_id), &mut bad);
-        let user_id = if all_users {
-            None
-        } else {
-            owner_id("user_id", &req.user_id, own.map(|o| &o.user_id), &mut bad)
-        };
-        let (Some(size), Some(org_id), true) = (size, org_id, bad.is_empty()) else {
-            return Err(Error::InvalidArgument(bad));
-        };
-        if let Caller::Token(p) = caller {
-            let allowed = match &user_id {
-                None => p.has(TOKENS_ISSUE) || (p.owner.org_id == org_id && p.has(ADMIN_READ)),
-                Some(user_id) => {
-                    let owner = Owner {
-                        org_id: org_id.clone(),
-                        user_id: user_id.clone(),
-                    };
-                    permission::access(p, Action::Read, &owner) == Access::Allowed
-                }
-            };
-            if !allowed {
-                let own_tokens =
-                    p.owner.org_id == org_id && user_id.as_ref() == Some(&p.owner.user_id);
-                return Err(Error::PermissionDenied(if own_tokens {
-                    "listing tokens needs the user:read scope".into()
-                } else if p.owner.org_id == org_id {
-                    "listing another user's tokens needs the admin:read scope".into()
-                } else {
-                    format!("listing another organisation's tokens needs {TOKENS_ISSUE}")
-                }));
-            }
+        let (query, size, fingerprint) = Self::list_query(caller, &req)?;
+        if let Caller::Token(principal) = caller {
+            Self::may_list(principal, &query)?;
         }
-        let query = ListQuery {
-            org_id,
-            user_id,
-            include_revoked: req.include_revoked,
-            after,
-            limit: size.get() + 1,
-        };
         let mut tokens = self.store.list(&query).await?;
         let next_page_token = if tokens.len() > size.get() {
             tokens.truncate(size.get());
@@ -455,7 +420,7 @@ impl TokenManager {
                     created_at: last.created_at,
                     id: last.id,
                 }
-                .to_page_token()
+                .to_page_token(&fingerprint)
             })
         } else {
             None
@@ -464,6 +429,76 @@ impl TokenManager {
             tokens,
             next_page_token,
         })
+    }
+
+    /// The store query of a list request, its page size, and the description of its filters
+    /// that binds its page tokens.
+    fn list_query(
+        caller: &Caller,
+        req: &ListRequest,
+    ) -> Result<(ListQuery, PageSize, String), Error> {
+        let mut bad = Vec::new();
+        let size = PageSize::parse(req.page_size)
+            .map_err(|e| bad.push(FieldViolation::new("page_size", e)))
+            .ok();
+        let own = caller.owner();
+        let org_id = owner_id("org_id", &req.org_id, own.map(|o| &o.org_id), &mut bad);
+        // `-` lists every user of the organisation (AIP-159's wildcard).
+        let user_id = if req.user_id == "-" {
+            None
+        } else {
+            owner_id("user_id", &req.user_id, own.map(|o| &o.user_id), &mut bad)
+        };
+        let fingerprint = format!(
+            "{}\0{}\0{}",
+            org_id.as_ref().map_or("", OwnerId::as_str),
+            user_id.as_ref().map_or("-", OwnerId::as_str),
+            req.include_revoked
+        );
+        let after = (!req.page_token.is_empty())
+            .then(|| Cursor::from_page_token(&req.page_token, &fingerprint))
+            .transpose()
+            .map_err(|e| bad.push(FieldViolation::new("page_token", e.to_string())))
+            .ok()
+            .flatten();
+        let (Some(size), Some(org_id), true) = (size, org_id, bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        let query = ListQuery {
+            org_id,
+            user_id,
+            include_revoked: req.include_revoked,
+            after,
+            limit: size.get() + 1,
+        };
+        Ok((query, size, fingerprint))
+    }
+
+    /// Whether `p` may list what `query` asks for.
+    fn may_list(p: &Principal, query: &ListQuery) -> Result<(), Error> {
+        let org_id = &query.org_id;
+        let allowed = match &query.user_id {
+            None => p.has(TOKENS_ISSUE) || (p.owner.org_id == *org_id && p.has(ADMIN_READ)),
+            Some(user_id) => {
+                let owner = Owner {
+                    org_id: org_id.clone(),
+                    user_id: user_id.clone(),
+                };
+                permission::access(p, Action::Read, &owner) == Access::Allowed
+            }
+        };
+        if allowed {
+            return Ok(());
+        }
+        let own_tokens =
+            p.owner.org_id == *org_id && query.user_id.as_ref() == Some(&p.owner.user_id);
+        Err(Error::PermissionDenied(if own_tokens {
+            "listing tokens needs the user:read scope".into()
+        } else if p.owner.org_id == *org_id {
+            "listing another user's tokens needs the admin:read scope".into()
+        } else {
+            format!("listing another organisation's tokens needs {TOKENS_ISSUE}")
+        }))
     }
 
     /// Changes name and/or description.
@@ -509,7 +544,12 @@ impl TokenManager {
         let (Some(id), true) = (id, bad.is_empty()) else {
             return Err(Error::InvalidArgument(bad));
         };
-        self.visible(caller, id, Action::Update).await?;
+        let current = self.visible(caller, id, Action::Update).await?;
+        if current.revoked_at.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "token {id} is revoked; a revoked token cannot be changed"
+            )));
+        }
         let record = self
             .store
             .update(id, &patch)

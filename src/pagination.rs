@@ -1,6 +1,6 @@
 //! Pagination of token listings, in one place: the page size a request may ask for, the
 //! keyset cursor the store pages by, and the opaque page token that carries the cursor
-//! between calls.
+//! between calls, bound to the query (filters) it was issued for.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -41,26 +41,58 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
+/// Why a page token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PageTokenError {
+    /// Not a token this API issued.
+    #[error("not a page token of this API")]
+    Malformed,
+    /// Issued for other filters.
+    #[error("was issued for another query (its filters changed); start again without a page token")]
+    OtherQuery,
+}
+
+/// A fingerprint of a listing's filters, carried in its page tokens: a token is only
+/// accepted by the query it was issued for.
+fn fingerprint(query: &str) -> String {
+    let hash = blake3::hash(query.as_bytes());
+    hash.as_bytes()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Cursor {
-    /// The opaque page token of this position (URL-safe base64 of a versioned text).
-    pub fn to_page_token(&self) -> String {
+    /// The opaque page token of this position in the listing whose filters `query`
+    /// describes (URL-safe base64 of a versioned text).
+    pub fn to_page_token(&self, query: &str) -> String {
         URL_SAFE_NO_PAD.encode(format!(
-            "v1:{}:{}",
+            "v1:{}:{}:{}",
             self.created_at.timestamp_micros(),
-            self.id
+            self.id,
+            fingerprint(query)
         ))
     }
 
-    /// The position a page token carries; `None` for anything this API did not issue.
-    pub fn from_page_token(token: &str) -> Option<Self> {
+    /// The position a page token carries, if it was issued for `query`.
+    pub fn from_page_token(token: &str, query: &str) -> Result<Self, PageTokenError> {
+        let (cursor, issued_for) = Self::decode(token).ok_or(PageTokenError::Malformed)?;
+        if issued_for != fingerprint(query) {
+            return Err(PageTokenError::OtherQuery);
+        }
+        Ok(cursor)
+    }
+
+    fn decode(token: &str) -> Option<(Self, String)> {
         let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
-        let mut parts = raw.splitn(3, ':');
+        let mut parts = raw.splitn(4, ':');
         if parts.next()? != "v1" {
             return None;
         }
         let created_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
-        Some(Self { created_at, id })
+        let fingerprint = parts.next()?.to_owned();
+        Some((Self { created_at, id }, fingerprint))
     }
 }
 
@@ -75,11 +107,31 @@ mod tests {
             created_at: now_micros(),
             id: Uuid::new_v4(),
         };
-        assert_eq!(Cursor::from_page_token(&c.to_page_token()), Some(c));
-        assert_eq!(Cursor::from_page_token("garbage"), None);
+        let query = "acme\0alice\0false";
         assert_eq!(
-            Cursor::from_page_token(&URL_SAFE_NO_PAD.encode("v2:1:x")),
-            None
+            Cursor::from_page_token(&c.to_page_token(query), query),
+            Ok(c)
+        );
+        assert_eq!(
+            Cursor::from_page_token("garbage", query),
+            Err(PageTokenError::Malformed)
+        );
+        assert_eq!(
+            Cursor::from_page_token(&URL_SAFE_NO_PAD.encode("v2:1:x"), query),
+            Err(PageTokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_page_token_is_refused_by_another_query() {
+        let c = Cursor {
+            created_at: now_micros(),
+            id: Uuid::new_v4(),
+        };
+        let token = c.to_page_token("acme\0alice\0false");
+        assert_eq!(
+            Cursor::from_page_token(&token, "acme\0alice\0true"),
+            Err(PageTokenError::OtherQuery)
         );
     }
 

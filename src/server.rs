@@ -77,13 +77,6 @@ pub const STORE_BOUND_SERVICES: [&str; 4] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
-/// The descriptor sets reflection serves: our services, health, and Envoy's ext_authz.
-const SERVED_DESCRIPTOR_SETS: [&[u8]; 3] = [
-    proto::FILE_DESCRIPTOR_SET,
-    tonic_health::pb::FILE_DESCRIPTOR_SET,
-    crate::transport::envoy::FILE_DESCRIPTOR_SET,
-];
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -335,19 +328,14 @@ fn grpc_router(
 ) -> Result<(GrpcRouter, ConsoleApi), StartError> {
     let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
         .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
-    let reflection = || {
-        SERVED_DESCRIPTOR_SETS.iter().fold(
-            tonic_reflection::server::Builder::configure(),
-            |builder, set| builder.register_encoded_file_descriptor_set(set),
-        )
-    };
+    let reflection = proto::reflection;
     let reflection_error = |e| StartError::Other(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let grpc_telemetry = GrpcTelemetryLayer::new(&[
         proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
-        crate::transport::envoy::FILE_DESCRIPTOR_SET,
+        proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ])

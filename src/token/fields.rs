@@ -12,7 +12,55 @@ pub const OWNER_ID_MAX_CHARS: usize = 128;
 /// Longest expiry, in days (ten years).
 pub const EXPIRES_IN_DAYS_MAX: i32 = 3650;
 
-/// A token's label: 1-100 characters after trimming, no control characters.
+/// Bidirectional embedding, override and isolate controls: they make a string display as
+/// something else (a token name that reads "prod" in a dashboard and is not).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that draw nothing: white space, zero-width and other format characters,
+/// fillers, variation selectors and tags.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// Text a person will read in a dashboard or a log: no bidirectional controls, and, when
+/// not empty, at least one character that draws something.
+fn displayable(text: &str) -> Result<(), String> {
+    if let Some(c) = text.chars().find(|c| is_bidi_control(*c)) {
+        return Err(format!(
+            "must not contain bidirectional control characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    if !text.is_empty() && text.chars().all(is_invisible) {
+        return Err("must contain a visible character".into());
+    }
+    Ok(())
+}
+
+/// A token's label: 1-100 characters after trimming, no control characters, no
+/// bidirectional controls, not only invisible characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenName(String);
 
@@ -32,6 +80,7 @@ impl TokenName {
         if name.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
         }
+        displayable(name)?;
         Ok(Self(name.to_owned()))
     }
 
@@ -67,6 +116,7 @@ impl Description {
         {
             return Err("must not contain control characters other than newline and tab".into());
         }
+        displayable(text)?;
         Ok(Self(text.to_owned()))
     }
 
@@ -103,7 +153,8 @@ impl ExpiresInDays {
 }
 
 /// An opaque owner id from the platform's user service (organisation or user):
-/// 1-128 characters, no white space or control characters.
+/// 1-128 characters, no white space, control, invisible or bidirectional-control
+/// characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerId(String);
 
@@ -121,6 +172,9 @@ impl OwnerId {
         }
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("must not contain white space or control characters".into());
+        }
+        if raw.chars().any(|c| is_invisible(c) || is_bidi_control(c)) {
+            return Err("must not contain invisible or bidirectional control characters".into());
         }
         if raw == "-" {
             return Err("`-` is reserved".into());
@@ -185,6 +239,32 @@ mod tests {
         assert_eq!(ExpiresInDays::parse(1).unwrap().days(), 1);
         assert_eq!(ExpiresInDays::parse(3650).unwrap().days(), 3650);
         assert!(ExpiresInDays::parse(3651).is_err());
+    }
+
+    #[test]
+    fn text_that_would_display_as_something_else_is_refused() {
+        // Right-to-left override: "prod" followed by reversed text.
+        let err = TokenName::parse("CI \u{202E}dorp").unwrap_err();
+        assert!(err.contains("U+202E"), "{err}");
+        assert!(TokenName::parse("a\u{2067}b").is_err());
+        assert!(Description::parse("x\u{202A}y").is_err());
+        assert!(OwnerId::parse("acme\u{2069}").is_err());
+        assert!(OwnerId::parse("ac\u{200B}me").is_err());
+    }
+
+    #[test]
+    fn names_of_only_invisible_characters_are_refused() {
+        for invisible in [
+            "\u{200B}",
+            "\u{200B}\u{2060}\u{FEFF}",
+            "\u{3164}",
+            "\u{00AD}",
+        ] {
+            assert!(TokenName::parse(invisible).is_err(), "{invisible:?}");
+            assert!(Description::parse(invisible).is_err(), "{invisible:?}");
+        }
+        assert!(TokenName::parse("CI\u{200D}bot").is_ok());
+        assert!(Description::parse("").is_ok());
     }
 
     #[test]

@@ -33,11 +33,6 @@ use crate::{
     telemetry::{Verdict, metrics::reasons},
 };
 
-/// Descriptor set of `envoy/service/auth/v3/external_auth.proto` and its imports, for
-/// server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
-
 /// Context-extension key with the route's required scopes (space- or comma-separated).
 pub const SCOPES_KEY: &str = "casola.scopes";
 /// Context-extension key with the match mode: `all` (default) or `any`.

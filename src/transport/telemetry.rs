@@ -506,7 +506,7 @@ mod tests {
         let layer = GrpcTelemetryLayer::new(&[
             crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
-            crate::transport::envoy::FILE_DESCRIPTOR_SET,
+            crate::proto::ENVOY_EXT_AUTHZ_FILE_DESCRIPTOR_SET,
         ])
         .unwrap();
         let methods = layer.methods();

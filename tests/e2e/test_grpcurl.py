@@ -135,3 +135,40 @@ def test_whoami_without_credentials_is_unauthenticated(grpcurl, auth_server):
 def test_health_serving(grpcurl, auth_server, service):
     cp = grpcurl("-d", json.dumps({"service": service}), auth_server.grpc_addr, "grpc.health.v1.Health/Check")
     assert json.loads(cp.stdout) == {"status": "SERVING"}, cp.stdout
+
+
+@pytest.mark.parametrize(
+    "symbol,wanted",
+    [
+        ("envoy.service.auth.v3.Authorization", ["is a service", "rpc Check"]),
+        ("google.rpc.BadRequest", ["is a message", "FieldViolation", "field_violations"]),
+        ("google.rpc.BadRequest.FieldViolation", ["is a message", "field", "description"]),
+    ],
+)
+def test_describes_envoy_authorization_and_bad_request_details(grpcurl, auth_server, symbol, wanted):
+    out = grpcurl(auth_server.grpc_addr, "describe", symbol).stdout
+    missing = [w for w in wanted if w not in out]
+    assert not missing, f"describe {symbol} lacks {missing}:\n{out}"
+
+
+def test_bad_create_token_shows_the_field_violations_decoded(grpcurl, auth_server, tokens):
+    cp = grpcurl(
+        "-H", f"authorization: Bearer {tokens.admin}",
+        "-d", json.dumps({"name": "", "preset": "nope"}),
+        auth_server.grpc_addr, "casola.auth.v1.TokenService/CreateToken",
+        check=False,
+    )
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0, out
+    assert "InvalidArgument" in out, out
+    # Without error_details.proto in reflection grpcurl prints the details as base64 under
+    # "@error": "google.rpc.BadRequest is not recognized"; decoded, they are JSON after the
+    # "Details:" line (the status message may name fields too, so it is not looked at).
+    assert "is not recognized" not in out, out
+    details = out[out.index("Details:"):]
+    detail, _ = json.JSONDecoder().raw_decode(details[details.index("{"):])
+    assert detail.get("@type") == "type.googleapis.com/google.rpc.BadRequest", out
+    violations = {v["field"]: v["description"] for v in detail.get("fieldViolations", [])}
+    assert violations.get("name"), out
+    assert violations.get("preset") == 'unknown preset "nope"', out
+    assert tokens.admin not in out

@@ -160,6 +160,29 @@ pub async fn run_migrations(
     Ok(applied)
 }
 
+/// Whether the database at `url` holds the casola-auth schema, i.e. `migrate` has run there:
+/// one connection and one catalog lookup, so that a command can say "run migrate" instead of
+/// failing on its first query. The table is looked up on the connection's `search_path`,
+/// where the queries will look for it too.
+pub async fn schema_present(
+    url: &str,
+    tls_ca_file: Option<&std::path::Path>,
+) -> Result<bool, StoreError> {
+    #[derive(QueryableByName)]
+    struct Probe {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        present: bool,
+    }
+    let mut conn = establish(url, tls::connector(tls_ca_file)?)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("connecting: {e}")))?;
+    let probe: Probe = diesel::sql_query("select to_regclass('api_tokens') is not null as present")
+        .get_result(&mut conn)
+        .await
+        .map_err(map_err)?;
+    Ok(probe.present)
+}
+
 fn map_err(err: DieselError) -> StoreError {
     match err {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {

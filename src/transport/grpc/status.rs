@@ -29,6 +29,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::NotFound(message) => Status::not_found(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::Unavailable => Status::unavailable("token store unavailable, try again"),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             Error::Internal => Status::internal("internal error"),

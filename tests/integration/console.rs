@@ -3,16 +3,15 @@
 //! same caller authentication as the gRPC port; nothing else of the gRPC port is exposed.
 //! The page's behaviour is tested in a real browser (tests/browser).
 
-mod common;
-
 use std::collections::HashMap;
 
 use casola_auth::{config::ConsoleConfig, console::SECURITY_HEADERS};
-use common::{TestServer, test_config};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+
+use crate::support::{TestServer, test_config};
 
 /// One HTTP/1.1 answer: status, headers (lower-case names), body with chunking undone.
 struct Answer {

@@ -2,140 +2,43 @@
 //! replicas (two real server processes on one Postgres), the listener's reconnect, the
 //! write-behind of last_used_at, single-flight verifies and exact expiry.
 
-mod common;
-
-use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use casola_auth::proto::{
-    AuthorizeRequest, Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
+    Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
     authorization_service_client::AuthorizationServiceClient,
     token_service_client::TokenServiceClient,
 };
-use common::{TestServer, bearer, pg, test_config};
 use tonic::{Code, transport::Channel};
 
-fn authorize(token: &str) -> AuthorizeRequest {
-    AuthorizeRequest {
-        token: token.into(),
-        ..Default::default()
-    }
-}
+use crate::support::{
+    TestServer, authorize, bearer, eventually, forge_secret, free_port, pg,
+    process::{BINARY, FAST_ARGON2_ENV, ServerProcess},
+    test_config, token_id,
+};
 
 async fn decide(
     client: &mut AuthorizationServiceClient<Channel>,
     token: &str,
 ) -> (Decision, DenyReason) {
     let r = client
-        .authorize(authorize(token))
+        .authorize(authorize(token, &[]))
         .await
         .expect("authorize")
         .into_inner();
     (r.decision(), r.deny_reason())
 }
 
-/// Polls until `check` holds, failing after `limit` (a bound for a correctness test, not a
-/// speed claim).
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `casola-auth serve` child process; killed when dropped.
-struct Replica {
-    child: Child,
-    port: u16,
-}
-
-impl Replica {
-    fn start(db: &str, extra_env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casola-auth"));
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--database-url", db])
-            .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
-            .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
-            .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
-            .env("CASOLA_AUTH_CONSOLE__ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        // SAFETY: prctl in the child before exec; it only asks for SIGKILL if we die.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                Ok(())
-            });
-        }
-        Self {
-            child: cmd.spawn().expect("spawn casola-auth"),
-            port,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))
-                .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(channel) = endpoint.connect().await {
-                return channel;
-            }
-            assert!(Instant::now() < deadline, "replica did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits (without blocking the runtime: the client side of the
-    /// graceful HTTP/2 shutdown must keep running) for a clean exit.
-    async fn terminate(&mut self) {
-        // SAFETY: sending SIGTERM to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "replica exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "replica did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `casola-auth serve` replica on the database at `url`, with these settings.
+fn replica(url: &str, env: &[(&str, &str)]) -> ServerProcess {
+    let mut env = env.to_vec();
+    env.push(("DATABASE_URL", url));
+    ServerProcess::start(&env)
 }
 
 /// Creates a token with the CLI (the operator path) and returns it.
 fn cli_token(db: &str, user: &str, preset: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_casola-auth"))
+    let out = Command::new(BINARY)
         .args([
             "token",
             "create",
@@ -147,8 +50,7 @@ fn cli_token(db: &str, user: &str, preset: &str) -> String {
             user,
         ])
         .args(["--name", "replica test", "--preset", preset])
-        .env("CASOLA_AUTH_ARGON2__MEMORY_KIB", "1024")
-        .env("CASOLA_AUTH_ARGON2__ITERATIONS", "1")
+        .envs(FAST_ARGON2_ENV)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run token create");
@@ -160,24 +62,13 @@ fn cli_token(db: &str, user: &str, preset: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-async fn token_id(channel: &Channel, token: &str) -> String {
-    AuthorizationServiceClient::new(channel.clone())
-        .who_am_i(bearer(token, casola_auth::proto::WhoAmIRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .principal
-        .unwrap()
-        .token_id
-}
-
 #[tokio::test]
 async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
-    let db = pg::fresh_database().await;
+    let db = pg::TestDb::new().await;
     // Long TTL: only the revocation notice can make the second replica deny.
     let env = [("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")];
-    let a = Replica::start(&db.url, &env);
-    let b = Replica::start(&db.url, &env);
+    let a = replica(&db.url, &env);
+    let b = replica(&db.url, &env);
     let (ca, cb) = (a.channel().await, b.channel().await);
     let issuer = cli_token(&db.url, "backend", "admin-full");
     let mut revoker = TokenServiceClient::new(ca.clone());
@@ -214,13 +105,13 @@ async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
 
 #[tokio::test]
 async fn a_killed_listener_reconnects_and_drops_the_cache() {
-    let db = pg::fresh_database().await;
-    let b = Replica::start(&db.url, &[("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")]);
+    let db = pg::TestDb::new().await;
+    let b = replica(&db.url, &[("CASOLA_AUTH_CACHE__TTL_SECONDS", "3600")]);
     let cb = b.channel().await;
     let mut on_b = AuthorizationServiceClient::new(cb.clone());
     let token = cli_token(&db.url, "alice", "user-read");
     // Wait for the listener, then warm the token.
-    let app = format!("casola-auth-revocations-{}", b.child.id());
+    let app = format!("casola-auth-revocations-{}", b.pid());
     let listeners =
         format!("select count(*) from pg_stat_activity where application_name = '{app}'");
     eventually(Duration::from_secs(10), "listener connected", || {
@@ -269,9 +160,9 @@ async fn a_killed_listener_reconnects_and_drops_the_cache() {
 
 #[tokio::test]
 async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
-    let db = pg::fresh_database().await;
+    let db = pg::TestDb::new().await;
     let dead = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
-    let b = Replica::start(
+    let b = replica(
         &db.url,
         &[
             ("CASOLA_AUTH_LISTEN_DATABASE_URL", &dead),
@@ -284,7 +175,7 @@ async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
         let mut on_b = on_b.clone();
         let token = token.clone();
         async move {
-            matches!(on_b.authorize(authorize(&token)).await, Err(s) if s.code() == Code::Unavailable)
+            matches!(on_b.authorize(authorize(&token, &[])).await, Err(s) if s.code() == Code::Unavailable)
         }
     })
     .await;
@@ -294,7 +185,7 @@ async fn without_revocation_notices_cached_answers_stop_after_max_staleness() {
 
 #[tokio::test]
 async fn last_used_is_written_behind_and_flushed_at_shutdown() {
-    let db = pg::fresh_database().await;
+    let db = pg::TestDb::new().await;
     let token = cli_token(&db.url, "alice", "user-read");
     let lookup = token[4..16].to_owned();
     let last_used = format!(
@@ -302,7 +193,7 @@ async fn last_used_is_written_behind_and_flushed_at_shutdown() {
     );
 
     // A long interval: only the shutdown flush can write it.
-    let mut slow = Replica::start(
+    let mut slow = replica(
         &db.url,
         &[("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "3600000")],
     );
@@ -315,7 +206,8 @@ async fn last_used_is_written_behind_and_flushed_at_shutdown() {
         0,
         "not written per request"
     );
-    slow.terminate().await;
+    let status = slow.terminate().await;
+    assert!(status.success(), "replica exited with {status}");
     assert_eq!(
         pg::query_i64(&db.url, &last_used).await,
         1,
@@ -325,7 +217,7 @@ async fn last_used_is_written_behind_and_flushed_at_shutdown() {
     // A short interval: written while serving.
     let other = cli_token(&db.url, "bob", "user-read");
     let other_lookup = other[4..16].to_owned();
-    let fast = Replica::start(
+    let fast = replica(
         &db.url,
         &[("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "200")],
     );
@@ -388,7 +280,7 @@ async fn a_flood_of_wrong_secrets_for_one_lookup_id_costs_one_verify_per_interva
     let before = pool.runs();
     let mut client = server.authz();
     for i in 0..40 {
-        let forged = common::forge_secret(&token, i);
+        let forged = forge_secret(&token, i);
         assert_eq!(
             decide(&mut client, &forged).await,
             (Decision::Deny, DenyReason::Unknown)
@@ -403,7 +295,7 @@ async fn a_cached_token_stops_working_exactly_at_its_expiry() {
     let token = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
-    let db = server.db.as_ref().unwrap();
+    let db = server.db();
     let lookup = &token[4..16];
     // Generous, so a slow machine still sees the token valid first; the test then waits
     // for the expiry the service itself reports.
@@ -414,7 +306,7 @@ async fn a_cached_token_stops_working_exactly_at_its_expiry() {
     .await;
     let mut client = server.authz();
     let first = client
-        .authorize(authorize(&token))
+        .authorize(authorize(&token, &[]))
         .await
         .unwrap()
         .into_inner();

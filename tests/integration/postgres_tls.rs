@@ -1,15 +1,15 @@
 //! TLS to Postgres: a real cluster offering TLS with a throwaway CA's certificate.
 
-mod common;
-
 use casola_auth::store::{
     StoreError, TokenStore,
     postgres::{PgStore, PoolOptions, run_migrations},
 };
 
+use crate::support::pg;
+
 async fn ssl_connections(base: &str) -> i64 {
     // This admin connection itself is plain (NoTls), so it is not counted.
-    common::pg::query_i64(
+    pg::query_i64(
         &format!("{base}/postgres?sslmode=disable"),
         "select count(*) from pg_stat_ssl where ssl",
     )
@@ -18,7 +18,7 @@ async fn ssl_connections(base: &str) -> i64 {
 
 #[tokio::test]
 async fn tls_is_required_and_verified_against_the_configured_ca() {
-    let (base, ca) = common::pg::tls_server();
+    let (base, ca) = pg::tls_server();
     let url = format!("{base}/postgres?sslmode=require");
     run_migrations(&url, Some(&ca))
         .await
@@ -40,7 +40,7 @@ async fn tls_is_required_and_verified_against_the_configured_ca() {
 
 #[tokio::test]
 async fn a_server_certificate_from_an_untrusted_ca_is_refused() {
-    let (base, _ca) = common::pg::tls_server();
+    let (base, _ca) = pg::tls_server();
     // Mozilla's roots do not include the throwaway CA.
     let store = PgStore::new(
         &format!("{base}/postgres?sslmode=require"),
@@ -58,7 +58,7 @@ async fn a_server_certificate_from_an_untrusted_ca_is_refused() {
 
 #[tokio::test]
 async fn sslmode_disable_connects_in_plain_text() {
-    let (base, _ca) = common::pg::tls_server();
+    let (base, _ca) = pg::tls_server();
     let store = PgStore::new(
         &format!("{base}/postgres?sslmode=disable"),
         PoolOptions::default(),

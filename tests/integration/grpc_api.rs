@@ -1,32 +1,25 @@
 //! gRPC integration tests over loopback through the generated clients: the token lifecycle
 //! on both stores and every error code of the API.
 
-mod common;
-
 use casola_auth::proto::{
     AuthorizeRequest, CreateTokenRequest, Decision, DenyReason, GetTokenRequest, ListScopesRequest,
     ListTokensRequest, RevokeTokenRequest, ScopeMatch, TokenStatus, UpdateTokenRequest,
     WhoAmIRequest,
 };
-use common::{TestServer, bearer, pg};
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
+
+use crate::support::{
+    TestServer, authorize, bearer, forge_secret, free_port, http_get, pg, test_config,
+};
 
 fn create(name: &str, preset: &str) -> CreateTokenRequest {
     CreateTokenRequest {
         name: name.into(),
         preset: preset.into(),
         ..Default::default()
-    }
-}
-
-fn authorize(token: &str, scopes: &[&str]) -> AuthorizeRequest {
-    AuthorizeRequest {
-        token: token.into(),
-        required_scopes: scopes.iter().map(|s| (*s).into()).collect(),
-        r#match: ScopeMatch::All.into(),
     }
 }
 
@@ -255,7 +248,7 @@ async fn the_whole_lifecycle_works_on_postgres_and_the_dump_holds_no_secret() {
         .operator_token("acme", "backend", "", &["tokens:issue", "user:write"])
         .await;
     lifecycle(&server).await;
-    let dump = pg::dump(server.db.as_ref().unwrap());
+    let dump = pg::dump(server.db());
     assert!(dump.contains("CI (old runner)"), "the dump holds the data");
     assert!(!dump.contains(&issuer), "no whole token in the database");
     assert!(
@@ -295,7 +288,7 @@ async fn malformed_unknown_and_wrong_secret_tokens_are_denied_not_errors() {
             assert!(r.principal.is_none());
         }
         // Right lookup id, wrong secret (checksum recomputed so it parses): unknown.
-        let forged = common::forge_secret(&real, 0);
+        let forged = forge_secret(&real, 0);
         let r = authz
             .authorize(authorize(&forged, &[]))
             .await
@@ -311,7 +304,7 @@ async fn an_expired_token_is_denied_as_expired() {
     let token = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
-    let db = server.db.as_ref().unwrap();
+    let db = server.db();
     let lookup = &token[4..16];
     let n = pg::exec(
         &db.url,
@@ -493,7 +486,7 @@ async fn invalid_requests_name_every_bad_field() {
 }
 
 #[tokio::test]
-async fn no_escalation_through_minting() {
+async fn minting_a_token_never_escalates_privileges() {
     let server = TestServer::memory().await;
     let mut tokens = server.tokens();
     let reader = server
@@ -533,6 +526,7 @@ async fn no_escalation_through_minting() {
         .create_token(bearer(
             &writer,
             CreateTokenRequest {
+                org_id: "acme".into(),
                 user_id: "bob".into(),
                 ..create("x", "user-read")
             },
@@ -752,7 +746,7 @@ async fn organisation_admins_see_and_revoke_their_organisation_only() {
 }
 
 #[tokio::test]
-async fn listing_pages_newest_first_without_gaps() {
+async fn listing_pages_through_tokens_newest_first_without_gaps() {
     for server in TestServer::each_store().await {
         let alice = server
             .operator_token("acme", "alice", "user-full", &[])
@@ -833,13 +827,8 @@ async fn list_scopes_shows_categories_and_the_four_presets() {
 
 #[tokio::test]
 async fn an_unreachable_store_is_unavailable_never_an_invalid_token() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut config =
-        common::test_config(Some(&format!("postgres://postgres@127.0.0.1:{port}/gone")));
+    let port = free_port();
+    let mut config = test_config(Some(&format!("postgres://postgres@127.0.0.1:{port}/gone")));
     config.store.acquire_timeout_ms = 300;
     let server = TestServer::with_config(config, None).await;
     let token = casola_auth::token::PlainToken::generate();
@@ -918,23 +907,8 @@ async fn health_serves_once_the_store_answers_and_the_admin_probes_answer() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    let ready = reqwest_like_get(server.running.admin_addr, "/readyz").await;
-    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let live = reqwest_like_get(server.running.admin_addr, "/healthz").await;
-    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
-}
-
-/// A bare HTTP/1.1 GET over TCP, enough for the admin probes.
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    out
+    let ready = http_get(server.running.admin_addr, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let live = http_get(server.running.admin_addr, "/healthz").await;
+    assert_eq!(live.status, 200, "{}", live.body);
 }

@@ -3,19 +3,12 @@
 //! caller's W3C context arrive at an OTLP receiver, `/metrics` is valid Prometheus text that
 //! moves with traffic, and with every log level on no secret shows up anywhere.
 
-#[path = "observability/binary.rs"]
-mod binary;
-mod common;
-#[path = "observability/otlp.rs"]
-mod otlp;
-
 use std::collections::{HashMap, HashSet};
 
-use binary::{BOOTSTRAP_LINE, Binary};
 use casola_auth::{
     proto::{
-        AuthorizeRequest, CreateTokenRequest, Decision, DenyReason, RevokeTokenRequest, ScopeMatch,
-        WhoAmIRequest, authorization_service_client::AuthorizationServiceClient,
+        CreateTokenRequest, Decision, DenyReason, RevokeTokenRequest,
+        authorization_service_client::AuthorizationServiceClient,
         token_service_client::TokenServiceClient,
     },
     token::{LOOKUP_ID_LEN, PlainToken, SECRET_LEN, TOKEN_PREFIX},
@@ -26,33 +19,17 @@ use envoy_types::pb::envoy::service::auth::v3::{
     authorization_client::AuthorizationClient,
 };
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use otlp::{Received, Receiver, attr, hex};
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+use crate::support::{
+    HttpResponse, authorize, bearer,
+    otlp::{Received, Receiver, attr, hex},
+    pg,
+    process::{BOOTSTRAP_LINE, ServerProcess},
+    token_id, with_metadata,
+};
 
 const AUTHORIZE: &str = "casola.auth.v1.AuthorizationService/Authorize";
 const CHECK: &str = "envoy.service.auth.v3.Authorization/Check";
-
-fn authorize(token: &str, scopes: &[&str]) -> AuthorizeRequest {
-    AuthorizeRequest {
-        token: token.into(),
-        required_scopes: scopes.iter().map(|s| (*s).into()).collect(),
-        r#match: ScopeMatch::All.into(),
-    }
-}
-
-fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> Request<T> {
-    let mut request = Request::new(message);
-    for (name, value) in pairs {
-        request
-            .metadata_mut()
-            .insert(*name, MetadataValue::try_from(*value).unwrap());
-    }
-    request
-}
-
-fn bearer<T>(token: &str, message: T) -> Request<T> {
-    with_metadata(message, &[("authorization", &format!("Bearer {token}"))])
-}
 
 /// A Check of `GET /v1/models` requiring `scopes`, with these HTTP headers.
 fn check_request(scopes: &str, headers: &[(&str, &str)]) -> CheckRequest {
@@ -94,21 +71,10 @@ fn children<'a>(spans: &'a [Received], parent: &Received) -> Vec<&'a str> {
         .collect()
 }
 
-async fn token_id_of(channel: &Channel, token: &str) -> String {
-    AuthorizationServiceClient::new(channel.clone())
-        .who_am_i(bearer(token, WhoAmIRequest {}))
-        .await
-        .expect("who am I")
-        .into_inner()
-        .principal
-        .expect("principal")
-        .token_id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_headers() {
     let receiver = Receiver::start().await;
-    let server = Binary::start(&[
+    let server = ServerProcess::start(&[
         ("CASOLA_AUTH_LOG_FORMAT", "json"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -137,7 +103,7 @@ async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_header
         .unwrap()
         .into_inner();
     assert_eq!(response.decision(), Decision::Allow);
-    let token_id = token_id_of(&channel, &token).await;
+    let token_id = token_id(&channel, &token).await;
     let span = receiver
         .wait_for("Authorize in the sent trace", in_trace(AUTHORIZE, trace))
         .await;
@@ -380,12 +346,16 @@ impl Scrape {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
-    let server = Binary::start(&[("CASOLA_AUTH_LOG_FORMAT", "json")]);
+    let server = ServerProcess::start(&[("CASOLA_AUTH_LOG_FORMAT", "json")]);
     let channel = server.channel().await;
     let mut authz = AuthorizationServiceClient::new(channel.clone());
 
-    assert_eq!(server.admin_get("/healthz").await.0, 200);
-    let (status, content_type, body) = server.admin_get("/metrics").await;
+    assert_eq!(server.admin_get("/healthz").await.status, 200);
+    let HttpResponse {
+        status,
+        content_type,
+        body,
+    } = server.admin_get("/metrics").await;
     assert_eq!(status, 200);
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -435,7 +405,7 @@ async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
     // The last-used flush runs every 100 ms; wait for it (bounded) rather than for a time.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let after = loop {
-        let (_, _, body) = server.admin_get("/metrics").await;
+        let body = server.admin_get("/metrics").await.body;
         let scrape = Scrape::parse(&body);
         if scrape.counter("casola_auth_last_used_flushes_total", &[]) > 0.0 {
             break scrape;
@@ -579,9 +549,9 @@ async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_metrics_and_pool_connections_on_postgres() {
-    let db = common::pg::fresh_database().await;
-    let server = Binary::start(&[("DATABASE_URL", &db.url)]);
+async fn store_metrics_and_pool_connections_are_exported_on_postgres() {
+    let db = pg::TestDb::new().await;
+    let server = ServerProcess::start(&[("DATABASE_URL", &db.url)]);
     let channel = server.channel().await;
     let unknown = PlainToken::generate();
     let r = AuthorizationServiceClient::new(channel)
@@ -591,7 +561,7 @@ async fn store_metrics_and_pool_connections_on_postgres() {
         .into_inner();
     assert_eq!(r.deny_reason(), DenyReason::Unknown);
 
-    let (_, _, body) = server.admin_get("/metrics").await;
+    let body = server.admin_get("/metrics").await.body;
     let scrape = Scrape::parse(&body);
     let pool = |state: &str| {
         scrape
@@ -636,7 +606,7 @@ fn secret_forms(token: &str) -> [String; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_lifecycle_with_every_log_level_on_leaves_no_secret_anywhere() {
     let receiver = Receiver::start().await;
-    let mut server = Binary::start(&[
+    let mut server = ServerProcess::start(&[
         ("RUST_LOG", "trace"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
         // Nothing leaves before shutdown: the spans arrive only if shutdown flushes them.
@@ -677,7 +647,7 @@ async fn a_full_lifecycle_with_every_log_level_on_leaves_no_secret_anywhere() {
         .unwrap()
         .into_inner();
     assert_eq!(deny.deny_reason(), DenyReason::InsufficientScope);
-    assert_eq!(token_id_of(&channel, &secret).await, id);
+    assert_eq!(token_id(&channel, &secret).await, id);
     let checked = check
         .check(check_request(
             "user:read",
@@ -705,7 +675,7 @@ async fn a_full_lifecycle_with_every_log_level_on_leaves_no_secret_anywhere() {
         .into_inner();
     assert_eq!(revoked.deny_reason(), DenyReason::Revoked);
 
-    let (_, _, metrics) = server.admin_get("/metrics").await;
+    let metrics = server.admin_get("/metrics").await.body;
     drop(channel);
     let status = server.terminate().await;
     assert!(status.success(), "clean exit on SIGTERM: {status}");

@@ -1,7 +1,5 @@
 //! One conformance suite, run against both stores: what the rest of the service relies on.
 
-mod common;
-
 use std::sync::Arc;
 
 use casola_auth::{
@@ -19,6 +17,29 @@ use casola_auth::{
 };
 use chrono::Duration;
 use uuid::Uuid;
+
+use crate::support::{free_port, pg::TestDb};
+
+/// A store under test, and the database behind it (dropped after the store).
+struct Subject {
+    store: Arc<dyn TokenStore>,
+    _db: Option<TestDb>,
+}
+
+async fn memory_store() -> Subject {
+    Subject {
+        store: Arc::new(MemoryStore::new()),
+        _db: None,
+    }
+}
+
+async fn postgres_store() -> Subject {
+    let db = TestDb::new().await;
+    Subject {
+        store: Arc::new(PgStore::new(&db.url, PoolOptions::default()).unwrap()),
+        _db: Some(db),
+    }
+}
 
 fn owner(org: &str, user: &str) -> Owner {
     Owner {
@@ -327,33 +348,20 @@ macro_rules! conformance {
         $(
             #[tokio::test]
             async fn $case() {
-                let store: Arc<dyn TokenStore> = $make;
-                cases::$case(store.as_ref()).await;
+                let subject = $make().await;
+                cases::$case(subject.store.as_ref()).await;
             }
         )*
     };
 }
 
-conformance!(memory, Arc::new(MemoryStore::new()));
-conformance!(
-    postgres,
-    Arc::new(
-        PgStore::new(
-            &common::pg::fresh_database().await.url,
-            PoolOptions::default()
-        )
-        .unwrap()
-    )
-);
+conformance!(memory, memory_store);
+conformance!(postgres, postgres_store);
 
 #[tokio::test]
 async fn an_unreachable_postgres_is_unavailable_not_empty() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let store = PgStore::new(
         &format!("postgres://postgres@127.0.0.1:{port}/none"),
         PoolOptions {
@@ -376,7 +384,7 @@ async fn an_unreachable_postgres_is_unavailable_not_empty() {
 
 #[tokio::test]
 async fn postgres_refuses_to_unrevoke_even_by_hand() {
-    let db = common::pg::fresh_database().await;
+    let db = TestDb::new().await;
     let store = PgStore::new(&db.url, PoolOptions::default()).unwrap();
     let t = store
         .insert(new_token(&owner("acme", "alice"), 0))

@@ -1,0 +1,12 @@
+//! The integration tests, one crate with a module per area, against a real server (in this
+//! process or the real binary), real Postgres and real gRPC clients on loopback. Shared
+//! fixtures live in `support`.
+
+mod console;
+mod grpc_api;
+mod harness;
+mod hot_path;
+mod observability;
+mod postgres_tls;
+mod store_conformance;
+mod support;
