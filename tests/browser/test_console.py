@@ -144,7 +144,8 @@ def test_explicit_scopes_and_an_expiry_show_expires_soon(tab: Tab):
     expect(page.locator("#created-dialog")).to_be_visible()
     page.keyboard.press("Escape")  # a keyboard way out drops the secret too
     expect(page.locator("#created-dialog")).to_be_hidden()
-    assert page.get_by_label("Token value", exact=True).input_value() == ""
+    expect(page.get_by_label("Token value", exact=True)).to_have_value("")
+    expect(page.locator("#snippet-curl")).to_have_text("")
     expect(cell(page, "read-only dashboard", "Scopes")).to_have_text(re.compile("admin:read.*user:read"))
     expect(cell(page, "read-only dashboard", "Expires")).to_contain_text("expires soon")
     tab.shot("08-expires-soon")

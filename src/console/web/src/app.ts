@@ -679,8 +679,13 @@ async function start(): Promise<void> {
 
   on("copy-secret", "click", copySecret);
   on("test-token", "click", testToken);
-  on("created-close", "click", () => byId<HTMLDialogElement>("created-dialog").close());
-  // Every way out (button, Escape) drops the secret.
+  // Every way out drops the secret: at once for the button and Escape ("cancel"), and on
+  // "close" (dispatched later, in a task) for anything else that closes the dialog.
+  on("created-close", "click", () => {
+    dropSecret();
+    byId<HTMLDialogElement>("created-dialog").close();
+  });
+  on("created-dialog", "cancel", dropSecret);
   on("created-dialog", "close", dropSecret);
 
   on("revoke-cancel", "click", () => byId<HTMLDialogElement>("revoke-dialog").close());
