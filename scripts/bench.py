@@ -103,7 +103,7 @@ class Replica:
         self.name = name
         self.port = free_port()
         self.admin = free_port()
-        self.env = clean_env(DATABASE_URL=db_url, RUST_LOG="warn", **(env or {}))
+        self.env = clean_env(DATABASE_URL=db_url, RUST_LOG="warn", CASOLA_AUTH_CONSOLE__ENABLED="false", **(env or {}))
         self.proc = None
         # A command the server runs under (perf record), and the server's own pid then.
         self.wrap: list[str] = []

@@ -6,8 +6,11 @@
 #      tests over loopback;
 #   3. the end-to-end suite: real Envoy, grpcurl and the OpenAI SDK against the real binary
 #      (scripts/test-e2e.sh, its own virtualenv);
-#   4. the Helm chart: lint, render, schema validation, checkov (scripts/test-helm.sh);
-#   5. checks that no server process was left behind.
+#   4. the console in a real browser: headless Debian Chromium driven by Playwright against
+#      the real binary on PostgreSQL (scripts/test-browser.sh; screenshots in
+#      target/browser-screenshots/);
+#   5. the Helm chart: lint, render, schema validation, checkov (scripts/test-helm.sh);
+#   6. checks that no server process was left behind.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,12 +39,15 @@ export CASOLA_AUTH_BIN="$PWD/target/debug/casola-auth"
 say "end to end: Envoy ext_authz, OpenAI SDK, grpcurl"
 VENV=target/py/e2e bash scripts/test-e2e.sh
 
+say "console in a real browser: Chromium + Playwright (screenshots in target/browser-screenshots/)"
+VENV=target/py/browser bash scripts/test-browser.sh
+
 say "Helm chart: lint, render, kubernetes-validate, checkov"
 VENV=target/py/helm bash scripts/test-helm.sh
 
 say "no process left behind"
 sleep 1
-left=$(pgrep -af 'casola-auth-pg-|casola-e2e|target/debug/casola-auth|envoy' | grep -v pgrep || true)
+left=$(pgrep -af 'casola-auth-pg-|casola-e2e|casola-browser|target/debug/casola-auth|envoy' | grep -v pgrep || true)
 if [ -n "$left" ]; then
     echo "processes left behind:" >&2
     echo "$left" >&2

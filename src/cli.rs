@@ -598,6 +598,10 @@ async fn serve(args: ServeArgs) -> Outcome {
             tracing::warn!(error = %e, "could not print the bootstrap token to stdout");
         }
     }
+    // After the bootstrap token: its line stays the first on stdout.
+    if let Some(addr) = running.console_addr {
+        println!("console (API Tokens page): http://{addr}/");
+    }
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.shutdown().await;

@@ -25,6 +25,7 @@
 //! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
+//! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
 
@@ -238,6 +239,27 @@ pub struct EnvoyConfig {
     pub routes: Vec<RouteRule>,
 }
 
+/// The web console (the API Tokens page, docs/console.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console. On by default so that a local `serve` shows the page; deployments
+    /// with a dashboard of their own turn it off (the Helm chart does).
+    pub enabled: bool,
+    /// Its own HTTP/1.1 address: the page and the gRPC-Web endpoints, same origin. Not
+    /// 8080, which the Envoy example's gateway takes.
+    pub listen: SocketAddr,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 8088).into(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -277,6 +299,8 @@ pub struct Config {
     /// A throwaway demo: lets the in-memory store (and its bootstrap admin token, printed
     /// at start-up) serve on a non-loopback address, which is refused otherwise.
     pub demo: bool,
+    /// The web console.
+    pub console: ConsoleConfig,
 }
 
 impl Default for Config {
@@ -299,12 +323,13 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             envoy: EnvoyConfig::default(),
             demo: false,
+            console: ConsoleConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 17] = [
+const TOP_LEVEL_KEYS: [&str; 18] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -322,6 +347,7 @@ const TOP_LEVEL_KEYS: [&str; 17] = [
     "catalog",
     "envoy",
     "demo",
+    "console",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod authorize;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod manage;
 pub mod pagination;

@@ -205,6 +205,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The bound admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// The bound console address, when the console is enabled.
+    pub console_addr: Option<SocketAddr>,
     /// With the in-memory store: a token with admin-full + tokens:issue, for local use.
     pub bootstrap_token: Option<PlainToken>,
     services: Services,
@@ -213,6 +215,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<()>,
+    console: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -224,6 +227,13 @@ async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
 
 /// The gRPC router with every service, the telemetry layer around them all.
 type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
+
+/// What the console's gRPC-Web serves: the service stacks of the gRPC port (caller
+/// authentication included) and its telemetry layer.
+struct ConsoleApi {
+    services: tonic::service::Routes,
+    telemetry: GrpcTelemetryLayer,
+}
 
 /// Starts serving per `config`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -244,13 +254,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     health
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
-    let router = grpc_router(&config, &services, health_service)?;
+    let (router, console_api) = grpc_router(&config, &services, health_service)?;
     let (listener, grpc_addr) = bind(config.listen).await?;
     let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
+    let console_listener = match config.console.enabled {
+        true => Some(bind(config.console.listen).await?),
+        false => None,
+    };
+    let console_addr = console_listener.as_ref().map(|(_, addr)| *addr);
 
     let (stop, stopped) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let grpc = tokio::spawn(serve_grpc(router, listener, stopped.clone()));
+    let console = console_listener.map(|(listener, _)| {
+        tokio::spawn(crate::console::serve(
+            listener,
+            console_api.services,
+            console_api.telemetry,
+            stopped.clone(),
+        ))
+    });
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         AdminState {
@@ -292,10 +315,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop.subscribe(),
     )));
     background.extend(spawn_revocation_listener(&config, &services, &stop, nudge));
-    tracing::info!(%grpc_addr, %admin_addr, store = ?services.kind, "casola-auth serving");
+    tracing::info!(%grpc_addr, %admin_addr, console_addr = ?console_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        console_addr,
         bootstrap_token,
         services,
         health,
@@ -303,18 +327,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         grpc,
         admin,
+        console,
         background,
     })
 }
 
 /// Every gRPC service: health, reflection (v1 for current clients, v1alpha for grpcurl
 /// 1.8.6 and other older ones), TokenService behind caller authentication,
-/// AuthorizationService and Envoy's Check.
+/// AuthorizationService and Envoy's Check; and the console's share of them.
 fn grpc_router(
     config: &Config,
     services: &Services,
     health_service: HealthServer<impl Health>,
-) -> Result<GrpcRouter, StartError> {
+) -> Result<(GrpcRouter, ConsoleApi), StartError> {
     let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
         .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
     let reflection = proto::reflection;
@@ -341,7 +366,12 @@ fn grpc_router(
     let check_service = CheckApi::new(services.authorizer.clone(), routes, config.envoy.clone())
         .into_server()
         .max_decoding_message_size(max);
-    Ok(Server::builder()
+    let console = ConsoleApi {
+        services: tonic::service::Routes::new(token_service.clone())
+            .add_service(authorization_service.clone()),
+        telemetry: grpc_telemetry.clone(),
+    };
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(grpc_telemetry)
         .add_service(health_service)
@@ -349,7 +379,8 @@ fn grpc_router(
         .add_service(reflection_v1alpha)
         .add_service(token_service)
         .add_service(authorization_service)
-        .add_service(check_service))
+        .add_service(check_service);
+    Ok((router, console))
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -625,6 +656,9 @@ impl Running {
             tracing::warn!(error = %e, "final last_used_at flush failed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+        if let Some(console) = self.console {
+            let _ = tokio::time::timeout(Duration::from_secs(1), console).await;
+        }
         tracing::info!("casola-auth stopped");
     }
 }

@@ -150,7 +150,7 @@ class AuthServer:
                 "--config", self.config,
                 "--database-url", self.db_url,
             ],
-            env=clean_env(RUST_LOG=os.environ.get("E2E_RUST_LOG", "info")),
+            env=clean_env(RUST_LOG=os.environ.get("E2E_RUST_LOG", "info"), CASOLA_AUTH_CONSOLE__ENABLED="false"),
         )
         wait_until(
             f"casola-auth {self.name} /readyz",

@@ -531,6 +531,7 @@ def test_checksum_follows_the_config(chart):
         {"database": {"tls": "verify-ca"}},
         {"config": {"argon2": {"memoryKib": "lots"}}},
         {"config": {"store": {"poolSize": 0}}},
+        {"config": {"console": {"enabled": "yes"}}},
         {"config": {"envoy": {"routes": [{"pathPrefix": "no-slash", "scopes": []}]}}},
         {"config": {"envoy": {"routes": [{"pathPrefix": "/x", "scopes": ["NotAScope"]}]}}},
         {"config": {"envoy": {"routes": [{"pathPrefix": "/x", "scopes": [], "match": "some"}]}}},
@@ -598,6 +599,7 @@ def test_config_toml_defaults(chart):
         "log_format": "json",
         "argon2": {"memory_kib": 19456, "iterations": 2, "parallelism": 1},
         "store": {"pool_size": 10},
+        "console": {"enabled": False},
         "envoy": {"routes": []},
     }
     cm = one(docs, "ConfigMap")
@@ -608,6 +610,11 @@ def test_config_toml_defaults(chart):
     assert mounts["config"]["mountPath"] == "/etc/casola-auth" and mounts["config"]["readOnly"]
     volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == cm["metadata"]["name"]
+
+
+def test_the_console_is_off_by_default_and_can_be_turned_on(chart):
+    assert config_toml(render(chart))["console"] == {"enabled": False}
+    assert config_toml(render(chart, {"config": {"console": {"enabled": True}}}))["console"] == {"enabled": True}
 
 
 def test_config_toml_production(chart):

@@ -3,6 +3,7 @@
 //! fixtures live in `support`.
 
 mod client_garbage;
+mod console;
 mod grpc_api;
 mod harness;
 mod hot_path;

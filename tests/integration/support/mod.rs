@@ -11,7 +11,7 @@ use std::{
 };
 
 use casola_auth::{
-    config::{Config, DatabaseUrl},
+    config::{Config, ConsoleConfig, DatabaseUrl},
     manage::{Caller, CreateRequest},
     proto::{
         AuthorizeRequest, ScopeMatch, WhoAmIRequest,
@@ -44,6 +44,11 @@ pub fn test_config(database_url: Option<&str>) -> Config {
         argon2: FAST_ARGON2,
         health_interval_ms: 200,
         shutdown_grace_seconds: 5,
+        // Enabled only by the console tests (console.rs), on an ephemeral port.
+        console: ConsoleConfig {
+            enabled: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
         ..Config::default()
     }
 }

@@ -152,6 +152,7 @@ impl ServerProcess {
             .env_clear()
             .env("CASOLA_AUTH_LISTEN", "127.0.0.1:0")
             .env("CASOLA_AUTH_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CASOLA_AUTH_CONSOLE__ENABLED", "false")
             .envs(FAST_ARGON2_ENV)
             .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
             .env("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "100")
