@@ -519,6 +519,13 @@ impl Config {
                 self.listen
             ));
         }
+        self.validate_argon2()?;
+        self.validate_bounds()
+    }
+
+    /// argon2's parameters within what argon2 accepts and a replica can afford.
+    fn validate_argon2(&self) -> Result<(), ConfigError> {
+        let unusable = |message: String| Err(ConfigError::Unusable(message));
         let HashParams {
             memory_kib,
             iterations,
@@ -540,6 +547,11 @@ impl Config {
                 "argon2.iterations must be between 1 and {ARGON2_MAX_ITERATIONS}, is {iterations}"
             ));
         }
+        Ok(())
+    }
+
+    /// Values past which start-up would panic.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
         // Past these the cache (moka refuses more than 1000 years) or the pool's queue
         // arithmetic would stop start-up with a panic.
         let workers = self
@@ -567,7 +579,9 @@ impl Config {
         ];
         for (key, value, max) in bounds {
             if value > max {
-                return unusable(format!("{key} = {value} is above its limit of {max}"));
+                return Err(ConfigError::Unusable(format!(
+                    "{key} = {value} is above its limit of {max}"
+                )));
             }
         }
         Ok(())

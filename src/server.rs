@@ -249,11 +249,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         StoreKind::Postgres => None,
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_store_bound(&health, ServingStatus::NotServing).await;
-    health
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
+    let (health, health_service) = health().await;
     let (router, console_api) = grpc_router(&config, &services, health_service)?;
     let (listener, grpc_addr) = bind(config.listen).await?;
     let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
@@ -283,38 +279,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         stopped.clone(),
     ));
-    let mut background = vec![
-        tokio::spawn(watch_store_health(
-            services.store.clone(),
-            health.clone(),
-            ready,
-            Duration::from_millis(config.health_interval_ms.max(100)),
-            stopped.clone(),
-        )),
-        tokio::spawn(flush_last_used(
-            services.clone(),
-            Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
-            stopped.clone(),
-        )),
-        tokio::spawn(metrics_upkeep(
-            metrics,
-            services.authorizer.cache().clone(),
-            stopped,
-        )),
-    ];
-    // The listener nudges the poller when it reconnects: catch up at once.
-    let nudge = Arc::new(tokio::sync::Notify::new());
-    background.push(tokio::spawn(crate::store::changes::run(
-        services.store.clone(),
-        services.authorizer.cache().clone(),
-        PollerOptions {
-            interval: Duration::from_millis(config.cache.poll_interval_ms.max(10)),
-            ..PollerOptions::default()
-        },
-        nudge.clone(),
-        stop.subscribe(),
-    )));
-    background.extend(spawn_revocation_listener(&config, &services, &stop, nudge));
+    let background = spawn_background(&config, &services, &health, ready, metrics, &stop);
     tracing::info!(%grpc_addr, %admin_addr, console_addr = ?console_addr, store = ?services.kind, "casola-auth serving");
     Ok(Running {
         grpc_addr,
@@ -330,6 +295,62 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         console,
         background,
     })
+}
+
+/// The health service: store-bound names NOT_SERVING until the store answers, liveness
+/// SERVING from the start.
+async fn health() -> (HealthReporter, HealthServer<impl Health>) {
+    let (health, service) = tonic_health::server::health_reporter();
+    set_store_bound(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    (health, service)
+}
+
+/// The tasks beside the servers: store health, the last-used flush, metrics upkeep, the
+/// change-log poller and (on Postgres) the revocation listener.
+fn spawn_background(
+    config: &Config,
+    services: &Services,
+    health: &HealthReporter,
+    ready: Arc<AtomicBool>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    stop: &watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut background = vec![
+        tokio::spawn(watch_store_health(
+            services.store.clone(),
+            health.clone(),
+            ready,
+            Duration::from_millis(config.health_interval_ms.max(100)),
+            stop.subscribe(),
+        )),
+        tokio::spawn(flush_last_used(
+            services.clone(),
+            Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
+            stop.subscribe(),
+        )),
+        tokio::spawn(metrics_upkeep(
+            metrics,
+            services.authorizer.cache().clone(),
+            stop.subscribe(),
+        )),
+    ];
+    // The listener nudges the poller when it reconnects: catch up at once.
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    background.push(tokio::spawn(crate::store::changes::run(
+        services.store.clone(),
+        services.authorizer.cache().clone(),
+        PollerOptions {
+            interval: Duration::from_millis(config.cache.poll_interval_ms.max(10)),
+            ..PollerOptions::default()
+        },
+        nudge.clone(),
+        stop.subscribe(),
+    )));
+    background.extend(spawn_revocation_listener(config, services, stop, nudge));
+    background
 }
 
 /// Every gRPC service: health, reflection (v1 for current clients, v1alpha for grpcurl
@@ -466,27 +487,32 @@ pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
             (tokio_postgres::config::SslMode::Disable, _, false) => "disable",
             (_, _, false) => "prefer",
         };
-        match mode {
-            "require" => tracing::info!(
-                url = key,
-                tls = "require",
-                "TLS to Postgres required, certificate and host name verified against {roots}"
-            ),
-            "disable" => tracing::warn!(
-                url = key,
-                tls = "disable",
-                "TLS to Postgres disabled: the connection is plaintext"
-            ),
-            _ => tracing::warn!(
-                url = key,
-                tls = "prefer",
-                "TLS to Postgres only if the server offers it (verified against {roots}), \
-                 else plaintext, which anyone on the path can force: set sslmode=require \
-                 or store.require_tls"
-            ),
-        }
+        log_tls_mode(key, mode, &roots);
     }
     Ok(config)
+}
+
+/// Says at start-up which TLS mode is in force towards Postgres for the URL `key`.
+fn log_tls_mode(key: &str, mode: &str, roots: &str) {
+    match mode {
+        "require" => tracing::info!(
+            url = key,
+            tls = "require",
+            "TLS to Postgres required, certificate and host name verified against {roots}"
+        ),
+        "disable" => tracing::warn!(
+            url = key,
+            tls = "disable",
+            "TLS to Postgres disabled: the connection is plaintext"
+        ),
+        _ => tracing::warn!(
+            url = key,
+            tls = "prefer",
+            "TLS to Postgres only if the server offers it (verified against {roots}), \
+             else plaintext, which anyone on the path can force: set sslmode=require \
+             or store.require_tls"
+        ),
+    }
 }
 
 /// On Postgres: the task that hears revocations from every replica.

@@ -256,6 +256,8 @@ impl Catalog {
     }
 
     /// The default catalog extended by an operator's spec.
+    // Longer than most: every check of a catalog in turn (names, duplicates, implications,
+    // presets), each with its own error, then the closure; split, it would read worse.
     pub fn build(extra: CatalogSpec) -> Result<Self, CatalogError> {
         let mut spec = Self::defaults();
         for category in extra.categories {

@@ -139,6 +139,8 @@ const LATENCY_BUCKETS: [f64; 14] = [
 const FLUSH_SIZE_BUCKETS: [f64; 7] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0];
 
 /// Registers the help text and unit of every metric with the installed recorder.
+// Long on purpose: one statement per metric, in the order of the names above, so that a
+// new metric's description is one obvious addition.
 pub fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,

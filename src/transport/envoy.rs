@@ -434,38 +434,7 @@ impl CheckApi {
         let decision = self.authorizer.authorize(credential, &required, mode).await;
         let covered = matched || self.config.allow_unmatched;
         verdict::record(Entry::Check, check_verdict(&decision, covered));
-        match decision {
-            Ok(Decision::Allow(principal)) if matched || self.config.allow_unmatched => {
-                Outcome::Allow(principal)
-            }
-            Ok(Decision::Allow(_)) => Outcome::Forbidden {
-                message: "No authorization rule covers this route.".into(),
-                missing: Vec::new(),
-            },
-            Ok(Decision::Deny(denial)) => match denial {
-                Denial::Malformed => Outcome::Unauthenticated(
-                    "Malformed API key provided. Casola API keys start with csl_.",
-                ),
-                Denial::Unknown => Outcome::Unauthenticated("Incorrect API key provided."),
-                Denial::Revoked => Outcome::Unauthenticated("This API key has been revoked."),
-                Denial::Expired => Outcome::Unauthenticated("This API key has expired."),
-                Denial::InsufficientScope { missing, .. } => Outcome::Forbidden {
-                    message: format!(
-                        "This API key lacks the required scope{}: {}.",
-                        if missing.len() == 1 { "" } else { "s" },
-                        missing.join(", ")
-                    ),
-                    missing,
-                },
-            },
-            Err(Error::ResourceExhausted(_)) => {
-                Outcome::Unavailable("Authorization is overloaded; retry shortly.")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "check could not decide");
-                Outcome::Unavailable("Authorization is temporarily unavailable; retry shortly.")
-            }
-        }
+        outcome(decision, covered)
     }
 
     fn respond(&self, req: &CheckRequest, outcome: Outcome) -> CheckResponse {
@@ -636,6 +605,40 @@ fn identity_metadata(principal: &Principal) -> Struct {
                 )
             })
             .collect(),
+    }
+}
+
+/// The HTTP answer to a decision; `covered`: a rule (or `allow_unmatched`) covers the route.
+fn outcome(decision: Result<Decision, Error>, covered: bool) -> Outcome {
+    match decision {
+        Ok(Decision::Allow(principal)) if covered => Outcome::Allow(principal),
+        Ok(Decision::Allow(_)) => Outcome::Forbidden {
+            message: "No authorization rule covers this route.".into(),
+            missing: Vec::new(),
+        },
+        Ok(Decision::Deny(denial)) => match denial {
+            Denial::Malformed => Outcome::Unauthenticated(
+                "Malformed API key provided. Casola API keys start with csl_.",
+            ),
+            Denial::Unknown => Outcome::Unauthenticated("Incorrect API key provided."),
+            Denial::Revoked => Outcome::Unauthenticated("This API key has been revoked."),
+            Denial::Expired => Outcome::Unauthenticated("This API key has expired."),
+            Denial::InsufficientScope { missing, .. } => Outcome::Forbidden {
+                message: format!(
+                    "This API key lacks the required scope{}: {}.",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                ),
+                missing,
+            },
+        },
+        Err(Error::ResourceExhausted(_)) => {
+            Outcome::Unavailable("Authorization is overloaded; retry shortly.")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "check could not decide");
+            Outcome::Unavailable("Authorization is temporarily unavailable; retry shortly.")
+        }
     }
 }
 
