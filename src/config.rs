@@ -559,7 +559,11 @@ impl Config {
             .workers
             .map_or(0, |w| u64::try_from(w).unwrap_or(u64::MAX));
         let bounds = [
-            ("cache.idle_seconds", self.cache.idle_seconds, MAX_CACHE_SECONDS),
+            (
+                "cache.idle_seconds",
+                self.cache.idle_seconds,
+                MAX_CACHE_SECONDS,
+            ),
             (
                 "cache.ttl_seconds",
                 self.cache.ttl_seconds.unwrap_or(0),

@@ -81,12 +81,13 @@ fn resolve_checked(catalog: &Catalog, names: &[String]) {
             assert_eq!(set.iter().collect::<BTreeSet<_>>(), want);
         }
         Err(unknown) => {
+            let unknown = unknown.names();
             assert!(!unknown.is_empty());
             assert!(
                 unknown.windows(2).all(|w| w[0].0 < w[1].0),
                 "positions ascend"
             );
-            for (i, name) in &unknown {
+            for (i, name) in unknown {
                 assert_eq!(&names[*i], name);
                 assert!(!catalog.knows(name));
             }

@@ -58,6 +58,11 @@ impl FromStr for ScopeMatch {
 pub struct UnknownScopes(Vec<(usize, String)>);
 
 impl UnknownScopes {
+    /// The unknown names with their positions, in order.
+    pub fn names(&self) -> &[(usize, String)] {
+        &self.0
+    }
+
     /// One violation per unknown name, on `field[i]`; `offset` is subtracted from each
     /// position (for lists resolved behind a preset's scopes).
     pub fn violations(&self, field: &str, offset: usize) -> Vec<FieldViolation> {
