@@ -18,8 +18,7 @@ OUT=src/console/assets
 "$WEB/node_modules/.bin/esbuild" "$WEB/src/app.ts" \
     --bundle --format=esm --target=es2022 --minify --legal-comments=none \
     --charset=utf8 --log-level=warning --outfile="$OUT/app.js"
-cp "$WEB/index.html" "$OUT/index.html"
-cp "$WEB/app.css" "$OUT/app.css"
+# index.html, app.css and favicon.svg are written by hand in $OUT and served as they are.
 
 if [[ "${1:-}" == "--check" ]]; then
     if ! git diff --exit-code --stat -- "$OUT"; then
