@@ -47,7 +47,9 @@ VENV=target/py/helm bash scripts/test-helm.sh
 
 say "no process left behind"
 sleep 1
-left=$(pgrep -af 'casola-auth-pg-|casola-e2e|casola-browser|target/debug/casola-auth|envoy' | grep -v pgrep || true)
+# Our servers, clusters and proxies only (not a compiler that happens to name the target dir).
+left=$(pgrep -af 'casola-auth-pg-|casola-e2e|casola-browser|target/debug/casola-auth|envoy' \
+    | grep -vE 'pgrep|rustc|cargo|clippy' || true)
 if [ -n "$left" ]; then
     echo "processes left behind:" >&2
     echo "$left" >&2

@@ -25,6 +25,7 @@
 //! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
+//! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
@@ -178,6 +179,32 @@ pub struct RouteRule {
     pub mode: ScopeMatch,
 }
 
+/// Limits that keep a replica answering on time under any load (docs/reliability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most gRPC calls in flight at once; past it, RESOURCE_EXHAUSTED at once.
+    pub max_in_flight: usize,
+    /// Ceiling on the deadline of Authorize and Check, below Envoy's 200 ms ext_authz
+    /// default so that a late answer is never an OK nobody reads.
+    pub decision_deadline_ms: u64,
+    /// HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Largest header list a request may send, in bytes.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 2048,
+            decision_deadline_ms: 150,
+            max_concurrent_streams: 512,
+            max_header_list_bytes: 16 * 1024,
+        }
+    }
+}
+
 /// The verified-token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -301,6 +328,8 @@ pub struct Config {
     pub demo: bool,
     /// The web console.
     pub console: ConsoleConfig,
+    /// Admission control and HTTP/2 limits.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -324,12 +353,13 @@ impl Default for Config {
             envoy: EnvoyConfig::default(),
             demo: false,
             console: ConsoleConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 18] = [
+const TOP_LEVEL_KEYS: [&str; 19] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -348,6 +378,7 @@ const TOP_LEVEL_KEYS: [&str; 18] = [
     "envoy",
     "demo",
     "console",
+    "limits",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a

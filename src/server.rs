@@ -60,6 +60,7 @@ use crate::{
         hash::{HashError, TokenHasher},
     },
     transport::{
+        admission::{Admission, AdmissionLayer},
         envoy::{CheckApi, RouteTable},
         grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
         telemetry::GrpcTelemetryLayer,
@@ -226,7 +227,7 @@ async fn set_store_bound(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// The gRPC router with every service, the telemetry layer around them all.
-type GrpcRouter = Router<Stack<GrpcTelemetryLayer, Identity>>;
+type GrpcRouter = Router<Stack<AdmissionLayer, Stack<GrpcTelemetryLayer, Identity>>>;
 
 /// What the console's gRPC-Web serves: the service stacks of the gRPC port (caller
 /// authentication included) and its telemetry layer.
@@ -392,9 +393,20 @@ fn grpc_router(
             .add_service(authorization_service.clone()),
         telemetry: grpc_telemetry.clone(),
     };
+    let limits = config.limits;
     let router = Server::builder()
+        // A dead peer's connection is found and closed: a PING every 30 s, 20 s to answer.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // Bounds per connection (streams, header bytes); admission bounds the total.
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        // Telemetry outside admission: shed and late calls are counted and logged too.
         .layer(grpc_telemetry)
+        .layer(AdmissionLayer::new(Admission {
+            max_in_flight: limits.max_in_flight,
+            decision_deadline: Duration::from_millis(limits.decision_deadline_ms.max(1)),
+        }))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

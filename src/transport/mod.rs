@@ -3,9 +3,11 @@
 //! - [`envoy`]: Envoy's ext_authz `Authorization/Check`, on the same decision path;
 //! - [`telemetry`]: the call layer around every gRPC service (span, metrics, log line) and
 //!   the Check span's parent rule; [`verdict`]: domain outcomes as telemetry labels;
+//! - [`admission`]: the bound on calls in flight and the deadline of each;
 //! - [`codec`]: the protobuf codec of the generated services (client garbage is the
 //!   client's error).
 
+pub mod admission;
 pub mod codec;
 pub mod envoy;
 pub mod grpc;

@@ -2,12 +2,14 @@
 //! process or the real binary), real Postgres and real gRPC clients on loopback. Shared
 //! fixtures live in `support`.
 
+mod bad_input;
 mod client_garbage;
 mod console;
 mod grpc_api;
 mod harness;
 mod hot_path;
 mod observability;
+mod overload;
 mod postgres_tls;
 mod security;
 mod store_conformance;

@@ -82,6 +82,20 @@ impl From<Error> for Status {
     }
 }
 
+/// A call refused at admission: too many calls in flight. Retryable, and answered at once.
+pub fn overloaded() -> Status {
+    Status::resource_exhausted("overloaded: too many calls in flight; retry with backoff")
+}
+
+/// A call whose deadline (the caller's `grpc-timeout`, or the decision ceiling) passed
+/// before it was answered; its work was dropped.
+pub fn deadline_exceeded(deadline: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "not answered within the deadline of {} ms; the work was dropped",
+        deadline.as_millis()
+    ))
+}
+
 /// A call that needs a caller token came without one.
 pub fn missing_credentials() -> Status {
     Status::unauthenticated(MISSING_CREDENTIALS)
