@@ -176,9 +176,14 @@ fuzz_target!(|input: Input| {
             for scope in r.scopes.iter() {
                 assert!(default.knows(scope) && list.contains(scope));
             }
-            if simple_words {
+            // A lone `*` is the explicit "any valid token": no scope required.
+            let any_token = matches!(words.as_slice(), [only] if only == "*");
+            if simple_words && !any_token {
                 let want: BTreeSet<&str> = words.iter().map(String::as_str).collect();
                 assert_eq!(r.scopes.iter().collect::<BTreeSet<_>>(), want);
+            }
+            if any_token {
+                assert!(r.scopes.is_empty());
             }
         }
         Ok(None) => panic!("a casola.scopes extension always gives a requirement"),
