@@ -10,6 +10,7 @@ mod verify_pool;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tracing::Instrument;
 
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
 use self::{
@@ -207,9 +208,21 @@ impl Authorizer {
             metrics::counter!(NEGATIVE_CACHE_HITS_TOTAL).increment(1);
             return Err(UNKNOWN_TOKEN);
         }
-        self.cache
-            .get_or_load(key, self.load_and_verify(key, token))
-            .await
+        // Detached: a lookup that has begun finishes and fills the cache even when the call
+        // that started it is dropped at its deadline (transport::admission), so the retry
+        // finds the verified token instead of paying argon2 again. Without this, a storm of
+        // cold tokens slower than the deadline re-verified the same tokens over and over.
+        let this = self.clone();
+        let load = async move {
+            this.cache
+                .get_or_load(key, this.load_and_verify(key, token))
+                .await
+        }
+        .instrument(tracing::Span::current());
+        tokio::spawn(load).await.map_err(|e| {
+            tracing::error!(error = %e, "cold lookup task failed");
+            Error::Internal
+        })?
     }
 
     /// A cached entry older than a change to its token: re-read the row, keep the proof of
