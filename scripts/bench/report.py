@@ -71,7 +71,9 @@ def summary(res: dict) -> str:
     g, e = res["grpc"], res["envoy"]
     act = res["active"]
     w = act["windows"]
-    after_first = sum(x["verifies"] for x in w)
+    # Each token must be proven once (first pass or later, when the first pass was shed);
+    # anything beyond that is a re-verify, the cost the cache must not pay.
+    reverifies = max(act["first"].get("verifies", 0) + sum(x["verifies"] for x in w) - act["tokens"], 0)
     cpu_flat = w[-1]["cpu_us_per_request"] / w[0]["cpu_us_per_request"]
     hit = w[-1]["cpu_us_per_request"] / g["rust_authorize_cpu_us"]
     cs = res["cold_start"]
@@ -86,8 +88,9 @@ def summary(res: dict) -> str:
          f"{g['rust_authorize']:.2f}", f"≥ {WARM_TARGET}", ok(g["rust_authorize"] >= WARM_TARGET)),
         ("server CPU per request under h2load: Health/Check / Authorize / Check",
          f"{g['h2load_baseline_cpu_us']:.1f} / {g['h2load_authorize_cpu_us']:.1f} / {g['h2load_check_cpu_us']:.1f} µs", "", ""),
-        (f"active set, default config: argon2 verifies after the first pass ({act['tokens']:,} tokens, {len(w)} min)",
-         f"{after_first:.0f}", "0", ok(after_first == 0)),
+        (f"active set, default config: argon2 re-verifies, beyond one per token ({act['tokens']:,} tokens, first pass + {len(w)} min; "
+         f"verifies in the last minute: {w[-1]['verifies']:.0f})",
+         f"{reverifies:.0f}", "0", ok(reverifies == 0)),
         ("active set: server CPU per request, last minute ÷ first minute; last minute ÷ a warm cache hit "
          "(casola-auth-bench Authorize above)",
          f"{cpu_flat:.2f}; {hit:.0f} ({w[-1]['cpu_us_per_request']:,.0f} / {w[0]['cpu_us_per_request']:,.0f} / {g['rust_authorize_cpu_us']:.1f} µs)",
@@ -125,8 +128,9 @@ def grpc_section(res: dict) -> str:
 
     return f"""## gRPC: warm Authorize and warm Check against the no-op RPC
 
-Replica A runs with `cache.ttl_seconds = 1800` so that the warm set stays cached (these
-ratios are about a cache hit; the default TTL is measured in the active-set run).
+Replica A runs with the default configuration: a used entry stays cached (refreshed from
+its row when the token changes, dropped after an idle hour), so these ratios are about a
+cache hit without any tuning.
 
 ```
 casola-auth-bench frame --mode authorize --tokens warm.txt --out authorize.frame
@@ -293,9 +297,10 @@ def active_section(res: dict) -> str:
         f"| {x['minute']} | {x['rps']:.0f} | {x['cycles']:.1f} | {x['verifies']:.0f} | {x['cpu_us_per_request']:.0f} | "
         f"{x['p50_ms']:.2f} / {x['p99_ms']:.1f} | {x['shed']} | {x['statements_per_s']:.0f} | {x['xacts_per_s']:.0f} |"
         for x in a["windows"])
-    return f"""## Active set with the default configuration (the "before" figure)
+    return f"""## Active set with the default configuration
 
-A replica with no overrides (`cache.ttl_seconds = 60`, default argon2 m=19456 KiB t=2 p=1)
+A replica with no overrides (entries refreshed from the change log, idle bound an hour;
+default argon2 m=19456 KiB t=2 p=1)
 and {a['tokens']:,} distinct tokens: one first pass (each token once, 32 callers), then the tokens
 cycled round-robin by 32 closed-loop callers, one 60 s window per row, each window continuing
 the cycle where the last stopped. Verifies from `/metrics`
@@ -341,7 +346,7 @@ def rss_section(res: dict) -> str:
         f"{r['bytes_per_token']:.0f} B | {ok(r['bytes_per_token'] <= RSS_TARGET)} |" for r in res["rss"])
     return f"""## RSS per cached token
 
-A replica with `cache.max_entries` twice the count and `cache.ttl_seconds = 3600` uses every
+A replica with `cache.max_entries` twice the count uses every
 token once; RSS (VmRSS) before and after. The tokens are minted with cheap argon2 parameters
 (m=64 KiB, t=1) so the fill takes a minute, not hours: the cache holds rows and principals,
 whose size does not depend on the hash cost.
@@ -494,16 +499,11 @@ def missed_section(res: dict) -> str:
   casola-auth-bench: the difference is the Rust load generator's own cost per call (it encodes a
   fresh request and decodes the answer on the same two cores), which is why the ratios are now
   taken with h2load.""")
-    after_first = sum(x["verifies"] for x in w)
-    if after_first:
-        items.append(f"""- **Active set: {after_first:,.0f} argon2 verifies after the first pass** (target 0), server CPU
+    reverifies = max(a["first"].get("verifies", 0) + sum(x["verifies"] for x in w) - a["tokens"], 0)
+    if reverifies:
+        items.append(f"""- **Active set: {reverifies:,.0f} argon2 re-verifies** beyond one per token (target 0), server CPU
   {w[0]['cpu_us_per_request']:,.0f} → {w[-1]['cpu_us_per_request']:,.0f} µs per request, {w[-1]['statements_per_s']:.0f} store statements/s with no token
-  changing. The first pass of {a['tokens']:,} tokens took {a['first']['wall_s']:.0f} s, longer than the 60 s TTL,
-  so by the time a token came round again its entry had expired and it paid a store read and a
-  full argon2 verify: the replica serves {w[-1]['rps']:.0f} req/s, argon2-bound, instead of a cache hit's
-  thousands. This is the cliff of issue 14 (items 1 and 2: refresh without argon2, a change log
-  instead of the TTL); this run is the "before" figure. The default 20,000 tokens show the same
-  at a larger scale.""")
+  changing: a token already proven on this replica paid argon2 again.""")
     if cs["recovered_s"] is None:
         items.append(f"""- **Cold start: the new replica's p99 did not come under {COLD_P99_MS:.0f} ms within {cs['bound_s']:.0f} s**: {cs['tokens']:,}
   first uses at {res['argon2']['verify_ms']:.0f} ms of argon2 each on {res['machine']['cores']} cores take longer than that, and with
