@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parsers (docs/reliability.md, "Fuzzing"): builds every cargo-fuzz
-# target in fuzz/ once, then runs each for FUZZ_SECONDS (default 20) from its committed
+# target in fuzz/ once, then runs each for a fixed budget (FUZZ_RUNS, default 100000, seed 1) from its committed
 # seeds in fuzz/corpus/<target>/ (and dictionary fuzz/<target>.dict, if any) plus what earlier
 # runs kept in target/fuzz/corpus/<target>/.
 # Fails on the first crash, panic, timeout or out-of-memory; the input that did it is left in
@@ -17,7 +17,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-seconds="${FUZZ_SECONDS:-20}"
+# By default a fixed budget: FUZZ_RUNS executions per target from a fixed seed, starting from
+# the committed seeds only, so that a CI run is reproducible (the same inputs every time, on
+# any machine speed). FUZZ_SECONDS=N switches to time-bounded exploration, which keeps what it
+# finds under target/fuzz/corpus/ for later runs.
+runs="${FUZZ_RUNS:-100000}"
+seed="${FUZZ_SEED:-1}"
+seconds="${FUZZ_SECONDS:-}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 targets="${FUZZ_TARGETS:-token credential scopes check_request page_token config}"
 out=target/fuzz
@@ -35,24 +41,34 @@ bin="$out/$triple/release"
 
 summary=()
 for t in $targets; do
-    echo "== fuzzing $t for ${seconds}s"
+    if [ -n "$seconds" ]; then echo "== fuzzing $t for ${seconds}s"; else echo "== fuzzing $t: $runs runs, seed $seed"; fi
     mkdir -p "$out/corpus/$t" "$out/artifacts/$t" "fuzz/corpus/$t"
     log="$out/$t.log"
     dict=()
     if [ -f "fuzz/$t.dict" ]; then dict=(-dict="fuzz/$t.dict"); fi
-    # New inputs go to the first directory (under target/), never into the committed seeds.
-    if ! "$bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 \
+    if [ -n "$seconds" ]; then
+        # Exploration: new inputs go to the first directory (under target/), never into the
+        # committed seeds.
+        budget=(-max_total_time="$seconds")
+        corpus=("$out/corpus/$t" "fuzz/corpus/$t")
+    else
+        # The reproducible budget: a scratch corpus, filled afresh from the committed seeds.
+        rm -rf "$out/scratch/$t" && mkdir -p "$out/scratch/$t"
+        budget=(-runs="$runs" -seed="$seed")
+        corpus=("$out/scratch/$t" "fuzz/corpus/$t")
+    fi
+    if ! "$bin/$t" "${budget[@]}" -timeout=10 -rss_limit_mb=1024 \
         -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" "${dict[@]}" \
-        "$out/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
+        "${corpus[@]}" >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "fuzz target $t failed; its input is in $out/artifacts/$t/" >&2
         exit 1
     fi
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+    executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
-    corpus=$(find "$out/corpus/$t" -type f | wc -l)
-    summary+=("$(printf '%-14s %10s runs in %ss, coverage %s edges, corpus %s' \
-        "$t" "${runs:-?}" "$seconds" "${cov:-?}" "$corpus")")
+    kept=$(find "${corpus[0]}" -type f | wc -l)
+    summary+=("$(printf '%-14s %10s runs, coverage %s edges, corpus %s' \
+        "$t" "${executed:-?}" "${cov:-?}" "$kept")")
 done
 
 echo "== fuzzing: no crash"
