@@ -11,7 +11,7 @@ use std::{
 };
 
 use casola_auth::{
-    config::{Config, ConsoleConfig, DatabaseUrl},
+    config::{Config, ConsoleConfig, DatabaseUrl, LimitsConfig},
     manage::{Caller, CreateRequest},
     proto::{
         AuthorizeRequest, ScopeMatch, WhoAmIRequest,
@@ -44,6 +44,12 @@ pub fn test_config(database_url: Option<&str>) -> Config {
         argon2: FAST_ARGON2,
         health_interval_ms: 200,
         shutdown_grace_seconds: 5,
+        // Deadlines are overload.rs's subject (it sets its own); elsewhere a CPU-starved CI
+        // machine must not turn a slow first verify into DEADLINE_EXCEEDED.
+        limits: LimitsConfig {
+            decision_deadline_ms: 10_000,
+            ..LimitsConfig::default()
+        },
         // Enabled only by the console tests (console.rs), on an ephemeral port.
         console: ConsoleConfig {
             enabled: false,

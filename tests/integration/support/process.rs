@@ -157,6 +157,9 @@ impl ServerProcess {
             .env("CASOLA_AUTH_HEALTH_INTERVAL_MS", "200")
             .env("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "100")
             .env("CASOLA_AUTH_SHUTDOWN_GRACE_SECONDS", "5")
+            // Deadlines are overload.rs's subject; elsewhere a CPU-starved CI machine must not
+            // turn a slow first verify into DEADLINE_EXCEEDED (a test may set its own).
+            .env("CASOLA_AUTH_LIMITS__DECISION_DEADLINE_MS", "10000")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
