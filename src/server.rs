@@ -461,7 +461,19 @@ pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
         Some(path) => format!("the CA in {}", path.display()),
         None => "the Mozilla roots".to_owned(),
     };
+    for (key, mode) in store_tls(&mut config)? {
+        log_tls_mode(key, mode, &roots);
+    }
+    Ok(config)
+}
+
+/// Applies `store.require_tls` to the database URLs of `config` (appending `sslmode=require`
+/// where the URL says nothing, refusing a URL that asks for another mode) and answers the
+/// TLS mode in force for each URL. The server and the CLI's database commands both go
+/// through it, so no path to Postgres skips the rule.
+pub fn store_tls(config: &mut Config) -> Result<Vec<(&'static str, &'static str)>, StartError> {
     let require = config.store.require_tls;
+    let mut modes = Vec::new();
     for (key, url) in [
         ("database_url", &mut config.database_url),
         ("listen_database_url", &mut config.listen_database_url),
@@ -499,9 +511,9 @@ pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
             (tokio_postgres::config::SslMode::Disable, _, false) => "disable",
             (_, _, false) => "prefer",
         };
-        log_tls_mode(key, mode, &roots);
+        modes.push((key, mode));
     }
-    Ok(config)
+    Ok(modes)
 }
 
 /// Says at start-up which TLS mode is in force towards Postgres for the URL `key`.
