@@ -158,6 +158,8 @@ pub mod limits {
     pub const CREATE_QUEUE: &str = "create_queue";
     /// A connection accepted past `limits.max_connections`, closed at once.
     pub const CONNECTIONS: &str = "connections";
+    /// A connection still handshaking, closed at the cap to make room for a new one.
+    pub const HANDSHAKE_EVICTED: &str = "handshake_evicted";
     /// A connection that sent no HTTP/2 preface within the handshake timeout, closed.
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
 }

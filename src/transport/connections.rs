@@ -3,8 +3,12 @@
 //! file descriptor and the health check timed out).
 //!
 //! - At most `limits.max_connections` accepted connections are open at once (handshaking or
-//!   serving); one accepted past that is closed at once, so an idle flood costs one file
-//!   descriptor for a moment each, never the process's whole allowance.
+//!   serving). When a new one arrives at the cap, the connection that has been handshaking
+//!   longest is closed to make room (a real client sends its preface within a millisecond,
+//!   an idle one never does), so a health probe gets in even while idle connections fill
+//!   the cap; only when every slot serves an established connection is the new one closed
+//!   at once. An idle flood costs at most the cap in file descriptors, never the process's
+//!   whole allowance.
 //! - A connection has `limits.handshake_timeout_ms` to send the 24-byte HTTP/2 client
 //!   preface; until it has, it never reaches the HTTP/2 server, and past the timeout (or on
 //!   anything else than the preface: this port speaks only HTTP/2) it is closed and its
@@ -13,6 +17,7 @@
 //!   below it, with room for the store pool, the other listeners and the runtime.
 
 use std::{
+    collections::VecDeque,
     io,
     pin::Pin,
     sync::Arc,
@@ -24,7 +29,7 @@ use futures::Stream;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -109,7 +114,10 @@ async fn accept(
     ready: mpsc::Sender<io::Result<Connection>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    // Connections still handshaking, oldest first: the ones to close when the cap is full.
+    let mut handshaking: VecDeque<oneshot::Sender<()>> = VecDeque::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -126,38 +134,89 @@ async fn accept(
             // The watch's guard is not Send: dropped inside.
             () = async { drop(stopped.wait_for(|s| *s).await) } => return,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!(LIMITED_TOTAL, "limit" => limits::CONNECTIONS).increment(1);
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match evict_oldest_handshake(&mut handshaking, &slots).await {
+                Some(slot) => slot,
+                None => {
+                    // Every slot serves a connection that completed its handshake.
+                    metrics::counter!(LIMITED_TOTAL, "limit" => limits::CONNECTIONS).increment(1);
+                    drop(stream);
+                    continue;
+                }
+            },
         };
-        let open = Open::new(slot);
-        // Without it, larger answers (Check's) wait ~40 ms on Nagle and delayed ACKs.
-        let _ = stream.set_nodelay(true);
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let mut preface = [0u8; PREFACE.len()];
-            match tokio::time::timeout(limits.handshake_timeout, stream.read_exact(&mut preface))
-                .await
-            {
-                Ok(Ok(_)) if &preface == PREFACE => {
-                    let _ = ready
-                        .send(Ok(Connection {
-                            stream,
-                            replayed: 0,
-                            _open: open,
-                        }))
-                        .await;
-                }
-                // Not HTTP/2, or gone before it said anything: closed.
-                Ok(_) => {}
-                Err(_) => {
-                    metrics::counter!(LIMITED_TOTAL, "limit" => limits::HANDSHAKE_TIMEOUT)
-                        .increment(1);
-                }
-            }
-        });
+        let (evict, evicted) = oneshot::channel();
+        if handshaking.len() >= 2 * max {
+            // Finished handshakes leave closed senders behind: bounded by pruning.
+            handshaking.retain(|s| !s.is_closed());
+        }
+        handshaking.push_back(evict);
+        tokio::spawn(handshake(
+            stream,
+            Open::new(slot),
+            limits.handshake_timeout,
+            evicted,
+            ready.clone(),
+        ));
+    }
+}
+
+/// Closes the connection that has been handshaking longest, and takes its slot: a new
+/// client (a health probe, a gateway reconnecting) gets in even while idle connections fill
+/// the cap. `None` when no connection is handshaking.
+async fn evict_oldest_handshake(
+    handshaking: &mut VecDeque<oneshot::Sender<()>>,
+    slots: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    while let Some(oldest) = handshaking.pop_front() {
+        if oldest.send(()).is_err() {
+            // Already handed to the HTTP/2 server, or closed.
+            continue;
+        }
+        metrics::counter!(LIMITED_TOTAL, "limit" => limits::HANDSHAKE_EVICTED).increment(1);
+        // The evicted task drops its slot as soon as it runs; bounded, in case it cannot.
+        if let Ok(Ok(slot)) =
+            tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned()).await
+        {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// Waits for the HTTP/2 preface on `stream` (within `timeout`, unless evicted first) and
+/// hands the connection to the HTTP/2 server; otherwise closes it.
+async fn handshake(
+    mut stream: TcpStream,
+    open: Open,
+    timeout: Duration,
+    evicted: oneshot::Receiver<()>,
+    ready: mpsc::Sender<io::Result<Connection>>,
+) {
+    // Without it, larger answers (Check's) wait ~40 ms on Nagle and delayed ACKs.
+    let _ = stream.set_nodelay(true);
+    let mut preface = [0u8; PREFACE.len()];
+    let outcome = tokio::select! {
+        read = tokio::time::timeout(timeout, stream.read_exact(&mut preface)) => read,
+        // Closed for a newer connection (counted by the accept loop).
+        Ok(()) = evicted => return,
+    };
+    match outcome {
+        Ok(Ok(_)) if &preface == PREFACE => {
+            let _ = ready
+                .send(Ok(Connection {
+                    stream,
+                    replayed: 0,
+                    _open: open,
+                }))
+                .await;
+        }
+        // Not HTTP/2, or gone before it said anything: closed.
+        Ok(_) => {}
+        Err(_) => {
+            metrics::counter!(LIMITED_TOTAL, "limit" => limits::HANDSHAKE_TIMEOUT).increment(1);
+        }
     }
 }
 

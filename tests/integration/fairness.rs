@@ -344,41 +344,57 @@ async fn idle_connections_without_a_preface_leave_health_answering_and_are_close
 }
 
 #[tokio::test]
-async fn connections_past_the_cap_are_closed_at_once_and_slots_come_back() {
+async fn at_the_connection_cap_idle_handshakes_make_room_and_established_connections_do_not() {
     const CAP: usize = 8;
     let mut config = test_config(None);
     config.limits.max_connections = CAP;
-    config.limits.handshake_timeout_ms = 1_000;
+    // Long: here idle connections leave only by making room for new ones.
+    config.limits.handshake_timeout_ms = 3_600_000;
     let server = TestServer::with_config(config, None).await;
     let addr = server.running.grpc_addr;
-    // The test server's own channel holds one slot; idle ones take the rest.
+    // The test server's own channel holds one slot; idle connections take the rest.
     let mut idle = Vec::new();
     for _ in 0..CAP - 1 {
         idle.push(TcpStream::connect(addr).await.expect("connect"));
     }
-    let mut extra = TcpStream::connect(addr).await.expect("the kernel accepts");
-    assert!(
-        closed_by_server(&mut extra).await,
-        "a connection past the cap is closed"
-    );
-    // The established channel keeps working meanwhile.
-    let mut health = HealthClient::new(server.channel.clone());
-    let status = health
-        .check(HealthCheckRequest {
-            service: "liveness".into(),
-        })
-        .await
-        .expect("health on the open connection")
-        .into_inner();
-    assert_eq!(status.status(), ServingStatus::Serving);
-    // The idle ones time out, and their slots serve new clients.
-    for stream in &mut idle {
-        assert!(closed_by_server(stream).await);
-    }
+    // At the cap, a new client gets in: the oldest idle connection is closed for it.
     assert_eq!(
         health_on_a_new_connection(addr).await,
         ServingStatus::Serving
     );
+    assert!(
+        closed_by_server(&mut idle[0]).await,
+        "the oldest idle connection made room"
+    );
+
+    // When every slot serves an established connection, a new one is closed at once.
+    let mut established = vec![server.channel.clone()];
+    while established.len() < CAP {
+        let channel = connect(addr).await;
+        let mut health = HealthClient::new(channel.clone());
+        health
+            .check(HealthCheckRequest {
+                service: "liveness".into(),
+            })
+            .await
+            .expect("an established connection answers");
+        established.push(channel);
+    }
+    let mut extra = TcpStream::connect(addr).await.expect("the kernel accepts");
+    assert!(
+        closed_by_server(&mut extra).await,
+        "a connection past a cap of established ones is closed"
+    );
+    for channel in established {
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "liveness".into(),
+            })
+            .await
+            .expect("established connections keep working")
+            .into_inner();
+        assert_eq!(status.status(), ServingStatus::Serving);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
