@@ -925,6 +925,47 @@ mod tests {
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
         );
+        // A zero fairness limit would refuse everything.
+        for (var, key) in [
+            (
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_BURST",
+                "limits.failed_verifies_burst",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_PER_SECOND",
+                "limits.failed_verifies_per_second",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_COLD_READS",
+                "limits.max_cold_reads",
+            ),
+            ("CASOLA_AUTH_LIMITS__CREATE_BURST", "limits.create_burst"),
+            (
+                "CASOLA_AUTH_LIMITS__CREATES_PER_SECOND",
+                "limits.creates_per_second",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_CONNECTIONS",
+                "limits.max_connections",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__HANDSHAKE_TIMEOUT_MS",
+                "limits.handshake_timeout_ms",
+            ),
+            (
+                "CASOLA_AUTH_VERIFY__CREATE_WORKERS",
+                "verify.create_workers",
+            ),
+        ] {
+            refused(&[(var, "0")], key);
+        }
+        refused(
+            &[(
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFY_COOLDOWN_SECONDS",
+                "99999999999",
+            )],
+            "limits.failed_verify_cooldown_seconds",
+        );
     }
 
     #[test]
