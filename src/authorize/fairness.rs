@@ -140,16 +140,19 @@ impl FairnessLimits {
     }
 
     /// Whether `source` is in a cool-down: its tokens that are not verified on this
-    /// replica get no cold work. Counted as a limited request when it is.
-    pub fn refuses_cold_work(&self, source: Option<&Source>) -> Option<Limited> {
+    /// replica get no cold work until it ends.
+    pub fn cooling(&self, source: Option<&Source>) -> Option<Limited> {
         let source = source?;
-        if !self.cooling.contains_key(source) {
-            return None;
-        }
-        metrics::counter!(LIMITED_TOTAL, "limit" => source.entry.limit()).increment(1);
-        Some(Limited {
+        self.cooling.contains_key(source).then_some(Limited {
             retry_after: self.cooldown,
         })
+    }
+
+    /// Counts a request refused because its source is cooling.
+    pub fn refused(&self, source: Option<&Source>) {
+        if let Some(source) = source {
+            metrics::counter!(LIMITED_TOTAL, "limit" => source.entry.limit()).increment(1);
+        }
     }
 
     /// A verify from `source` failed (malformed, unknown, wrong secret). Past the rate, the
@@ -225,20 +228,17 @@ mod tests {
         for _ in 0..3 {
             limits.failed(Some(&mallory));
         }
-        assert!(
-            limits.refuses_cold_work(Some(&mallory)).is_none(),
-            "within the burst"
-        );
+        assert!(limits.cooling(Some(&mallory)).is_none(), "within the burst");
         limits.failed(Some(&mallory));
-        let limited = limits.refuses_cold_work(Some(&mallory)).expect("cooling");
+        let limited = limits.cooling(Some(&mallory)).expect("cooling");
         assert_eq!(limited.retry_after, Duration::from_secs(3600));
-        assert!(limits.refuses_cold_work(Some(&alice)).is_none());
+        assert!(limits.cooling(Some(&alice)).is_none());
         // The same address through the other entry point is another source.
         let service = source(Entry::Authorize, "203.0.113.7");
-        assert!(limits.refuses_cold_work(Some(&service)).is_none());
+        assert!(limits.cooling(Some(&service)).is_none());
         // No source, no limit.
         limits.failed(None);
-        assert!(limits.refuses_cold_work(None).is_none());
+        assert!(limits.cooling(None).is_none());
     }
 
     #[test]
@@ -249,7 +249,7 @@ mod tests {
         limits.failed(Some(&mallory));
         std::thread::sleep(Duration::from_millis(20));
         limits.sweep();
-        assert!(limits.refuses_cold_work(Some(&mallory)).is_none());
+        assert!(limits.cooling(Some(&mallory)).is_none());
     }
 
     #[test]

@@ -238,17 +238,17 @@ impl Authorizer {
             None => {
                 span.record("cache", "miss");
                 metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
-                match self.fairness.refuses_cold_work(source) {
-                    // A repeated wrong token is still called what it is: that costs nothing.
-                    Some(_) if self.cache.is_known_wrong(&key) => {
-                        metrics::counter!(NEGATIVE_CACHE_HITS_TOTAL).increment(1);
-                        Err(UNKNOWN_TOKEN)
-                    }
-                    Some(limited) => return Err(source_limited(limited)),
-                    // Boxed: the cold path's state machine is large, and moving it with
-                    // every warm request's future cost more than the allocation on a miss.
-                    None => Box::pin(self.cold(key, token)).await,
+                // A repeated wrong token is still called what it is (the negative cache,
+                // in `cold`): that costs nothing.
+                if let Some(limited) = self.fairness.cooling(source)
+                    && !self.cache.is_known_wrong(&key)
+                {
+                    self.fairness.refused(source);
+                    return Err(source_limited(limited));
                 }
+                // Boxed: the cold path's state machine is large, and moving it with every
+                // warm request's future cost more than the allocation on a miss.
+                Box::pin(self.cold(key, token)).await
             }
         };
         let entry = match entry {
