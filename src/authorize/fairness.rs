@@ -2,8 +2,9 @@
 //! tokens that fail, and one caller from spending the create pool (issue 11 item 3,
 //! docs/security.md "Brute force").
 //!
-//! - Failed verifies per source: every failure (malformed, unknown lookup id, wrong secret,
-//!   repeated wrong token) counts against its source in a keyed GCRA limiter (`governor`):
+//! - Failed verifies per source: every failure (malformed, unknown lookup id, wrong secret;
+//!   not a repeat of a token already found wrong, which costs nothing) counts against its
+//!   source in a keyed GCRA limiter (`governor`):
 //!   a burst, then a steady rate. A failure past the rate puts the source in a cool-down:
 //!   until it ends, that source's tokens that are not already verified on this replica are
 //!   answered at once with a retryable refusal (RESOURCE_EXHAUSTED with a retry hint; 429

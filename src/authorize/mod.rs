@@ -204,8 +204,9 @@ impl Authorizer {
         self.authenticate_from(credential, None).await
     }
 
-    /// [`Self::authenticate`] for a request from `source`: its failures count against the
-    /// source, and while the source is in a cool-down its tokens that are not verified on
+    /// [`Self::authenticate`] for a request from `source`: its failures (malformed, unknown,
+    /// a wrong secret; not a repeat the negative cache answers) count against the source,
+    /// and while the source is in a cool-down its tokens that are not verified on
     /// this replica get no store read and no argon2 (`Err(RateLimited)`). Cache hits are
     /// decided first: a verified token works from any source.
     #[tracing::instrument(name = "authenticate", skip_all, fields(token.id, cache))]
@@ -225,6 +226,8 @@ impl Authorizer {
         }
         let key = self.cache.key_of(&token);
         let span = tracing::Span::current();
+        // Whether this exact token was already found wrong (set on a miss).
+        let mut repeat = false;
         let entry = match self.cache.get(&key) {
             Some(hit) => {
                 span.record("cache", "hit");
@@ -239,9 +242,12 @@ impl Authorizer {
                 span.record("cache", "miss");
                 metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
                 // A repeated wrong token is still called what it is (the negative cache,
-                // in `cold`): that costs nothing.
+                // in `cold`): that costs nothing, so it neither waits for the cool-down nor
+                // counts as a failure (a client retrying one stale token must not put its
+                // source's new tokens on hold).
+                repeat = self.cache.is_known_wrong(&key);
                 if let Some(limited) = self.fairness.cooling(source)
-                    && !self.cache.is_known_wrong(&key)
+                    && !repeat
                 {
                     self.fairness.refused(source);
                     return Err(source_limited(limited));
@@ -254,7 +260,9 @@ impl Authorizer {
         let entry = match entry {
             Ok(entry) => entry,
             Err(Error::Unauthenticated(_)) => {
-                self.fairness.failed(source);
+                if !repeat {
+                    self.fairness.failed(source);
+                }
                 return Ok(Err(Denial::Unknown));
             }
             Err(e) => return Err(e),

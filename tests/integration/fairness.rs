@@ -206,6 +206,29 @@ async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_toke
     );
 }
 
+#[tokio::test]
+async fn a_client_retrying_one_wrong_token_never_cools_its_source() {
+    let mut config = test_config(None);
+    config.limits.failed_verifies_burst = BURST;
+    config.limits.failed_verifies_per_second = 1;
+    config.limits.failed_verify_cooldown_seconds = 3600;
+    // The repeat stays known wrong for the whole test, however slow the machine.
+    config.cache.negative_ttl_ms = 3_600_000;
+    let server = TestServer::with_config(config, None).await;
+    let valid = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let stale = forge_secret(&valid, 0);
+    let mut authz = server.authz();
+    for _ in 0..10 * BURST {
+        let answer = authz.authorize(authorize(&stale, &[])).await.unwrap();
+        assert_eq!(answer.into_inner().decision(), Decision::Deny);
+    }
+    // One failure, counted once: the source's new tokens are still verified.
+    let answer = authz.authorize(authorize(&valid, &[])).await.unwrap();
+    assert_eq!(answer.into_inner().decision(), Decision::Allow);
+}
+
 /// A Check of `GET /v1/models` with `token`, from the client `source` as Envoy saw it.
 fn check_from(source: &str, token: &str) -> CheckRequest {
     CheckRequest {
