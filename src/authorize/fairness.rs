@@ -19,12 +19,9 @@
 //! drops keys whose state is back to full (called every few seconds), and the cool-down
 //! set is bounded in entries.
 
-use std::{hash::Hash, net::IpAddr, num::NonZeroU32, time::Duration};
+use std::{hash::Hash, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
-use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
-    clock::{Clock, DefaultClock},
-};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use uuid::Uuid;
 
 use crate::telemetry::metrics::{LIMITED_TOTAL, SOURCE_COOLDOWNS_TOTAL, limits};
@@ -104,10 +101,10 @@ pub struct Limited {
 /// The per-source failure limiter and the per-caller create limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct FairnessLimits {
-    failures: std::sync::Arc<DefaultKeyedRateLimiter<Source>>,
+    failures: Arc<DefaultKeyedRateLimiter<Source>>,
     cooling: moka::sync::Cache<Source, ()>,
     cooldown: Duration,
-    creates: std::sync::Arc<DefaultKeyedRateLimiter<Uuid>>,
+    creates: Arc<DefaultKeyedRateLimiter<Uuid>>,
 }
 
 impl std::fmt::Debug for FairnessLimits {
@@ -124,7 +121,7 @@ impl FairnessLimits {
     pub fn new(options: FairnessOptions) -> Self {
         let quota = |burst, per_second| Quota::per_second(per_second).allow_burst(burst);
         Self {
-            failures: std::sync::Arc::new(RateLimiter::keyed(quota(
+            failures: Arc::new(RateLimiter::keyed(quota(
                 options.failed_verifies_burst,
                 options.failed_verifies_per_second,
             ))),
@@ -133,7 +130,7 @@ impl FairnessLimits {
                 .time_to_live(options.cooldown.max(Duration::from_millis(1)))
                 .build(),
             cooldown: options.cooldown,
-            creates: std::sync::Arc::new(RateLimiter::keyed(quota(
+            creates: Arc::new(RateLimiter::keyed(quota(
                 options.create_burst,
                 options.creates_per_second,
             ))),
@@ -181,7 +178,7 @@ impl FairnessLimits {
             metrics::counter!(LIMITED_TOTAL, "limit" => limits::CREATE_CALLER).increment(1);
             Limited {
                 retry_after: not_until
-                    .wait_time_from(DefaultClock::default().now())
+                    .wait_time_from(self.creates.clock().now())
                     .max(Duration::from_millis(1)),
             }
         })
