@@ -11,7 +11,7 @@
 //!   through Envoy), with no store read and no argon2. Cache hits are decided before the
 //!   limiter is asked: a token verified on this replica keeps working from any source.
 //! - The source is Envoy's downstream address for Check, the gRPC peer for Authorize (the
-//!   calling service). IPv6 addresses count per /64, the block one host usually holds.
+//!   calling service) and for TokenService's caller authentication. IPv6 addresses count per /64, the block one host usually holds.
 //! - Creates per caller token: a second keyed limiter, so one caller's flood is refused
 //!   before it reaches the create pool.
 //!
@@ -37,6 +37,8 @@ pub enum Entry {
     Check,
     /// Authorize: the source is the calling service.
     Authorize,
+    /// TokenService's caller authentication: the source is the calling client.
+    TokenService,
 }
 
 impl Entry {
@@ -45,6 +47,16 @@ impl Entry {
         match self {
             Self::Check => limits::SOURCE_CHECK,
             Self::Authorize => limits::SOURCE_AUTHORIZE,
+            Self::TokenService => limits::SOURCE_TOKEN_SERVICE,
+        }
+    }
+
+    /// The `entry` label of a cool-down.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Check => "check",
+            Self::Authorize => "authorize",
+            Self::TokenService => "token_service",
         }
     }
 }
@@ -161,11 +173,8 @@ impl FairnessLimits {
         };
         if self.failures.check_key(source).is_err() {
             if !self.cooling.contains_key(source) {
-                metrics::counter!(SOURCE_COOLDOWNS_TOTAL, "entry" => match source.entry {
-                    Entry::Check => "check",
-                    Entry::Authorize => "authorize",
-                })
-                .increment(1);
+                metrics::counter!(SOURCE_COOLDOWNS_TOTAL, "entry" => source.entry.label())
+                    .increment(1);
                 tracing::info!(entry = ?source.entry, cooldown = ?self.cooldown, "a source went past the failed-verify rate");
             }
             self.cooling.insert(*source, ());

@@ -72,8 +72,8 @@ pub const VERIFY_BUDGET_EXHAUSTED_TOTAL: &str = "casola_auth_verify_budget_exhau
 /// Counter, label `limit` (see [`limits`]): requests and connections refused by a fairness
 /// limit (per-source failed verifies, cold store reads, per-caller creates, connections).
 pub const LIMITED_TOTAL: &str = "casola_auth_limited_total";
-/// Counter, label `entry` (`check`, `authorize`): sources that went past the failed-verify
-/// rate and started a cool-down.
+/// Counter, label `entry` (`check`, `authorize`, `token_service`): sources that went past
+/// the failed-verify rate and started a cool-down.
 pub const SOURCE_COOLDOWNS_TOTAL: &str = "casola_auth_source_cooldowns_total";
 /// Gauge: accepted gRPC connections open now (handshaking or serving).
 pub const CONNECTIONS_OPEN: &str = "casola_auth_connections_open";
@@ -150,6 +150,8 @@ pub mod limits {
     pub const SOURCE_CHECK: &str = "source_check";
     /// Authorize: the calling service's address is in a failed-verify cool-down.
     pub const SOURCE_AUTHORIZE: &str = "source_authorize";
+    /// TokenService: the calling client's address is in a failed-verify cool-down.
+    pub const SOURCE_TOKEN_SERVICE: &str = "source_token_service";
     /// Too many cold store reads (lookups of tokens not cached) in flight.
     pub const COLD_READS: &str = "cold_reads";
     /// CreateToken: the calling token went past its create rate.

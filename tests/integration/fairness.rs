@@ -207,6 +207,40 @@ async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_toke
 }
 
 #[tokio::test]
+async fn token_service_callers_past_their_failed_verifies_cool_down_too() {
+    let mut config = test_config(None);
+    config.limits.failed_verifies_burst = BURST;
+    config.limits.failed_verifies_per_second = 1;
+    config.limits.failed_verify_cooldown_seconds = 3600;
+    let server = TestServer::with_config(config, None).await;
+    let warm = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let cold = server.operator_token("acme", "bob", "user-read", &[]).await;
+    let mut tokens = server.tokens();
+    let list = || proto::ListTokensRequest::default();
+    tokens
+        .list_tokens(bearer(&warm, list()))
+        .await
+        .expect("verified once, so cached");
+    for _ in 0..=BURST {
+        let stranger = PlainToken::generate();
+        let status = tokens
+            .list_tokens(bearer(stranger.expose(), list()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let status = tokens.list_tokens(bearer(&cold, list())).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_retry_hint(&status);
+    tokens
+        .list_tokens(bearer(&warm, list()))
+        .await
+        .expect("a verified caller keeps working");
+}
+
+#[tokio::test]
 async fn a_client_retrying_one_wrong_token_never_cools_its_source() {
     let mut config = test_config(None);
     config.limits.failed_verifies_burst = BURST;
