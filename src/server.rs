@@ -11,10 +11,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::{
-    Server,
-    server::{Router, TcpIncoming},
-};
+use tonic::transport::{Server, server::Router};
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health, HealthServer},
@@ -28,7 +25,8 @@ use tower::{
 use crate::{
     admin::AdminState,
     authorize::{
-        Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
+        Authorizer, ColdLimits, VerifyPool, VerifyPoolOptions, cache::TokenCache,
+        fairness::FairnessLimits, last_used::LastUsed,
     },
     config::{Config, ConfigError, DatabaseUrl},
     manage::{Caller, CreateRequest, TokenManager},
@@ -61,6 +59,7 @@ use crate::{
     },
     transport::{
         admission::{Admission, AdmissionLayer},
+        connections::{self, ConnectionLimits},
         envoy::{CheckApi, RouteTable},
         grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
         telemetry::GrpcTelemetryLayer,
@@ -178,6 +177,14 @@ impl Services {
             workers,
             queue: config.verify.queue.unwrap_or(workers * 64),
         });
+        // Hashing for creates has its own workers and queue: a create flood fills this
+        // queue, never the gate's (issue 11: 250 creates in flight refused fresh tokens).
+        let create_pool = VerifyPool::new(VerifyPoolOptions {
+            workers: config.verify.create_workers,
+            queue: config.verify.create_queue,
+        })
+        .refusals_counted_as(telemetry::metrics::limits::CREATE_QUEUE);
+        let fairness = FairnessLimits::new(config.limits.fairness());
         let last_used = LastUsed::new();
         // In memory, revocations are in-process: the "listener" is always up.
         let cache = TokenCache::new(config.cache, kind == StoreKind::Memory);
@@ -185,11 +192,16 @@ impl Services {
             store.clone(),
             catalog.clone(),
             hasher.clone(),
-            pool.clone(),
+            pool,
             last_used.clone(),
             cache.clone(),
+            ColdLimits {
+                fairness: fairness.clone(),
+                max_cold_reads: config.limits.max_cold_reads,
+            },
         );
-        let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache);
+        let manager =
+            TokenManager::new(store.clone(), catalog, hasher, create_pool, cache, fairness);
         Ok(Self {
             store,
             kind,
@@ -262,7 +274,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let grpc = tokio::spawn(serve_grpc(router, listener, stopped.clone()));
+    let connections = ConnectionLimits {
+        max_connections: connections::effective_max_connections(
+            config.limits.max_connections,
+            connections::raise_open_file_limit(),
+        ),
+        handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+    };
+    let grpc = tokio::spawn(serve_grpc(router, listener, connections, stopped.clone()));
     let console = console_listener.map(|(listener, _)| {
         tokio::spawn(crate::console::serve(
             listener,
@@ -334,7 +353,7 @@ fn spawn_background(
         )),
         tokio::spawn(metrics_upkeep(
             metrics,
-            services.authorizer.cache().clone(),
+            services.authorizer.clone(),
             stop.subscribe(),
         )),
     ];
@@ -429,18 +448,15 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 async fn serve_grpc(
     router: GrpcRouter,
     listener: TcpListener,
+    limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    // Our own accept loop: the connection cap and the handshake timeout (and nodelay).
+    let incoming = connections::incoming(listener, limits, stopped.clone());
     router
-        // Our own listener, so nodelay must be set here (the builder's applies only when
-        // tonic binds): without it larger answers (Check's) wait ~40 ms on Nagle and
-        // delayed ACKs.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
         .await
 }
 
@@ -657,15 +673,18 @@ async fn flush_last_used(services: Services, every: Duration, mut stopped: watch
 }
 
 /// Drains histogram samples into their buckets between scrapes, so memory stays bounded
-/// when nobody scrapes.
+/// when nobody scrapes; sweeps the cache's idle entries and the fairness limiters' keys.
 async fn metrics_upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
-    cache: TokenCache,
+    authorizer: Authorizer,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let cache = authorizer.cache();
     loop {
         // The cache's idle bound: the sweep rate-limits itself.
         cache.sweep_idle();
+        // The limiters forget sources and callers whose allowance is full again.
+        authorizer.fairness().sweep();
         metrics::gauge!(CACHE_ENTRIES).set(cache.entry_count() as f64);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
