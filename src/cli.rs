@@ -20,6 +20,7 @@ use self::output::{CatalogView, TokenView, emit, json, note, token_detail, token
 use crate::{
     config::{Config, DatabaseUrl, misspelt_variables},
     error::{Error, FieldViolation},
+    event::Origin,
     manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
     server::{self, Services},
     store::{
@@ -445,11 +446,17 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
                 description: description.unwrap_or_default(),
                 mask,
             };
-            let record = manager.update(operator, request).await.map_err(describe)?;
+            let record = manager
+                .update(operator, &Origin::default(), request)
+                .await
+                .map_err(describe)?;
             print_token(&record, output.output)
         }
         TokenCommand::Revoke { id } => {
-            let record = manager.revoke(operator, &id).await.map_err(describe)?;
+            let record = manager
+                .revoke(operator, &Origin::default(), &id)
+                .await
+                .map_err(describe)?;
             let view = TokenView::new(&record, chrono::Utc::now());
             note(&format!("revoked token {} ({})", view.id, view.prefix));
             Ok(())
@@ -476,7 +483,7 @@ async fn token_create(manager: &TokenManager, args: CreateArgs) -> Outcome {
         user_id: args.user,
     };
     let created = manager
-        .create(&Caller::Operator, request)
+        .create(&Caller::Operator, &Origin::default(), request)
         .await
         .map_err(describe)?;
     let view = TokenView::new(&created.record, chrono::Utc::now());

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::{
     authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
+    event::{Actor, EventContext, Origin},
     pagination::{Cursor, PageSize},
     permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
@@ -35,6 +36,19 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the audit trail names for a change by this caller to a token of `target`: the
+    /// CLI, an organisation admin (a token acting on a colleague's token), or a token (its
+    /// owner's own, or a service token acting for any owner).
+    pub fn actor_on(&self, target: &Owner) -> Actor {
+        match self {
+            Caller::Operator => Actor::Cli,
+            Caller::Token(p) if p.owner != *target && !p.has(TOKENS_ISSUE) => {
+                Actor::OrgAdmin(p.token_id)
+            }
+            Caller::Token(p) => Actor::Token(p.token_id),
+        }
+    }
+
     /// The caller's own owner, if it is a token holder.
     fn owner(&self) -> Option<&Owner> {
         match self {
@@ -172,8 +186,14 @@ impl TokenManager {
 
     /// Creates a token.
     #[tracing::instrument(name = "create_token", skip_all)]
-    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Created, Error> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: CreateRequest,
+    ) -> Result<Created, Error> {
         let valid = self.validate_create(caller, req)?;
+        let ctx = EventContext::from_origin(caller.actor_on(&valid.owner), origin);
         let now = now_micros();
         let expires_at = valid.expires.map(|d| now + d.duration());
         let created_by = match caller {
@@ -198,7 +218,7 @@ impl TokenManager {
                 created_by: created_by.clone(),
                 expires_at,
             };
-            match self.store.insert(new).await {
+            match self.store.insert(new, &ctx).await {
                 Ok(record) => {
                     tracing::info!(token.id = %record.id, org.id = %record.owner.org_id, user.id = %record.owner.user_id, created_by = %record.created_by, "token created");
                     return Ok(Created { record, token });
@@ -526,7 +546,12 @@ impl TokenManager {
     }
 
     /// Changes name and/or description.
-    pub async fn update(&self, caller: &Caller, req: UpdateRequest) -> Result<TokenRecord, Error> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: UpdateRequest,
+    ) -> Result<TokenRecord, Error> {
         let mut bad = Vec::new();
         let id = parse_id(&req.id)
             .map_err(|_| bad.push(FieldViolation::new("id", "must be a token id (UUID)")))
@@ -574,9 +599,10 @@ impl TokenManager {
                 "token {id} is revoked; a revoked token cannot be changed"
             )));
         }
+        let ctx = EventContext::from_origin(caller.actor_on(&current.owner), origin);
         let record = self
             .store
-            .update(id, &patch)
+            .update(id, &patch, &ctx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("token {id} not found")))?;
         tracing::info!(token.id = %id, "token updated");
@@ -584,12 +610,18 @@ impl TokenManager {
     }
 
     /// Revokes, at once and for good; a revoked token is returned unchanged.
-    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<TokenRecord, Error> {
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        id: &str,
+    ) -> Result<TokenRecord, Error> {
         let id = parse_id(id)?;
-        self.visible(caller, id, Action::Revoke).await?;
+        let current = self.visible(caller, id, Action::Revoke).await?;
+        let ctx = EventContext::from_origin(caller.actor_on(&current.owner), origin);
         let record = self
             .store
-            .revoke(id, now_micros())
+            .revoke(id, now_micros(), &ctx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("token {id} not found")))?;
         // This replica stops accepting it now; the others hear the store's notice.

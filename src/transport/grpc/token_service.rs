@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{catalog_to_proto, token_to_proto};
 use crate::{
     error::Error,
+    event::{Origin, RequestId},
     manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
     principal::Principal,
     proto::{self, token_service_server::TokenService},
@@ -33,6 +34,36 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Error::Unauthenticated("missing credentials").into())
 }
 
+/// Where a request came from, for the audit trail: `x-request-id` (else the trace id: ours
+/// when tracing is on, else the caller's `traceparent`), and the peer address.
+fn origin<T>(req: &Request<T>) -> Origin {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let request_id = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .or_else(|| {
+            let cx = tracing::Span::current().context();
+            let ours = cx.span().span_context().clone();
+            let trace = if ours.is_valid() {
+                Some(ours)
+            } else {
+                let headers = req.metadata().clone().into_headers();
+                crate::telemetry::context::remote_span(&crate::telemetry::context::from_metadata(
+                    &headers,
+                ))
+            };
+            trace.and_then(|sc| RequestId::parse(&sc.trace_id().to_string()))
+        });
+    Origin {
+        request_id,
+        source_addr: req.remote_addr().map(|a| a.ip().to_canonical()),
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     async fn create_token(
@@ -40,11 +71,13 @@ impl TokenService for TokenApi {
         request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let created = self
             .manager
             .create(
                 &caller,
+                &origin,
                 CreateRequest {
                     name: r.name,
                     description: r.description,
@@ -104,11 +137,13 @@ impl TokenService for TokenApi {
         request: Request<proto::UpdateTokenRequest>,
     ) -> Result<Response<proto::UpdateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let record = self
             .manager
             .update(
                 &caller,
+                &origin,
                 UpdateRequest {
                     id: r.id,
                     name: r.name,
@@ -127,7 +162,10 @@ impl TokenService for TokenApi {
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let caller = caller(&request)?;
-        let record = self.manager.revoke(&caller, &request.get_ref().id).await?;
+        let record = self
+            .manager
+            .revoke(&caller, &origin(&request), &request.get_ref().id)
+            .await?;
         Ok(Response::new(proto::RevokeTokenResponse {
             token: Some(token_to_proto(&record, Utc::now())),
         }))
