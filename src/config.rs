@@ -27,6 +27,8 @@
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
+//! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
+//! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
 
@@ -152,6 +154,33 @@ impl Default for LastUsedConfig {
         Self {
             flush_interval_ms: 5000,
         }
+    }
+}
+
+/// Expiry notices and the expiry events of the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpiryConfig {
+    /// A token expiring within this many days is flagged `expires_soon`; ListExpiringTokens
+    /// looks this far ahead when the request names no window.
+    pub soon_days: u32,
+    /// Period of the sweep that records reached expiries as `expired` events.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        Self {
+            soon_days: 7,
+            sweep_interval_ms: 60_000,
+        }
+    }
+}
+
+impl ExpiryConfig {
+    /// The `expires_soon` window.
+    pub fn soon(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.soon_days))
     }
 }
 
@@ -330,6 +359,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Admission control and HTTP/2 limits.
     pub limits: LimitsConfig,
+    /// Expiry notices and expiry events.
+    pub expiry: ExpiryConfig,
 }
 
 impl Default for Config {
@@ -354,12 +385,13 @@ impl Default for Config {
             demo: false,
             console: ConsoleConfig::default(),
             limits: LimitsConfig::default(),
+            expiry: ExpiryConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 19] = [
+const TOP_LEVEL_KEYS: [&str; 20] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -379,6 +411,7 @@ const TOP_LEVEL_KEYS: [&str; 19] = [
     "demo",
     "console",
     "limits",
+    "expiry",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a
@@ -550,6 +583,12 @@ impl Config {
                 self.listen
             ));
         }
+        if !(1..=3650).contains(&self.expiry.soon_days) {
+            return unusable(format!(
+                "expiry.soon_days must be between 1 and 3650, is {}",
+                self.expiry.soon_days
+            ));
+        }
         self.validate_argon2()?;
         self.validate_bounds()
     }
@@ -616,6 +655,11 @@ impl Config {
                 MAX_CACHE_SECONDS * 1000,
             ),
             ("verify.workers", workers, MAX_VERIFY_WORKERS as u64),
+            (
+                "expiry.sweep_interval_ms",
+                self.expiry.sweep_interval_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
         ];
         for (key, value, max) in bounds {
             if value > max {

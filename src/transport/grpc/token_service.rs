@@ -3,11 +3,14 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::convert::{catalog_to_proto, token_to_proto};
+use super::convert::{catalog_to_proto, event_to_proto, token_to_proto};
 use crate::{
     error::Error,
     event::{Origin, RequestId},
-    manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
+    manage::{
+        Caller, CreateRequest, EventsRequest, ExpiringRequest, ListRequest, TokenManager,
+        UpdateRequest,
+    },
     principal::Principal,
     proto::{self, token_service_server::TokenService},
 };
@@ -90,7 +93,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::CreateTokenResponse {
-            token: Some(token_to_proto(&created.record, Utc::now())),
+            token: Some(token_to_proto(
+                &created.record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
             secret: created.token.expose().to_owned(),
         }))
     }
@@ -102,7 +109,11 @@ impl TokenService for TokenApi {
         let caller = caller(&request)?;
         let record = self.manager.get(&caller, &request.get_ref().id).await?;
         Ok(Response::new(proto::GetTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -127,7 +138,11 @@ impl TokenService for TokenApi {
             .await?;
         let now = Utc::now();
         Ok(Response::new(proto::ListTokensResponse {
-            tokens: page.tokens.iter().map(|t| token_to_proto(t, now)).collect(),
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, self.manager.expires_soon_window()))
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -153,7 +168,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::UpdateTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -167,7 +186,64 @@ impl TokenService for TokenApi {
             .revoke(&caller, &origin(&request), &request.get_ref().id)
             .await?;
         Ok(Response::new(proto::RevokeTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
+        }))
+    }
+
+    async fn list_token_events(
+        &self,
+        request: Request<proto::ListTokenEventsRequest>,
+    ) -> Result<Response<proto::ListTokenEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .events(
+                &caller,
+                EventsRequest {
+                    token_id: r.token_id,
+                    org_id: r.org_id,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::ListTokenEventsResponse {
+            events: page.events.iter().map(event_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_expiring_tokens(
+        &self,
+        request: Request<proto::ListExpiringTokensRequest>,
+    ) -> Result<Response<proto::ListExpiringTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .expiring(
+                &caller,
+                ExpiringRequest {
+                    within_days: r.within_days,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                    org_id: r.org_id,
+                },
+            )
+            .await?;
+        let (now, soon) = (Utc::now(), self.manager.expires_soon_window());
+        Ok(Response::new(proto::ListExpiringTokensResponse {
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, soon))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
