@@ -860,6 +860,29 @@ mod tests {
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
         );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "0")],
+            "expiry.soon_days",
+        );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "3651")],
+            "expiry.soon_days",
+        );
+    }
+
+    #[test]
+    fn the_expiry_notice_window_defaults_to_a_week_and_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(7));
+            assert_eq!(c.expiry.sweep_interval_ms, 60_000);
+            jail.set_env("CASOLA_AUTH_EXPIRY__SOON_DAYS", "14");
+            jail.set_env("CASOLA_AUTH_EXPIRY__SWEEP_INTERVAL_MS", "5000");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(14));
+            assert_eq!(c.expiry.sweep_interval_ms, 5000);
+            Ok(())
+        });
     }
 
     #[test]
@@ -891,7 +914,7 @@ mod tests {
     }
 
     /// Keys of every section, a few unknown ones, and dotted forms TOML allows.
-    const KEYS: [&str; 28] = [
+    const KEYS: [&str; 30] = [
         "listen",
         "admin_listen",
         "database_url",
@@ -918,11 +941,13 @@ mod tests {
         "envoy.keep_authorization",
         "envoy.allow_unmatched",
         "envoy.routes",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
         "lisen",
         "cache.size",
     ];
 
-    const NUMERIC_KEYS: [&str; 15] = [
+    const NUMERIC_KEYS: [&str; 17] = [
         "shutdown_grace_seconds",
         "max_message_bytes",
         "health_interval_ms",
@@ -938,6 +963,8 @@ mod tests {
         "cache.ttl_seconds",
         "cache.negative_ttl_ms",
         "cache.max_staleness_seconds",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
     ];
 
     fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {
