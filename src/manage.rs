@@ -909,6 +909,41 @@ mod tests {
         )
     }
 
+    /// Who the audit trail names: the CLI, a token on its owner's tokens or a service token
+    /// anywhere, an organisation admin on a colleague's.
+    #[test]
+    fn the_actor_of_a_change_depends_on_whose_token_it_touches() {
+        let catalog = Catalog::default();
+        let owner = |org: &str, user: &str| Owner {
+            org_id: OwnerId::parse(org).unwrap(),
+            user_id: OwnerId::parse(user).unwrap(),
+        };
+        let principal = |scopes: &[&str]| Principal {
+            token_id: Uuid::new_v4(),
+            owner: owner("acme", "alice"),
+            scopes: catalog.expand(&catalog.resolve(scopes).unwrap()),
+            expires_at: None,
+        };
+        let alice = owner("acme", "alice");
+        let bob = owner("acme", "bob");
+        assert_eq!(Caller::Operator.actor_on(&bob), Actor::Cli);
+        let user = principal(&["user:write"]);
+        assert_eq!(
+            Caller::Token(user.clone()).actor_on(&alice),
+            Actor::Token(user.token_id)
+        );
+        let admin = principal(&["admin:write"]);
+        assert_eq!(
+            Caller::Token(admin.clone()).actor_on(&bob),
+            Actor::OrgAdmin(admin.token_id)
+        );
+        let issuer = principal(&[TOKENS_ISSUE]);
+        assert_eq!(
+            Caller::Token(issuer.clone()).actor_on(&owner("globex", "carol")),
+            Actor::Token(issuer.token_id)
+        );
+    }
+
     #[test]
     fn a_page_token_that_does_not_decode_is_an_invalid_argument_on_page_token() {
         let manager = manager();
