@@ -277,7 +277,7 @@ impl TokenStore for MemoryStore {
             })
             .filter(|r| {
                 q.after
-                    .is_none_or(|c| (r.expires_at.expect("filtered"), r.id) > (c.created_at, c.id))
+                    .is_none_or(|c| (r.expires_at, r.id) > (Some(c.created_at), c.id))
             })
             .cloned()
             .collect();

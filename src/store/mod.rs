@@ -108,11 +108,12 @@ pub struct ListQuery {
 pub struct ExpiringQuery {
     /// One organisation, or every organisation.
     pub org_id: Option<OwnerId>,
-    /// Only tokens that expire after this instant (now: expired ones are not active)...
+    /// Only tokens that expire after this instant (now: expired ones are not active),
     pub after_time: DateTime<Utc>,
-    /// ...and at or before this one.
+    /// and at or before this one.
     pub until: DateTime<Utc>,
-    /// Start after this item (its expiry and id).
+    /// Start after this item: the listing's keyset cursor, carrying the item's expiry in
+    /// `created_at` (the same page-token codec as ListTokens, ascending here).
     pub after: Option<Cursor>,
     /// At most this many.
     pub limit: usize,
