@@ -32,6 +32,8 @@
 //! | `limits.create_burst` / `creates_per_second` | 20 / 5 | CreateToken per caller token |
 //! | `limits.max_connections` / `handshake_timeout_ms` | 10000 / 10000 | accepted gRPC connections; time to send the HTTP/2 preface |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
+//! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
+//! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` and
 //! `verify.create_workers` 1024. Zero is refused for every limit and pool size above.
@@ -176,6 +178,33 @@ impl Default for LastUsedConfig {
         Self {
             flush_interval_ms: 5000,
         }
+    }
+}
+
+/// Expiry notices and the expiry events of the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpiryConfig {
+    /// A token expiring within this many days is flagged `expires_soon`; ListExpiringTokens
+    /// looks this far ahead when the request names no window.
+    pub soon_days: u32,
+    /// Period of the sweep that records reached expiries as `expired` events.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        Self {
+            soon_days: 7,
+            sweep_interval_ms: 60_000,
+        }
+    }
+}
+
+impl ExpiryConfig {
+    /// The `expires_soon` window.
+    pub fn soon(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.soon_days))
     }
 }
 
@@ -399,6 +428,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Admission control and HTTP/2 limits.
     pub limits: LimitsConfig,
+    /// Expiry notices and expiry events.
+    pub expiry: ExpiryConfig,
 }
 
 impl Default for Config {
@@ -423,12 +454,13 @@ impl Default for Config {
             demo: false,
             console: ConsoleConfig::default(),
             limits: LimitsConfig::default(),
+            expiry: ExpiryConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 19] = [
+const TOP_LEVEL_KEYS: [&str; 20] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -448,6 +480,7 @@ const TOP_LEVEL_KEYS: [&str; 19] = [
     "demo",
     "console",
     "limits",
+    "expiry",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a
@@ -619,6 +652,12 @@ impl Config {
                 self.listen
             ));
         }
+        if !(1..=3650).contains(&self.expiry.soon_days) {
+            return unusable(format!(
+                "expiry.soon_days must be between 1 and 3650, is {}",
+                self.expiry.soon_days
+            ));
+        }
         self.validate_argon2()?;
         self.validate_bounds()
     }
@@ -698,6 +737,11 @@ impl Config {
             (
                 "limits.handshake_timeout_ms",
                 self.limits.handshake_timeout_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
+            (
+                "expiry.sweep_interval_ms",
+                self.expiry.sweep_interval_ms,
                 MAX_CACHE_SECONDS * 1000,
             ),
         ];
@@ -966,6 +1010,29 @@ mod tests {
             )],
             "limits.failed_verify_cooldown_seconds",
         );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "0")],
+            "expiry.soon_days",
+        );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "3651")],
+            "expiry.soon_days",
+        );
+    }
+
+    #[test]
+    fn the_expiry_notice_window_defaults_to_a_week_and_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(7));
+            assert_eq!(c.expiry.sweep_interval_ms, 60_000);
+            jail.set_env("CASOLA_AUTH_EXPIRY__SOON_DAYS", "14");
+            jail.set_env("CASOLA_AUTH_EXPIRY__SWEEP_INTERVAL_MS", "5000");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(14));
+            assert_eq!(c.expiry.sweep_interval_ms, 5000);
+            Ok(())
+        });
     }
 
     #[test]
@@ -997,7 +1064,7 @@ mod tests {
     }
 
     /// Keys of every section, a few unknown ones, and dotted forms TOML allows.
-    const KEYS: [&str; 28] = [
+    const KEYS: [&str; 30] = [
         "listen",
         "admin_listen",
         "database_url",
@@ -1024,11 +1091,13 @@ mod tests {
         "envoy.keep_authorization",
         "envoy.allow_unmatched",
         "envoy.routes",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
         "lisen",
         "cache.size",
     ];
 
-    const NUMERIC_KEYS: [&str; 15] = [
+    const NUMERIC_KEYS: [&str; 17] = [
         "shutdown_grace_seconds",
         "max_message_bytes",
         "health_interval_ms",
@@ -1044,6 +1113,8 @@ mod tests {
         "cache.ttl_seconds",
         "cache.negative_ttl_ms",
         "cache.max_staleness_seconds",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
     ];
 
     fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {

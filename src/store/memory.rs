@@ -1,14 +1,23 @@
 //! The in-memory store: the default without a database URL, for a first try and for tests
 //! of the layers above the store. Nothing is kept across restarts.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::RwLock,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
-use crate::token::{LookupId, hash::SecretHash};
+use super::{
+    ExpiringQuery, ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord,
+    TokenStore, events, now_micros,
+};
+use crate::{
+    event::{EventContext, EventFilter, EventKind, EventQuery, NewEvent, TokenEvent},
+    token::{LookupId, hash::SecretHash},
+};
 
 #[derive(Default)]
 struct Tables {
@@ -17,9 +26,28 @@ struct Tables {
     /// The change log; position = index + 1. Written under the same lock as the change,
     /// so positions are visible in order (the contract the Postgres store keeps too).
     changes: Vec<TokenChange>,
+    /// The audit trail; event id = index + 1. Appended under the same lock as the change
+    /// it describes: the memory store's transaction.
+    events: Vec<TokenEvent>,
+    /// The once-per-token events written (the Postgres store's unique index).
+    once: HashSet<(Uuid, EventKind)>,
 }
 
 impl Tables {
+    /// Appends an event, unless it is a once-per-token kind (`created`, `first_used`,
+    /// `expired`) the token already has: the Postgres store's unique index does the same.
+    pub fn append_event(&mut self, event: NewEvent) {
+        let once = matches!(
+            event.kind,
+            EventKind::Created | EventKind::FirstUsed | EventKind::Expired
+        );
+        if once && !self.once.insert((event.token_id, event.kind)) {
+            return;
+        }
+        let id = self.events.len() as i64 + 1;
+        self.events.push(TokenEvent { id, event });
+    }
+
     fn log_change(&mut self, id: Uuid) {
         if let Some(record) = self.tokens.get(&id) {
             let change = TokenChange {
@@ -59,7 +87,7 @@ impl TokenStore for MemoryStore {
         Ok(())
     }
 
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
         let mut t = self.write();
         if t.tokens.contains_key(&token.id) {
             return Err(StoreError::Conflict("token id exists".into()));
@@ -83,6 +111,7 @@ impl TokenStore for MemoryStore {
         };
         t.by_lookup.insert(record.lookup_id.clone(), record.id);
         t.tokens.insert(record.id, record.clone());
+        t.append_event(events::created(&record, ctx));
         Ok(record)
     }
 
@@ -99,6 +128,15 @@ impl TokenStore for MemoryStore {
             .get(lookup_id)
             .and_then(|id| t.tokens.get(id))
             .cloned())
+    }
+
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+        let t = self.read();
+        Ok(ids
+            .iter()
+            .filter_map(|id| t.tokens.get(id))
+            .cloned()
+            .collect())
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<TokenRecord>, StoreError> {
@@ -124,6 +162,7 @@ impl TokenStore for MemoryStore {
         &self,
         id: Uuid,
         patch: &TokenPatch,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut t = self.write();
         let Some(record) = t.tokens.get_mut(&id) else {
@@ -138,11 +177,17 @@ impl TokenStore for MemoryStore {
         let record = record.clone();
         if patch.name.is_some() || patch.description.is_some() {
             t.log_change(id);
+            t.append_event(events::updated(&record, patch, now_micros(), ctx));
         }
         Ok(Some(record))
     }
 
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let mut t = self.write();
         let Some(record) = t.tokens.get_mut(&id) else {
             return Ok(None);
@@ -152,6 +197,7 @@ impl TokenStore for MemoryStore {
         let record = record.clone();
         if newly {
             t.log_change(id);
+            t.append_event(events::revoked(&record, at, ctx));
         }
         Ok(Some(record))
     }
@@ -170,11 +216,74 @@ impl TokenStore for MemoryStore {
         let mut written = 0;
         for (id, at) in uses {
             if let Some(record) = t.tokens.get_mut(id) {
+                let first = record.last_used_at.is_none();
                 record.last_used_at = Some(record.last_used_at.map_or(*at, |old| old.max(*at)));
                 written += 1;
+                if first {
+                    let event = events::first_used(record, *at);
+                    t.append_event(event);
+                }
             }
         }
         Ok(written)
+    }
+
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut t = self.write();
+        let mut due: Vec<_> = t
+            .tokens
+            .values()
+            .filter_map(|r| {
+                let expires_at = r.expires_at.filter(|e| *e <= now)?;
+                r.revoked_at
+                    .is_none_or(|revoked| revoked > expires_at)
+                    .then(|| events::expired(r, expires_at))
+            })
+            .collect();
+        // In expiry order, as the Postgres sweep writes them.
+        due.sort_by_key(|e| (e.at, e.token_id));
+        let before = t.events.len();
+        for event in due {
+            t.append_event(event);
+        }
+        Ok((t.events.len() - before) as u64)
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+        let t = self.read();
+        Ok(t.events
+            .iter()
+            .rev()
+            .filter(|e| q.before.is_none_or(|before| e.id < before))
+            .filter(|e| match &q.filter {
+                EventFilter::Token(id) => e.event.token_id == *id,
+                EventFilter::Org(org) => e.event.owner.org_id == *org,
+            })
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_expiring(&self, q: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        let t = self.read();
+        let mut rows: Vec<_> = t
+            .tokens
+            .values()
+            .filter(|r| r.revoked_at.is_none())
+            .filter(|r| q.org_id.as_ref().is_none_or(|o| r.owner.org_id == *o))
+            .filter(|r| {
+                r.expires_at
+                    .is_some_and(|e| e > q.after_time && e <= q.until)
+            })
+            .filter(|r| {
+                q.after
+                    .is_none_or(|c| (r.expires_at, r.id) > (Some(c.created_at), c.id))
+            })
+            .cloned()
+            .collect();
+        rows.sort_by_key(|r| (r.expires_at, r.id));
+        rows.truncate(q.limit);
+        Ok(rows)
     }
 
     async fn latest_change(&self) -> Result<u64, StoreError> {

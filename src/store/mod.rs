@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::event::{EventContext, EventQuery, TokenEvent};
 pub use crate::pagination::Cursor;
 use crate::token::{
     LookupId,
@@ -54,6 +55,12 @@ impl TokenRecord {
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
         TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
+
+    /// Whether the token is active at `now` and expires within `window` of it.
+    pub fn expires_soon(&self, now: DateTime<Utc>, window: chrono::Duration) -> bool {
+        self.status_at(now) == TokenStatus::Active
+            && self.expires_at.is_some_and(|e| e <= now + window)
+    }
 }
 
 /// A token to insert.
@@ -91,6 +98,22 @@ pub struct ListQuery {
     /// Include revoked tokens.
     pub include_revoked: bool,
     /// Start after this item.
+    pub after: Option<Cursor>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Active tokens that expire soon: soonest first, `(expires_at, id)` ascending.
+#[derive(Debug, Clone)]
+pub struct ExpiringQuery {
+    /// One organisation, or every organisation.
+    pub org_id: Option<OwnerId>,
+    /// Only tokens that expire after this instant (now: expired ones are not active),
+    pub after_time: DateTime<Utc>,
+    /// and at or before this one.
+    pub until: DateTime<Utc>,
+    /// Start after this item: the listing's keyset cursor, carrying the item's expiry in
+    /// `created_at` (the same page-token codec as ListTokens, ascending here).
     pub after: Option<Cursor>,
     /// At most this many.
     pub limit: usize,
@@ -137,8 +160,9 @@ pub enum StoreError {
 pub trait TokenStore: Send + Sync + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Inserts a token; `Conflict` if its id or lookup id exists.
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
+    /// Inserts a token and its `created` event (one transaction); `Conflict` if its id or
+    /// lookup id exists.
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError>;
     /// A token by id.
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError>;
     /// A token by lookup id.
@@ -148,17 +172,42 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<Option<TokenRecord>, StoreError>;
     /// A page of tokens.
     async fn list(&self, query: &ListQuery) -> Result<Vec<TokenRecord>, StoreError>;
-    /// Changes name/description; `None` if there is no such token.
-    async fn update(&self, id: Uuid, patch: &TokenPatch)
-    -> Result<Option<TokenRecord>, StoreError>;
-    /// Revokes at `at` unless already revoked (then unchanged), and announces the
-    /// revocation to every replica; `None` if there is no such token.
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError>;
+    /// Tokens by id, in no particular order; unknown ids are left out.
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Changes name/description and records an `updated` event naming the changed fields
+    /// (one transaction); `None` if there is no such token. An empty patch changes and
+    /// records nothing.
+    async fn update(
+        &self,
+        id: Uuid,
+        patch: &TokenPatch,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Revokes at `at` unless already revoked (then unchanged, and no event), records a
+    /// `revoked` event and announces the revocation to every replica, all in one
+    /// transaction; `None` if there is no such token.
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError>;
     /// Replaces the stored hash (rehash after a parameter change).
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError>;
-    /// Records last-used times in one write; a time never moves backwards. Returns the
-    /// number of rows written.
+    /// Records last-used times in one write; a time never moves backwards. A token whose
+    /// last use was unset gets its `first_used` event in the same statement, exactly once
+    /// per token however many replicas flush at once. Returns the number of rows written.
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError>;
+    /// Records an `expired` event (at the expiry instant, actor `system`) for every token
+    /// whose expiry is at or before `now` and that was not revoked before it, exactly once
+    /// per token whichever replica sweeps first. Resumes where the latest recorded expiry
+    /// left off (less a margin), so a sweep reads only what expired since. Returns the
+    /// number of events written.
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// A page of the audit trail, newest first.
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<TokenEvent>, StoreError>;
+    /// A page of active tokens expiring in a window, soonest first.
+    async fn list_expiring(&self, query: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError>;
     /// The position of the newest change in the log (0 when it is empty): where a replica
     /// that starts with an empty cache begins to poll.
     async fn latest_change(&self) -> Result<u64, StoreError>;
@@ -181,4 +230,80 @@ pub fn now_micros() -> DateTime<Utc> {
 /// Truncates to microseconds (Postgres `timestamptz` precision).
 pub fn truncate_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
+}
+
+/// The events both stores write for the changes of this trait, built in one place so that
+/// the two stores record the same facts. Rotation, offboarding and exposure reports build
+/// theirs with [`EventContext::event`] in the same way.
+pub mod events {
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::{TokenPatch, TokenRecord};
+    use crate::event::{EventContext, EventKind, NewEvent};
+
+    /// `created`: the granted scopes and the expiry (never the name or description: they
+    /// are free text).
+    pub fn created(record: &TokenRecord, ctx: &EventContext) -> NewEvent {
+        ctx.event(
+            EventKind::Created,
+            record.id,
+            &record.owner,
+            record.created_at,
+            json!({
+                "scopes": record.scopes,
+                "expires_at": record.expires_at.map(|t| t.to_rfc3339()),
+            }),
+        )
+    }
+
+    /// `updated`: the names of the changed fields, not their values.
+    pub fn updated(
+        record: &TokenRecord,
+        patch: &TokenPatch,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> NewEvent {
+        let mut fields = Vec::new();
+        if patch.name.is_some() {
+            fields.push("name");
+        }
+        if patch.description.is_some() {
+            fields.push("description");
+        }
+        ctx.event(
+            EventKind::Updated,
+            record.id,
+            &record.owner,
+            at,
+            json!({ "fields": fields }),
+        )
+    }
+
+    /// `revoked`, at the revocation time.
+    pub fn revoked(record: &TokenRecord, at: DateTime<Utc>, ctx: &EventContext) -> NewEvent {
+        ctx.event(EventKind::Revoked, record.id, &record.owner, at, json!({}))
+    }
+
+    /// `first_used`, by the service, at the first recorded use.
+    pub fn first_used(record: &TokenRecord, at: DateTime<Utc>) -> NewEvent {
+        EventContext::system().event(
+            EventKind::FirstUsed,
+            record.id,
+            &record.owner,
+            at,
+            json!({}),
+        )
+    }
+
+    /// `expired`, by the service, at the expiry instant.
+    pub fn expired(record: &TokenRecord, expires_at: DateTime<Utc>) -> NewEvent {
+        EventContext::system().event(
+            EventKind::Expired,
+            record.id,
+            &record.owner,
+            expires_at,
+            json!({}),
+        )
+    }
 }

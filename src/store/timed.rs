@@ -13,8 +13,12 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
+use super::{
+    ExpiringQuery, ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord,
+    TokenStore,
+};
 use crate::{
+    event::{EventContext, EventQuery, TokenEvent},
     telemetry::metrics::{STORE_CALL_DURATION_SECONDS, STORE_ERRORS_TOTAL},
     token::{LookupId, hash::SecretHash},
 };
@@ -77,8 +81,12 @@ impl TokenStore for TimedStore {
         self.observe("ping", self.inner.ping()).await
     }
 
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
-        self.observe("insert", self.inner.insert(token)).await
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
+        self.observe("insert", self.inner.insert(token, ctx)).await
+    }
+
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe("get_many", self.inner.get_many(ids)).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -101,12 +109,19 @@ impl TokenStore for TimedStore {
         &self,
         id: Uuid,
         patch: &TokenPatch,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.observe("update", self.inner.update(id, patch)).await
+        self.observe("update", self.inner.update(id, patch, ctx))
+            .await
     }
 
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
-        self.observe("revoke", self.inner.revoke(id, at)).await
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.observe("revoke", self.inner.revoke(id, at, ctx)).await
     }
 
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {
@@ -116,6 +131,21 @@ impl TokenStore for TimedStore {
 
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError> {
         self.observe("record_last_used", self.inner.record_last_used(uses))
+            .await
+    }
+
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.observe("record_expiries", self.inner.record_expiries(now))
+            .await
+    }
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+        self.observe("list_events", self.inner.list_events(query))
+            .await
+    }
+
+    async fn list_expiring(&self, query: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe("list_expiring", self.inner.list_expiring(query))
             .await
     }
 
@@ -150,7 +180,19 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Err(StoreError::Unavailable("refused".into()))
         }
-        async fn insert(&self, _: NewToken) -> Result<TokenRecord, StoreError> {
+        async fn insert(&self, _: NewToken, _: &EventContext) -> Result<TokenRecord, StoreError> {
+            unreachable!()
+        }
+        async fn get_many(&self, _: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn record_expiries(&self, _: DateTime<Utc>) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+        async fn list_events(&self, _: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+            unreachable!()
+        }
+        async fn list_expiring(&self, _: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn get(&self, _: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -162,13 +204,19 @@ mod tests {
         async fn list(&self, _: &ListQuery) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
-        async fn update(&self, _: Uuid, _: &TokenPatch) -> Result<Option<TokenRecord>, StoreError> {
+        async fn update(
+            &self,
+            _: Uuid,
+            _: &TokenPatch,
+            _: &EventContext,
+        ) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn revoke(
             &self,
             _: Uuid,
             _: DateTime<Utc>,
+            _: &EventContext,
         ) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }

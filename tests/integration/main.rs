@@ -9,6 +9,7 @@ mod fairness;
 mod grpc_api;
 mod harness;
 mod hot_path;
+mod lifecycle;
 mod observability;
 mod overload;
 mod postgres_tls;

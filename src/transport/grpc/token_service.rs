@@ -3,10 +3,14 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::convert::{catalog_to_proto, token_to_proto};
+use super::convert::{catalog_to_proto, event_to_proto, token_to_proto};
 use crate::{
     error::Error,
-    manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
+    event::{Origin, RequestId},
+    manage::{
+        Caller, CreateRequest, EventsRequest, ExpiringRequest, ListRequest, TokenManager,
+        UpdateRequest,
+    },
     principal::Principal,
     proto::{self, token_service_server::TokenService},
 };
@@ -33,6 +37,36 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Error::Unauthenticated("missing credentials").into())
 }
 
+/// Where a request came from, for the audit trail: `x-request-id` (else the trace id: ours
+/// when tracing is on, else the caller's `traceparent`), and the peer address.
+fn origin<T>(req: &Request<T>) -> Origin {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let request_id = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .or_else(|| {
+            let cx = tracing::Span::current().context();
+            let ours = cx.span().span_context().clone();
+            let trace = if ours.is_valid() {
+                Some(ours)
+            } else {
+                let headers = req.metadata().clone().into_headers();
+                crate::telemetry::context::remote_span(&crate::telemetry::context::from_metadata(
+                    &headers,
+                ))
+            };
+            trace.and_then(|sc| RequestId::parse(&sc.trace_id().to_string()))
+        });
+    Origin {
+        request_id,
+        source_addr: req.remote_addr().map(|a| a.ip().to_canonical()),
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     async fn create_token(
@@ -40,11 +74,13 @@ impl TokenService for TokenApi {
         request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let created = self
             .manager
             .create(
                 &caller,
+                &origin,
                 CreateRequest {
                     name: r.name,
                     description: r.description,
@@ -57,7 +93,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::CreateTokenResponse {
-            token: Some(token_to_proto(&created.record, Utc::now())),
+            token: Some(token_to_proto(
+                &created.record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
             secret: created.token.expose().to_owned(),
         }))
     }
@@ -69,7 +109,11 @@ impl TokenService for TokenApi {
         let caller = caller(&request)?;
         let record = self.manager.get(&caller, &request.get_ref().id).await?;
         Ok(Response::new(proto::GetTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -94,7 +138,11 @@ impl TokenService for TokenApi {
             .await?;
         let now = Utc::now();
         Ok(Response::new(proto::ListTokensResponse {
-            tokens: page.tokens.iter().map(|t| token_to_proto(t, now)).collect(),
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, self.manager.expires_soon_window()))
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -104,11 +152,13 @@ impl TokenService for TokenApi {
         request: Request<proto::UpdateTokenRequest>,
     ) -> Result<Response<proto::UpdateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let record = self
             .manager
             .update(
                 &caller,
+                &origin,
                 UpdateRequest {
                     id: r.id,
                     name: r.name,
@@ -118,7 +168,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::UpdateTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -127,9 +181,69 @@ impl TokenService for TokenApi {
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let caller = caller(&request)?;
-        let record = self.manager.revoke(&caller, &request.get_ref().id).await?;
+        let record = self
+            .manager
+            .revoke(&caller, &origin(&request), &request.get_ref().id)
+            .await?;
         Ok(Response::new(proto::RevokeTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
+        }))
+    }
+
+    async fn list_token_events(
+        &self,
+        request: Request<proto::ListTokenEventsRequest>,
+    ) -> Result<Response<proto::ListTokenEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .events(
+                &caller,
+                EventsRequest {
+                    token_id: r.token_id,
+                    org_id: r.org_id,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::ListTokenEventsResponse {
+            events: page.events.iter().map(event_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_expiring_tokens(
+        &self,
+        request: Request<proto::ListExpiringTokensRequest>,
+    ) -> Result<Response<proto::ListExpiringTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .expiring(
+                &caller,
+                ExpiringRequest {
+                    within_days: r.within_days,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                    org_id: r.org_id,
+                },
+            )
+            .await?;
+        let (now, soon) = (Utc::now(), self.manager.expires_soon_window());
+        Ok(Response::new(proto::ListExpiringTokensResponse {
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, soon))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
