@@ -65,7 +65,7 @@ LIGHT = {"memory_kib": 1024, "iterations": 1, "parallelism": 1}
 WORK = REPO / ".tmp/bench"
 
 # The parts of a run, in order; `--parts` picks some (for before/after figures of one change).
-PARTS = ("grpc", "profile", "envoy", "matrix", "active", "cold", "rss")
+PARTS = ("grpc", "profile", "envoy", "matrix", "active", "cold", "cold-light", "rss")
 # Not in a full run: `--parts ab --base-bin OLD` compares two builds of the server in one run.
 EXTRA_PARTS = ("ab",)
 
@@ -179,6 +179,18 @@ def load(target: str, mode: str, seconds: float, *, tokens: Path | None = None, 
     log(f"{mode} {' '.join(extra)}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, "
         f"errors {r['errors']}, shed {r['shed']}")
     return r
+
+
+def warm_up(rep: Replica, tokens: Path) -> None:
+    """Every token of `tokens` proven on `rep`: passes of one call per token until a pass has
+    nothing shed and nothing late (on a loaded machine a first pass sheds most of its
+    argon2 verifies; a verify that began finishes and fills the cache anyway)."""
+    for _ in range(10):
+        r = load(rep.target, "authorize", 300, tokens=tokens, extra=("--once",))
+        if r["errors"] == 0 and r["shed"] == 0:
+            return
+        time.sleep(1)
+    log(f"warm-up of {rep.name}: still shedding after 10 passes")
 
 
 def probe(target: str, mode: str, tokens: Path | None) -> dict:
@@ -380,7 +392,7 @@ def ab(pg: Postgres, warm: Path, base_bin: Path, s: float, rounds: int) -> dict:
     reps = {"before": Replica("before", pg.url, binary=base_bin).start(), "after": Replica("after", pg.url).start()}
     try:
         for rep in reps.values():
-            load(rep.target, "authorize", 300, tokens=warm, extra=("--once",))
+            warm_up(rep, warm)
         frames = {}
         for mode in ("baseline", "check"):
             frames[mode] = WORK / f"{mode}.frame"
@@ -536,6 +548,12 @@ def issue4_matrix(pg: Postgres, a_: Replica, b_: Replica, warm: Path, issuer: st
     r["warm_half_flood"] = load(a_.target, "authorize", s, tokens=warm, extra=paced)
     r["flood"] = json.loads(flood_proc.communicate(timeout=120)[0].strip().splitlines()[-1])
 
+    # Each revoked token proven on B first, and the issuer on A: a first verify on a loaded
+    # machine can miss the 150 ms deadline, and revoke-latency takes any error as fatal.
+    warm_up(b_, revoke)
+    issuer_file = WORK / "issuer.txt"
+    issuer_file.write_text(f"issuer {issuer}\n")
+    warm_up(a_, issuer_file)
     r["revocation"] = bench("revoke-latency", "--a", a_.target, "--b", b_.target, "--issuer", issuer,
                             "--tokens", str(revoke), "--count", "200")
     log(f"revocation A->B: p50 {r['revocation']['p50_ms']:.2f} ms, p99 {r['revocation']['p99_ms']:.2f} ms")
@@ -633,7 +651,7 @@ def main() -> int:
             a_ = Replica("a", pg.url).start()
             b_ = Replica("b", pg.url).start()
             for rep in (a_, b_):
-                load(rep.target, "authorize", 300, tokens=warm, extra=("--once",))
+                warm_up(rep, warm)
             if "grpc" in parts:
                 results["grpc"] = grpc_ratios(a_, warm, s, a.rounds)
             if "profile" in parts:
@@ -641,7 +659,13 @@ def main() -> int:
             if "envoy" in parts:
                 results["envoy"] = envoy_floor(pg, a_, warm, s, a.rounds)
             if "matrix" in parts:
-                results["matrix"] = issue4_matrix(pg, a_, b_, warm, issuer, s, a.large_table)
+                # The most fragile part on a loaded machine (revoke-latency stops at any
+                # error): a failure there is recorded, and the run goes on.
+                try:
+                    results["matrix"] = issue4_matrix(pg, a_, b_, warm, issuer, s, a.large_table)
+                except AssertionError as e:
+                    log(f"matrix failed: {e}")
+                    results["matrix_error"] = str(e)[:2000]
             a_.stop()
             b_.stop()
 
@@ -649,9 +673,16 @@ def main() -> int:
             results["active"] = active_set(pg, a.active_tokens, a.active_minutes)
         if "cold" in parts:
             results["cold_start"] = cold_start(pg, WORK / "active.txt", min(a.cold_start_tokens, a.active_tokens), a.cold_start_bound)
+        if "cold-light" in parts:
+            # The same cold start with tokens hashed at the light setting (the default now).
+            light = mint(pg, a.cold_start_tokens, WORK / "cold-light.txt", params=LIGHT)
+            results["cold_start_light"] = cold_start(pg, light, a.cold_start_tokens, a.cold_start_bound)
+            results["cold_start_light"]["params"] = LIGHT
         if "rss" in parts:
             results["rss"] = [rss_per_token(pg, int(n)) for n in a.rss_tokens.split(",") if n]
     finally:
+        # Whatever was measured survives a failure in a later part.
+        Path(a.json).write_text(json.dumps(results, indent=2))
         pg.stop()
     results["wall_minutes"] = (time.monotonic() - started) / 60
 
