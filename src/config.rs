@@ -15,7 +15,7 @@
 //! | `shutdown_grace_seconds` | 10 | drain time after SIGTERM |
 //! | `max_message_bytes` | 65536 | largest gRPC message accepted |
 //! | `health_interval_ms` | 2000 | store health check period |
-//! | `argon2.memory_kib` / `iterations` / `parallelism` | 19456 / 2 / 1 | argon2id cost |
+//! | `argon2.memory_kib` / `iterations` / `parallelism` | 1024 / 1 / 1 | argon2id cost (the secret has about 190 bits: docs/benchmarks.md) |
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
 //! | `store.tls_ca_file` | none (Mozilla roots) | CA for TLS to Postgres (`sslmode` in the URL) |
