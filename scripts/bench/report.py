@@ -29,7 +29,7 @@ def render(res: dict) -> str:
         profile_section(res),
         active_section(res),
         cold_start_section(res),
-        cold_start_section(res, "cold_start_light"),
+        cold_start_section(res, "cold_start_owasp"),
         rss_section(res),
         argon2_section(res),
         fleet_section(res),
@@ -109,12 +109,12 @@ def summary(res: dict) -> str:
          f"{cs['recovered_s']:.0f} s" if cs["recovered_s"] is not None else f"not within {cs['bound_s']:.0f} s", "", ""),
         ("cold start: RESOURCE_EXHAUSTED answers meanwhile", f"{cs['shed']:,}", "", ""),
     ]
-    light = res.get("cold_start_light")
-    if light:
-        rows.append((f"cold start, tokens hashed at the new default (m=1024 KiB, t=1): time until p99 < {COLD_P99_MS:.0f} ms; "
+    owasp = res.get("cold_start_owasp")
+    if owasp:
+        rows.append((f"the same cold start, tokens hashed at the old default (m=19456 KiB, t=2): time until p99 < {COLD_P99_MS:.0f} ms; "
                      "RESOURCE_EXHAUSTED meanwhile",
-                     (f"{light['recovered_s']:.0f} s" if light["recovered_s"] is not None else f"not within {light['bound_s']:.0f} s")
-                     + f"; {light['shed']:,}", "", ""))
+                     (f"{owasp['recovered_s']:.0f} s" if owasp["recovered_s"] is not None else f"not within {owasp['bound_s']:.0f} s")
+                     + f"; {owasp['shed']:,}", "", ""))
     for r in res["rss"]:
         rows.append((f"RSS per cached token at {r['tokens']:,}", f"{r['bytes_per_token']:.0f} B",
                      f"≤ {RSS_TARGET} B", ok(r["bytes_per_token"] <= RSS_TARGET)))
@@ -275,59 +275,49 @@ def is_interesting(sym: str) -> bool:
 
 # Written from the profile of the run this file was produced with; the tables above are the
 # evidence. Kept here (not computed) because it is a reading, not a measurement.
-FINDINGS = """### Findings (read from this run's profile: 448 samples of warm Check, 937 of Health/Check)
+FINDINGS = """### Findings (this run's profile: 510 samples of warm Check, 499 of Health/Check)
 
-Shares are of the server's samples; µs are that share of the µs per request above.
+Shares are of the server's samples (inclusive where a frame has callees); they are small
+samples on a shared machine, so read them to ±1%.
 
-1. **The h2 write path is the floor, and the same for both RPCs.** `writev` and the kernel TCP
-   send path under it hold about a third of the samples for Check (35%) and for the no-op
-   call (32%): each response is flushed with its own `writev`. This is what noop-ext-authz pays
-   too; it is not ours to cut, except by answering fewer bytes (item 4).
-2. **The telemetry layer costs a no-op call roughly 15-20% of its CPU** (inclusive, overlapping
-   shares: `GrpcTelemetry::call` and its future about 11%, `ObservedBody::poll_frame` 6%,
-   `Finish::drop` 4.6%; about 2 µs of the no-op's 10-11 µs), and it sits on every casola-auth RPC, including each Check, while
-   noop-ext-authz has none. Inside it, `metrics::counter!`/`histogram!` with labels resolve
-   their handle on every call (`PrometheusRecorder::register_counter`, 0.9-1.5%: hashing the
-   key and labels, a registry lookup) and the remote trace context is extracted even when the
-   request carries no `traceparent` (`TraceContextPropagator::extract_with_context`, 0.9%).
-   *Cut:* resolve the counter and histogram handles once per (method, code) when the layer is
-   built and keep them in a small table; skip the extraction and the per-call `Arc<Call>` +
-   `Mutex` when the method is untraced and no `traceparent` header is present. Expected:
-   most of the ~2 µs, on every RPC.
-3. **Check's own work is about 9% of a Check** (`CheckSvc::call` 9.2%, of which
-   `CheckApi::check` 7.6%; `Authorizer::authenticate` 2.5% of it is the cache hit itself).
-   The rest is building the answer: `respond` formats token id, org and user to `String`
-   twice (headers and dynamic metadata), joins the scopes, builds a `Struct` of four owned
-   keys and four `HeaderValueOption`s, all allocated per call and dropped after encoding
-   (dropping the `HttpResponse` alone is 0.9%); `requirement` re-splits and re-resolves the
-   route's `casola.scopes` string against the catalog on every call (1.1%).
-   *Cut:* keep the formatted identity values (token id, org, user, scopes string) in the
-   cached principal as shared strings (`Arc<str>`), so an allow clones pointers instead of
-   formatting; cache the parsed requirement per distinct `casola.scopes`/`casola.match` value
-   (a route table has a handful); build the metadata `Struct` from the same shared values.
-4. **The allocator is about twice as busy on Check as on the no-op call** (malloc + free +
-   consolidate about 13-15% of the Check samples against about 6%): decoding the
-   CheckRequest allocates two `HashMap<String, String>` (headers, context extensions) and a
-   dozen strings (`prost::encoding::hash_map::merge` 1.1%, `HashMap::from_iter` 1.1%), and the
-   answer allocates as in item 3; frees often happen on another worker thread
-   (`malloc_consolidate` 1.8%). *Cut:* the allocations of item 3; then measure a pooled
-   allocator (`mimalloc` or `tikv-jemallocator`, the well-kept crates for it) behind a
-   feature, since glibc's cross-thread frees are the expensive kind here. Envoy's
-   `allowed_headers` (in scripts/bench/envoy.yaml) already keeps the decoded header map small.
-5. **Protobuf encode and decode are small** (`prost::Message::encode` 2.2%, `ProstDecoder`
-   2.0%): not where the time goes.
+1. **The h2 write path is the floor, the same for both RPCs.** `writev` and the kernel TCP
+   send path under it hold about a third of the samples (Check 36%, the no-op call 33%): each
+   response is flushed with its own `writev`. noop-ext-authz pays it too; not ours to cut.
+2. **The telemetry layer, after this round.** `metrics::counter!`/`histogram!` with labels
+   built, hashed and looked up their key in the registry on every call
+   (`PrometheusRecorder::register_counter`, `Registry::get_or_create_counter`: 0.9-1.5% in the
+   previous profile), and the caller's trace context was extracted even with no
+   `traceparent` (`TraceContextPropagator::extract_with_context`, 0.9%). Now the request,
+   latency and decision handles are resolved once and kept (per method and code; per
+   decision label set), and extraction runs only when a `traceparent` header is there: neither
+   appears in this profile, and `Finish::drop` (metrics + the log line) fell from 4.6% to
+   1.6% of a Check. What is left of the layer is the per-call `Call` (an `Arc` with the
+   decision note, a task-local) and the body wrapper that records the end of the call
+   (`ObservedBody::poll_frame` 5.5% inclusive, nearly all the inner encode it forwards).
+3. **Check's own work is about 10% of a Check** (`CheckApi::check` 10.0%): the cache hit
+   (`Authorizer::authenticate` 3.1%: a keyed BLAKE3 of the token, the cache lookup, the
+   last-used note, building the principal), decode 1.4% (`hash_map::merge` 0.6%: two string
+   maps), encode 1.2%, the answer's drop 0.6%, `requirement` 0.4% (each `casola.scopes` value
+   is now resolved once, not split and resolved per call). The answer is built once per allow
+   (the identity was formatted twice before: headers and metadata).
+4. **The allocator** is a little busier on Check than on the no-op call (malloc + free +
+   consolidate about 15% against 12%): the decoded CheckRequest (two `HashMap<String,
+   String>` and a dozen strings), the principal (owner strings, a copy of the scope set) and
+   the answer (four header values, four metadata values, the scopes joined). *Next:* keep the
+   formatted identity in the cache entry as shared strings, so an allow copies pointers; it
+   touches `Principal`, which other work of this round changes, so it is left for after the
+   merge; then measure a pooled allocator (`mimalloc`) behind a feature.
+5. **Envoy pays for our answer too.** Through Envoy, Envoy's own CPU per request is higher
+   with casola-auth than with the no-op server (the floor table above), more than the
+   ext_authz servers' own difference: per allowed request it applies four identity headers,
+   three credential-header removals and a dynamic-metadata `Struct`, which the no-op answer
+   does not carry. That is the answer's content, casola-auth's contract with the upstream and
+   the access log (docs/envoy.md); making the metadata opt-in would change that contract, so it
+   is a decision for the lead, not a speed fix.
 
-6. **Envoy pays for our answer too.** Through Envoy, Envoy's own CPU per request was higher
-   with casola-auth than with the no-op server (table above: about 11 µs more, more than the
-   ext_authz server's own difference): it applies four header mutations, an `authorization`
-   removal and a dynamic-metadata `Struct` per allowed request, which the no-op answer
-   does not carry. *Cut:* make the dynamic metadata opt-in (it only feeds access logs), and
-   let an operator drop identity headers the upstream does not read; each is a per-request
-   saving on the gateway, whose cores are the scarcer ones.
-
-Together items 2-4 are the ~6-8 µs between a warm Check and the no-op call; against
-noop-ext-authz through Envoy (no telemetry layer at all) item 2 is the largest single piece of
-the server's share, and item 6 is the gateway's.
+On these two shared cores Envoy, h2load and the ext_authz server compete, so the req/s ratio
+through Envoy moves with every µs of either side: the server-CPU ratio in the summary is the
+steadier reading of the server's share, and item 5 is the gateway's.
 """
 
 
@@ -341,7 +331,7 @@ def active_section(res: dict) -> str:
     return f"""## Active set with the default configuration
 
 A replica with no overrides (entries refreshed from the change log, idle bound an hour;
-the tokens hashed at m=19456 KiB, t=2, p=1, the cost of every token minted before this round)
+the tokens hashed at the default m=1024 KiB, t=1, p=1)
 and {a['tokens']:,} distinct tokens: one first pass (each token once, 32 callers), then the tokens
 cycled round-robin by 32 closed-loop callers, one 60 s window per row, each window continuing
 the cycle where the last stopped. Verifies from `/metrics`
@@ -366,12 +356,12 @@ def cold_start_section(res: dict, key: str = "cold_start") -> str:
     c = res.get(key)
     if not c:
         return ""
-    params = c.get("params", {"memory_kib": 19456, "iterations": 2})
+    params = c.get("params", {"memory_kib": 1024, "iterations": 1})
     rec = f"after **{c['recovered_s']:.0f} s**" if c["recovered_s"] is not None else f"**not within {c['bound_s']:.0f} s**"
     ws = c["windows"]
     sample = ws if len(ws) <= 12 else ws[:4] + ws[len(ws) // 2 - 2: len(ws) // 2 + 2] + ws[-4:]
     rows = "\n".join(f"| {w['t']:.0f} | {w['rps']:.0f} | {w['p99_ms']:.1f} | {w['shed']} |" for w in sample)
-    title = "Replica cold start" if key == "cold_start" else "Replica cold start, tokens hashed at the new default"
+    title = "Replica cold start" if key == "cold_start" else "Replica cold start, tokens hashed at the old default (OWASP's setting)"
     return f"""## {title}
 
 A new replica (default configuration) starts and at once takes closed-loop traffic (32
@@ -462,7 +452,7 @@ def fleet_section(res: dict) -> str:
     cpu_hash_l = share * l / 1000
     w = res["active"]["windows"][-1]
     stmts = w["statements_per_s"]
-    cs = res["cold_start"]
+    cs = res.get("cold_start_owasp") or res["cold_start"]
     return f"""## Fleet arithmetic (on paper, from the figures above)
 
 1,000,000 active tokens, 20 replicas, a rolling restart (one replica replaced at a time).
@@ -477,7 +467,7 @@ machine's single thread (a server core is usually faster: scale both columns ali
 | with Envoy consistent hashing on the credential (1/20 of the tokens per replica) | {cpu_hash_d:,.0f} core-s per new replica | {cpu_hash_l:,.0f} core-s per new replica |
 
 Until a new replica has proven a token, that token's calls on it wait for a verify or are
-shed with RESOURCE_EXHAUSTED (the cold-start runs above: {cs['tokens']:,} tokens at m=19456 took
+shed with RESOURCE_EXHAUSTED (the cold start above: {cs['tokens']:,} tokens at m={cs.get('params', {}).get('memory_kib', 19456)} KiB took
 {f"{cs['recovered_s']:.0f} s" if cs['recovered_s'] is not None else f"more than {cs['bound_s']:.0f} s"} and {cs['shed']:,} shed answers on 2 shared cores); at 1,000,000 tokens and the old
 setting a new replica is in that state for about {cpu_all_d / 2 / 60:,.0f} minutes, so a rolling restart
 of 20 is hours of degraded service, or needs warm-up traffic before it takes load.
@@ -591,7 +581,7 @@ def missed_section(res: dict) -> str:
     if cs["recovered_s"] is None:
         items.append(f"""- **Cold start: the new replica's p99 did not come under {COLD_P99_MS:.0f} ms within {cs['bound_s']:.0f} s**: {cs['tokens']:,}
   first uses at {res['argon2']['verify_ms']:.0f} ms of argon2 each on {res['machine']['cores']} shared cores take longer than that
-  (the cheaper default shortens it: see the second cold start).""")
+  (tokens at m={cs.get('params', {}).get('memory_kib', 1024)} KiB).""")
     if rss["bytes_per_token"] > RSS_TARGET:
         items.append(f"""- **RSS {rss['bytes_per_token']:.0f} B per cached token at {rss['tokens']:,}** (target {RSS_TARGET} B): the lean entry is about
   120 bytes plus the cache's bookkeeping; the rest of the growth is what else grows with the
