@@ -311,7 +311,10 @@ samples on a shared machine, so read them to ±1%.
    the answer (four header values, four metadata values, the scopes joined). *Next:* keep the
    formatted identity in the cache entry as shared strings, so an allow copies pointers; it
    touches `Principal`, which other work of this round changes, so it is left for after the
-   merge; then measure a pooled allocator (`mimalloc`) behind a feature.
+   merge. A pooled allocator was measured and not adopted: the server on `mimalloc`
+   against the same code on glibc (`--parts ab`, one run, 3 rounds): warm Check 17.7 → 17.1
+   µs, Health/Check 10.2 → 9.6 µs, through Envoy 21.9 → 22.8 µs; no gain beyond the noise,
+   not worth a dependency.
 5. **Envoy pays for our answer too.** Through Envoy, Envoy's own CPU per request is higher
    with casola-auth than with the no-op server (the floor table above), more than the
    ext_authz servers' own difference: per allowed request it applies four identity headers,
