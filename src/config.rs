@@ -15,7 +15,7 @@
 //! | `shutdown_grace_seconds` | 10 | drain time after SIGTERM |
 //! | `max_message_bytes` | 65536 | largest gRPC message accepted |
 //! | `health_interval_ms` | 2000 | store health check period |
-//! | `argon2.memory_kib` / `iterations` / `parallelism` | 19456 / 2 / 1 | argon2id cost |
+//! | `argon2.memory_kib` / `iterations` / `parallelism` | 1024 / 1 / 1 | argon2id cost (the secret has about 190 bits: docs/benchmarks.md) |
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
 //! | `verify.create_workers` / `verify.create_queue` | 1 / 32 | argon2 pool for CreateToken's hashing, apart from the verifies |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |

@@ -12,13 +12,24 @@ use opentelemetry::{
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+/// The header without which there is no remote context (`tracestate` alone is ignored).
+const TRACEPARENT: &str = "traceparent";
+
 /// The remote context in gRPC metadata; an empty context when there is none or it is invalid.
 pub fn from_metadata(headers: &http::HeaderMap) -> Context {
+    // Most calls carry no trace: skip the propagator (it builds a context from the current
+    // one and looks both headers up) when it could only find nothing.
+    if !headers.contains_key(TRACEPARENT) {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
 /// The remote context in a map of HTTP headers (names in lower case).
 pub fn from_http_headers(headers: &HashMap<String, String>) -> Context {
+    if !headers.contains_key(TRACEPARENT) {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract(headers)
 }
 

@@ -366,6 +366,12 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Whether [`install`] has run, so the process-wide recorder is fixed: a handle resolved
+/// before that is a no-op for good, so code that keeps handles resolves them only after.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// The Prometheus text of every metric, as `/metrics` serves it.
 pub fn render(handle: &PrometheusHandle) -> String {
     // Publishes pending descriptions and drains histogram samples into their buckets.

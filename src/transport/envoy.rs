@@ -6,6 +6,7 @@
 //! address is in a failed-verify cool-down.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
@@ -327,6 +328,34 @@ pub struct CheckApi {
     /// Misconfigured routes already logged (by their context extensions): one ERROR line
     /// per route, not one per request.
     logged: Arc<Mutex<HashSet<String>>>,
+    /// The scope set of each valid `casola.scopes` value seen, resolved once: a gateway
+    /// has a handful of routes, and splitting and resolving the value again on every
+    /// Check showed in its profile (docs/benchmarks.md).
+    resolved: Arc<quick_cache::sync::Cache<String, Arc<ScopeSet>>>,
+}
+
+/// What the route of a Check requires, without copying a scope set.
+struct Required<'a> {
+    scopes: RequiredScopes<'a>,
+    mode: ScopeMatch,
+}
+
+enum RequiredScopes<'a> {
+    /// Resolved from a `casola.scopes` context extension, shared.
+    Extension(Arc<ScopeSet>),
+    /// The fallback route table's rule.
+    Route(&'a ScopeSet),
+}
+
+impl std::ops::Deref for RequiredScopes<'_> {
+    type Target = ScopeSet;
+
+    fn deref(&self) -> &ScopeSet {
+        match self {
+            Self::Extension(scopes) => scopes,
+            Self::Route(scopes) => scopes,
+        }
+    }
 }
 
 /// A decided HTTP answer, before it becomes a CheckResponse.
@@ -357,6 +386,7 @@ impl CheckApi {
             routes,
             config,
             logged: Arc::default(),
+            resolved: Arc::new(quick_cache::sync::Cache::new(MAX_LOGGED_ROUTES)),
         }
     }
 
@@ -365,8 +395,42 @@ impl CheckApi {
         AuthorizationServer::new(self)
     }
 
-    fn requirement(&self, req: &CheckRequest) -> Result<Option<Requirement>, String> {
-        requirement_of(req, self.authorizer.catalog(), &self.routes)
+    /// [`requirement_of`], with each `casola.scopes` value resolved once.
+    fn requirement(&self, req: &CheckRequest) -> Result<Option<Required<'_>>, String> {
+        let attributes = req.attributes.as_ref();
+        let extensions = attributes.map(|a| &a.context_extensions);
+        let Some(raw) = extensions.and_then(|e| e.get(SCOPES_KEY)) else {
+            let http = attributes
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref());
+            let (method, path) = http.map_or(("", ""), |h| (h.method.as_str(), h.path.as_str()));
+            return Ok(self.routes.lookup(method, path).map(|r| Required {
+                scopes: RequiredScopes::Route(&r.scopes),
+                mode: r.mode,
+            }));
+        };
+        if let Some(scopes) = self.resolved.get(raw.as_str()) {
+            // The scopes are valid (only those are kept); the match mode is read as
+            // requirement_of reads it.
+            let mode = extensions
+                .and_then(|e| e.get(MATCH_KEY))
+                .map_or(Ok(ScopeMatch::All), |m| m.parse())
+                .map_err(|e| format!("context extension {MATCH_KEY}: {e}"))?;
+            return Ok(Some(Required {
+                scopes: RequiredScopes::Extension(scopes),
+                mode,
+            }));
+        }
+        let Some(requirement) = requirement_of(req, self.authorizer.catalog(), &self.routes)?
+        else {
+            return Ok(None);
+        };
+        let scopes = Arc::new(requirement.scopes);
+        self.resolved.insert(raw.clone(), scopes.clone());
+        Ok(Some(Required {
+            scopes: RequiredScopes::Extension(scopes),
+            mode: requirement.mode,
+        }))
     }
 
     fn credential<'a>(
@@ -440,14 +504,15 @@ impl CheckApi {
                 );
             }
         };
+        let none = ScopeSet::default();
         let (required, mode, matched) = match &requirement {
-            Some(r) => (r.scopes.clone(), r.mode, true),
-            None => (ScopeSet::default(), ScopeMatch::All, false),
+            Some(r) => (&*r.scopes, r.mode, true),
+            None => (&none, ScopeMatch::All, false),
         };
         let source = source_of(req);
         let decision = self
             .authorizer
-            .authorize_from(credential, &required, mode, source.as_ref())
+            .authorize_from(credential, required, mode, source.as_ref())
             .await;
         let covered = matched || self.config.allow_unmatched;
         verdict::record(Entry::Check, check_verdict(&decision, covered));
@@ -458,10 +523,12 @@ impl CheckApi {
         let mut response = CheckResponse::new();
         let (code, message, denied) = match outcome {
             Outcome::Allow(principal) => {
+                // Formatted once for the headers and the metadata.
+                let identity = identity(&principal);
                 response
                     .set_status(status::check(Code::Ok, ""))
-                    .set_dynamic_metadata(Some(identity_metadata(&principal)))
-                    .set_http_response(self.allowed(req, &principal));
+                    .set_dynamic_metadata(Some(identity_metadata(&identity)))
+                    .set_http_response(self.allowed(req, identity));
                 return response;
             }
             refused => refusal(refused),
@@ -476,9 +543,9 @@ impl CheckApi {
     /// other client header that reads as an `x-casola-*` header once case and underscores
     /// are folded (`x_casola_org_id` reaches a WSGI app as `HTTP_X_CASOLA_ORG_ID`), every
     /// credential header, and any other header whose value holds a token.
-    fn allowed(&self, req: &CheckRequest, principal: &Principal) -> OkHttpResponseBuilder {
+    fn allowed(&self, req: &CheckRequest, identity: Identity) -> OkHttpResponseBuilder {
         let mut ok = OkHttpResponseBuilder::new();
-        for (name, value) in identity(principal) {
+        for (name, value) in identity {
             ok.add_header(
                 name,
                 value,
@@ -498,15 +565,18 @@ impl CheckApi {
         }
         if let Some(headers) = req.get_client_headers() {
             for (name, value) in headers {
-                let name = name.to_ascii_lowercase();
-                let folded = name.replace('_', "-");
-                let spoofed =
-                    folded.starts_with("x-casola-") && !IDENTITY_HEADERS.contains(&name.as_str());
+                // Envoy sends names in lower case: allocate only for a name that is not.
+                let name: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(name.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(name)
+                };
+                let spoofed = reads_as_casola_header(&name) && !IDENTITY_HEADERS.contains(&&*name);
                 let kept_credential = name == "authorization" && self.config.keep_authorization;
                 if (spoofed || (contains_token(value) && !kept_credential))
-                    && !removed.contains(&name)
+                    && !removed.iter().any(|r| *r == name)
                 {
-                    removed.push(name);
+                    removed.push(name.into_owned());
                 }
             }
         }
@@ -610,8 +680,22 @@ fn set_header(denied: &mut DeniedHttpResponseBuilder, name: &str, value: String)
     );
 }
 
+/// Whether a lower-case header name is an `x-casola-*` name once underscores read as
+/// dashes (`x_casola_org_id` reaches a WSGI app as `HTTP_X_CASOLA_ORG_ID`).
+fn reads_as_casola_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-casola-";
+    name.len() >= PREFIX.len()
+        && name.as_bytes()[..PREFIX.len()]
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .eq(PREFIX.iter().copied())
+}
+
+/// The identity of an allowed request: header names with their values.
+type Identity = [(&'static str, String); 4];
+
 /// The identity of an allowed request: the header names with their values.
-fn identity(principal: &Principal) -> [(&'static str, String); 4] {
+fn identity(principal: &Principal) -> Identity {
     [
         (TOKEN_ID_HEADER, principal.token_id.to_string()),
         (ORG_ID_HEADER, principal.owner.org_id.to_string()),
@@ -622,17 +706,17 @@ fn identity(principal: &Principal) -> [(&'static str, String); 4] {
 
 /// The identity as Envoy dynamic metadata (`token_id`, `org_id`, `user_id`, `scopes`), for
 /// the access log and later filters.
-fn identity_metadata(principal: &Principal) -> Struct {
+fn identity_metadata(identity: &Identity) -> Struct {
     let keys = ["token_id", "org_id", "user_id", "scopes"];
     Struct {
         fields: keys
             .into_iter()
-            .zip(identity(principal))
+            .zip(identity)
             .map(|(key, (_, value))| {
                 (
                     key.to_owned(),
                     Value {
-                        kind: Some(Kind::StringValue(value)),
+                        kind: Some(Kind::StringValue(value.clone())),
                     },
                 )
             })

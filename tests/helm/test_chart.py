@@ -597,7 +597,7 @@ def test_config_toml_defaults(chart):
     assert config == {
         "shutdown_grace_seconds": 10,
         "log_format": "json",
-        "argon2": {"memory_kib": 19456, "iterations": 2, "parallelism": 1},
+        "argon2": {"memory_kib": 1024, "iterations": 1, "parallelism": 1},
         "store": {"pool_size": 10},
         # The server's own defaults (src/config.rs LimitsConfig), written out.
         "limits": {
