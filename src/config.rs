@@ -27,6 +27,7 @@
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
+//! | `reports.per_source_per_minute` / `burst` / `max_in_progress` | 10 / 10 / 4 | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once (docs/security.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
 
@@ -330,6 +331,31 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Admission control and HTTP/2 limits.
     pub limits: LimitsConfig,
+    /// ReportExposedTokens limits.
+    pub reports: ReportsConfig,
+}
+
+/// Limits of ReportExposedTokens, the one TokenService call without a caller token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Reports one source address may send per minute (sustained); past it and the burst,
+    /// RESOURCE_EXHAUSTED.
+    pub per_source_per_minute: u32,
+    /// Reports one source address may send at once before the per-minute rate applies.
+    pub burst: u32,
+    /// Reports processed at once by a replica; past it, RESOURCE_EXHAUSTED.
+    pub max_in_progress: usize,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            per_source_per_minute: 10,
+            burst: 10,
+            max_in_progress: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -354,12 +380,13 @@ impl Default for Config {
             demo: false,
             console: ConsoleConfig::default(),
             limits: LimitsConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 19] = [
+const TOP_LEVEL_KEYS: [&str; 20] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -379,6 +406,7 @@ const TOP_LEVEL_KEYS: [&str; 19] = [
     "demo",
     "console",
     "limits",
+    "reports",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a

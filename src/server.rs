@@ -189,7 +189,8 @@ impl Services {
             last_used.clone(),
             cache.clone(),
         );
-        let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache);
+        let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache)
+            .with_report_slots(config.reports.max_in_progress);
         Ok(Self {
             store,
             kind,
@@ -379,7 +380,7 @@ fn grpc_router(
 
     let max = config.max_message_bytes;
     let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
-        TokenServiceServer::new(TokenApi::new(services.manager.clone()))
+        TokenServiceServer::new(TokenApi::new(services.manager.clone(), config.reports))
             .max_decoding_message_size(max),
     );
     let authorization_service =

@@ -83,8 +83,10 @@ pub struct Entry {
     pub scopes: Arc<ScopeSet>,
     /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Whether the row was revoked when read.
-    pub revoked: bool,
+    /// The row's revocation time when read. It may lie in the future (a rotation overlap):
+    /// the entry is judged against the clock on every use, so the old token stops working
+    /// at that instant on every replica that read the row, with no timer anywhere.
+    pub revoked_at: Option<DateTime<Utc>>,
     /// A digest of the stored hash the secret was proven against: a refresh that finds
     /// another hash (a rotated secret) must not keep the old proof.
     hash_tag: u64,
@@ -117,13 +119,7 @@ impl Entry {
 
     /// Status at `now`, from the entry alone.
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
-        if self.revoked {
-            TokenStatus::Revoked
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            TokenStatus::Expired
-        } else {
-            TokenStatus::Active
-        }
+        TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
 
     /// Whether this entry was built from a row with this hash.
@@ -383,7 +379,7 @@ impl TokenCache {
             org_len: u32::try_from(org.len()).expect("owner ids are short"),
             scopes,
             expires_at: record.expires_at,
-            revoked: record.revoked_at.is_some(),
+            revoked_at: record.revoked_at,
             hash_tag: hash_tag(record),
             stamp,
             last_used: AtomicU32::new(self.seconds()),
@@ -542,6 +538,8 @@ mod tests {
             expires_at: Some(Utc::now() + chrono::Duration::days(30)),
             last_used_at: None,
             revoked_at: None,
+            replaced_by: None,
+            revocation_reason: None,
         }
     }
 

@@ -45,8 +45,13 @@ pub struct TokenRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// Last successful authentication (written behind).
     pub last_used_at: Option<DateTime<Utc>>,
-    /// Revocation time, if revoked.
+    /// Revocation time, if set: the token is revoked from this instant on (in the future
+    /// while a rotation overlap runs).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The token that replaced this one in a rotation.
+    pub replaced_by: Option<Uuid>,
+    /// Why `revoked_at` is set.
+    pub revocation_reason: Option<RevocationReason>,
 }
 
 impl TokenRecord {
@@ -54,6 +59,108 @@ impl TokenRecord {
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
         TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
+}
+
+/// Why a token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationReason {
+    /// RevokeToken, the CLI, or by hand in SQL.
+    Revoked,
+    /// Replaced in a rotation; revoked at the end of the overlap.
+    Rotated,
+    /// Reported as exposed (ReportExposedTokens).
+    Exposed,
+    /// Revoked with every token of its user or organisation (RevokeTokens).
+    Offboarded,
+}
+
+impl RevocationReason {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+            Self::Exposed => "exposed",
+            Self::Offboarded => "offboarded",
+        }
+    }
+
+    /// The reason of a stored name; an unknown one reads as `revoked`.
+    pub fn from_stored(name: &str) -> Self {
+        match name {
+            "rotated" => Self::Rotated,
+            "exposed" => Self::Exposed,
+            "offboarded" => Self::Offboarded,
+            _ => Self::Revoked,
+        }
+    }
+}
+
+/// A rotation to make: the new token (a copy of the old one with a fresh secret), when
+/// the old one stops working, and the caller's idempotency key.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The token being replaced.
+    pub old_id: Uuid,
+    /// The replacement.
+    pub new: NewToken,
+    /// The time of the rotation: the old token must be active then.
+    pub now: DateTime<Utc>,
+    /// The end of the overlap: the old token's revocation time (`now` for no overlap).
+    pub old_ends_at: DateTime<Utc>,
+    /// The caller's idempotency key, if any.
+    pub request: Option<RotationRequest>,
+}
+
+/// An idempotency key of a rotation, unique per caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRequest {
+    /// `token:<id>` or `cli`.
+    pub requested_by: String,
+    /// The caller's request id.
+    pub request_id: String,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// Rotated now: the old token (revoked at the end of the overlap) and the new one.
+    Rotated {
+        /// The replaced token.
+        old: TokenRecord,
+        /// Its replacement.
+        new: TokenRecord,
+    },
+    /// The request id was used before by this caller, for the same token: that rotation's
+    /// tokens, unchanged.
+    Replayed {
+        /// The replaced token.
+        old: TokenRecord,
+        /// Its replacement.
+        new: TokenRecord,
+    },
+    /// The request id was used before by this caller for another token.
+    RequestIdReused {
+        /// The token that rotation replaced.
+        old_id: Uuid,
+    },
+    /// No such token.
+    NotFound,
+    /// The token was revoked or expired at `now`, or is already inside an overlap (then
+    /// `replaced_by` says by which token).
+    NotActive(TokenRecord),
+}
+
+/// Which tokens to revoke when offboarding.
+#[derive(Debug, Clone)]
+pub struct OwnedTokens {
+    /// The organisation.
+    pub org_id: OwnerId,
+    /// One user, or every user of the organisation.
+    pub user_id: Option<OwnerId>,
+    /// Tokens granted any of these scopes are left alone (service tokens, for callers who
+    /// may not touch them).
+    pub except_scopes: Vec<String>,
 }
 
 /// A token to insert.
@@ -153,7 +260,35 @@ pub trait TokenStore: Send + Sync + 'static {
     -> Result<Option<TokenRecord>, StoreError>;
     /// Revokes at `at` unless already revoked (then unchanged), and announces the
     /// revocation to every replica; `None` if there is no such token.
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError>;
+    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
+        self.revoke_for(id, at, RevocationReason::Revoked).await
+    }
+    /// As [`TokenStore::revoke`], with a reason. A token whose revocation time is still in
+    /// the future (a rotation overlap) is revoked at `at` instead, keeping its reason.
+    async fn revoke_for(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Replaces a token in one transaction: inserts the new one, sets the old one's
+    /// revocation time to the end of the overlap and its `replaced_by`, records the
+    /// request id, and announces the change to every replica.
+    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError>;
+    /// The rotation this caller made with this request id: `(old id, new id)`.
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
+    /// Revokes at `at`, in one transaction, every token of `which` that works at `at`
+    /// (tokens inside a rotation overlap included), and announces it to every replica.
+    /// Returns the revoked tokens.
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Replaces the stored hash (rehash after a parameter change).
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError>;
     /// Records last-used times in one write; a time never moves backwards. Returns the

@@ -13,7 +13,10 @@ use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
+use super::{
+    ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation, RotationRequest,
+    StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
+};
 use crate::{
     telemetry::metrics::{STORE_CALL_DURATION_SECONDS, STORE_ERRORS_TOTAL},
     token::{LookupId, hash::SecretHash},
@@ -109,6 +112,38 @@ impl TokenStore for TimedStore {
         self.observe("revoke", self.inner.revoke(id, at)).await
     }
 
+    async fn revoke_for(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.observe("revoke", self.inner.revoke_for(id, at, reason))
+            .await
+    }
+
+    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError> {
+        self.observe("rotate", self.inner.rotate(rotation)).await
+    }
+
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        self.observe("find_rotation", self.inner.find_rotation(request))
+            .await
+    }
+
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe("revoke_owned", self.inner.revoke_owned(which, at, reason))
+            .await
+    }
+
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {
         self.observe("replace_hash", self.inner.replace_hash(id, hash))
             .await
@@ -165,11 +200,29 @@ mod tests {
         async fn update(&self, _: Uuid, _: &TokenPatch) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }
-        async fn revoke(
+        async fn revoke_for(
             &self,
             _: Uuid,
             _: DateTime<Utc>,
+            _: RevocationReason,
         ) -> Result<Option<TokenRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn rotate(&self, _: Rotation) -> Result<RotateOutcome, StoreError> {
+            unreachable!()
+        }
+        async fn find_rotation(
+            &self,
+            _: &RotationRequest,
+        ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+            unreachable!()
+        }
+        async fn revoke_owned(
+            &self,
+            _: &OwnedTokens,
+            _: DateTime<Utc>,
+            _: RevocationReason,
+        ) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn replace_hash(&self, _: Uuid, _: &SecretHash) -> Result<(), StoreError> {

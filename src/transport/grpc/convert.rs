@@ -40,6 +40,14 @@ pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token 
         last_used_at: record.last_used_at.map(timestamp),
         revoked_at: record.revoked_at.map(timestamp),
         status: status.into(),
+        replaced_by: record
+            .replaced_by
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        revocation_reason: record
+            .revocation_reason
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 

@@ -1,26 +1,60 @@
 //! `casola.auth.v1.TokenService`: thin handlers over [`TokenManager`].
 
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::Arc,
+};
+
 use chrono::Utc;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Request, Response, Status};
 
-use super::convert::{catalog_to_proto, token_to_proto};
+use super::{
+    convert::{catalog_to_proto, token_to_proto},
+    status,
+};
 use crate::{
+    config::ReportsConfig,
     error::Error,
-    manage::{Caller, CreateRequest, ListRequest, TokenManager, UpdateRequest},
+    manage::{Caller, CreateRequest, ListRequest, RotateRequest, TokenManager, UpdateRequest},
     principal::Principal,
     proto::{self, token_service_server::TokenService},
 };
 
-/// The TokenService implementation; runs behind [`super::CallerAuthLayer`].
+/// Source addresses tracked by the report limiter before idle ones are forgotten.
+const REPORT_SOURCES_KEPT: usize = 10_000;
+
+/// The TokenService implementation; runs behind [`super::CallerAuthLayer`], which lets
+/// ReportExposedTokens through without a caller token.
 #[derive(Clone)]
 pub struct TokenApi {
     manager: TokenManager,
+    /// ReportExposedTokens calls per source address.
+    reports: Arc<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl TokenApi {
-    /// Handlers over `manager`.
-    pub fn new(manager: TokenManager) -> Self {
-        Self { manager }
+    /// Handlers over `manager`, reports limited per `reports`.
+    pub fn new(manager: TokenManager, reports: ReportsConfig) -> Self {
+        let per_minute = NonZeroU32::new(reports.per_source_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(reports.burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            manager,
+            reports: Arc::new(RateLimiter::keyed(
+                Quota::per_minute(per_minute).allow_burst(burst),
+            )),
+        }
+    }
+
+    /// Spends one report of `source`'s quota; false when it is spent.
+    fn report_allowed(&self, source: IpAddr) -> bool {
+        if self.reports.len() > REPORT_SOURCES_KEPT {
+            // Forget sources whose quota has refilled: the map stays bounded under a
+            // spray of addresses, and a forgotten source has lost nothing.
+            self.reports.retain_recent();
+        }
+        self.reports.check_key(&source).is_ok()
     }
 }
 
@@ -130,6 +164,70 @@ impl TokenService for TokenApi {
         let record = self.manager.revoke(&caller, &request.get_ref().id).await?;
         Ok(Response::new(proto::RevokeTokenResponse {
             token: Some(token_to_proto(&record, Utc::now())),
+        }))
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<proto::RotateTokenRequest>,
+    ) -> Result<Response<proto::RotateTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let rotated = self
+            .manager
+            .rotate(
+                &caller,
+                RotateRequest {
+                    id: r.id,
+                    overlap_seconds: r.overlap_seconds.into(),
+                    request_id: r.request_id,
+                },
+            )
+            .await?;
+        let now = Utc::now();
+        Ok(Response::new(proto::RotateTokenResponse {
+            token: Some(token_to_proto(&rotated.new, now)),
+            secret_shown: rotated.token.is_some(),
+            secret: rotated
+                .token
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
+            old_token: Some(token_to_proto(&rotated.old, now)),
+        }))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        request: Request<proto::RevokeTokensRequest>,
+    ) -> Result<Response<proto::RevokeTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let revoked = self
+            .manager
+            .revoke_all(&caller, &r.org_id, &r.user_id)
+            .await?;
+        Ok(Response::new(proto::RevokeTokensResponse {
+            revoked_count: u32::try_from(revoked.len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn report_exposed_tokens(
+        &self,
+        request: Request<proto::ReportExposedTokensRequest>,
+    ) -> Result<Response<proto::ReportExposedTokensResponse>, Status> {
+        // No caller token here (the auth layer lets this call through): the limit is per
+        // peer address. Without one (an in-process transport), all such calls share one.
+        let source = request
+            .remote_addr()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        if !self.report_allowed(source) {
+            tracing::info!(source = %source, "exposure report refused: rate limit");
+            return Err(status::reports_rate_limited());
+        }
+        let r = request.into_inner();
+        let received = self.manager.report_exposed(r.tokens, &r.source_url)?;
+        Ok(Response::new(proto::ReportExposedTokensResponse {
+            received: u32::try_from(received).unwrap_or(u32::MAX),
         }))
     }
 
