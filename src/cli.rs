@@ -20,6 +20,7 @@ use self::output::{CatalogView, TokenView, emit, json, note, token_detail, token
 use crate::{
     config::{Config, DatabaseUrl, misspelt_variables},
     error::{Error, FieldViolation},
+    event::Origin,
     manage::{Caller, CreateRequest, ListRequest, RotateRequest, TokenManager, UpdateRequest},
     server::{self, Services},
     store::{
@@ -473,11 +474,17 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
                 description: description.unwrap_or_default(),
                 mask,
             };
-            let record = manager.update(operator, request).await.map_err(describe)?;
+            let record = manager
+                .update(operator, &Origin::default(), request)
+                .await
+                .map_err(describe)?;
             print_token(&record, output.output)
         }
         TokenCommand::Revoke { id } => {
-            let record = manager.revoke(operator, &id).await.map_err(describe)?;
+            let record = manager
+                .revoke(operator, &Origin::default(), &id)
+                .await
+                .map_err(describe)?;
             let view = TokenView::new(&record, chrono::Utc::now());
             note(&format!("revoked token {} ({})", view.id, view.prefix));
             Ok(())
@@ -491,7 +498,7 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
         TokenCommand::RevokeAll { org, user } => {
             let user = user.unwrap_or_else(|| "-".into());
             let revoked = manager
-                .revoke_all(operator, &org, &user)
+                .revoke_all(operator, &Origin::default(), &org, &user)
                 .await
                 .map_err(describe)?;
             let whose = match user.as_str() {
@@ -517,7 +524,7 @@ async fn token_rotate(
         request_id,
     };
     let rotated = manager
-        .rotate(&Caller::Operator, request)
+        .rotate(&Caller::Operator, &Origin::default(), request)
         .await
         .map_err(describe)?;
     let now = chrono::Utc::now();
@@ -582,7 +589,7 @@ async fn token_create(manager: &TokenManager, args: CreateArgs) -> Outcome {
         user_id: args.user,
     };
     let created = manager
-        .create(&Caller::Operator, request)
+        .create(&Caller::Operator, &Origin::default(), request)
         .await
         .map_err(describe)?;
     let view = TokenView::new(&created.record, chrono::Utc::now());

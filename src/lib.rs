@@ -3,8 +3,8 @@
 //! The crate is laid out by concept:
 //! - domain: [`token`] (format, hashing, fields), [`scope`] (catalog, presets, expansion),
 //!   [`principal`], [`permission`] (who may do what), [`authorize`] (the decision path) and
-//!   [`manage`] (token lifecycle use cases), [`pagination`]. None of these know tonic or
-//!   diesel.
+//!   [`manage`] (token lifecycle use cases), [`event`] (the audit trail), [`pagination`].
+//!   None of these know tonic or diesel.
 //! - [`store`]: one trait, a Postgres and an in-memory implementation.
 //! - [`transport`]: adapters that only convert and delegate: our gRPC API and Envoy ext_authz.
 //! - the edge: [`config`], [`server`] wiring, [`admin`] HTTP port, [`cli`].
@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod event;
 pub mod manage;
 pub mod pagination;
 pub mod permission;

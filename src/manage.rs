@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
+    event::{Actor, EventContext, Origin},
     pagination::{Cursor, PageSize},
     permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
@@ -53,6 +54,19 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Who the audit trail names for a change by this caller to a token of `target`: the
+    /// CLI, an organisation admin (a token acting on a colleague's token), or a token (its
+    /// owner's own, or a service token acting for any owner).
+    pub fn actor_on(&self, target: &Owner) -> Actor {
+        match self {
+            Caller::Operator => Actor::Cli,
+            Caller::Token(p) if p.owner != *target && !p.has(TOKENS_ISSUE) => {
+                Actor::OrgAdmin(p.token_id)
+            }
+            Caller::Token(p) => Actor::Token(p.token_id),
+        }
+    }
+
     /// The caller's own owner, if it is a token holder.
     fn owner(&self) -> Option<&Owner> {
         match self {
@@ -247,8 +261,14 @@ impl TokenManager {
 
     /// Creates a token.
     #[tracing::instrument(name = "create_token", skip_all)]
-    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Created, Error> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: CreateRequest,
+    ) -> Result<Created, Error> {
         let valid = self.validate_create(caller, req)?;
+        let ctx = EventContext::from_origin(caller.actor_on(&valid.owner), origin);
         let now = now_micros();
         let expires_at = valid.expires.map(|d| now + d.duration());
         let created_by = match caller {
@@ -273,7 +293,7 @@ impl TokenManager {
                 created_by: created_by.clone(),
                 expires_at,
             };
-            match self.store.insert(new).await {
+            match self.store.insert(new, &ctx).await {
                 Ok(record) => {
                     tracing::info!(token.id = %record.id, org.id = %record.owner.org_id, user.id = %record.owner.user_id, created_by = %record.created_by, "token created");
                     return Ok(Created { record, token });
@@ -604,7 +624,12 @@ impl TokenManager {
     /// Replaces a token with a copy that has a fresh secret; the old one works until the
     /// end of the overlap, which the store holds (see the `token_rotation` migration).
     #[tracing::instrument(name = "rotate_token", skip_all)]
-    pub async fn rotate(&self, caller: &Caller, req: RotateRequest) -> Result<Rotated, Error> {
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: RotateRequest,
+    ) -> Result<Rotated, Error> {
         let mut bad = Vec::new();
         let id = parse_id(&req.id)
             .map_err(|_| bad.push(FieldViolation::new("id", "must be a token id (UUID)")))
@@ -675,6 +700,7 @@ impl TokenManager {
             Description::parse(&old.description).map_err(|_| Error::Internal)?,
         );
         let old_ends_at = now + chrono::Duration::seconds(req.overlap_seconds);
+        let ctx = EventContext::from_origin(caller.actor_on(&old.owner), origin);
         for _ in 0..2 {
             let (token, secret_hash) = self.new_secret().await?;
             let rotation = Rotation {
@@ -696,7 +722,7 @@ impl TokenManager {
                 old_ends_at,
                 request: request.clone(),
             };
-            let outcome = match self.store.rotate(rotation).await {
+            let outcome = match self.store.rotate(rotation, &ctx).await {
                 Ok(outcome) => outcome,
                 // A lookup-id collision, or a concurrent retry that recorded the request
                 // id first: the next round (or find_rotation) sorts it out.
@@ -783,6 +809,7 @@ impl TokenManager {
     pub async fn revoke_all(
         &self,
         caller: &Caller,
+        origin: &Origin,
         org_id: &str,
         user_id: &str,
     ) -> Result<Vec<TokenRecord>, Error> {
@@ -824,6 +851,18 @@ impl TokenManager {
                 except_scopes = self.service_scopes();
             }
         }
+        // The caller's own tokens (a user offboarding itself) name it as a token; anyone
+        // else's, as an organisation admin (or the service token, or the CLI).
+        let actor = match (caller, &user) {
+            (Caller::Token(_), Some(user)) => caller.actor_on(&Owner {
+                org_id: org.clone(),
+                user_id: user.clone(),
+            }),
+            (Caller::Token(p), None) if !p.has(TOKENS_ISSUE) => Actor::OrgAdmin(p.token_id),
+            (Caller::Token(p), None) => Actor::Token(p.token_id),
+            (Caller::Operator, _) => Actor::Cli,
+        };
+        let ctx = EventContext::from_origin(actor, origin);
         let which = OwnedTokens {
             org_id: org,
             user_id: user,
@@ -831,7 +870,7 @@ impl TokenManager {
         };
         let revoked = self
             .store
-            .revoke_owned(&which, now_micros(), RevocationReason::Offboarded)
+            .revoke_owned(&which, now_micros(), RevocationReason::Offboarded, &ctx)
             .await?;
         for record in &revoked {
             self.cache.revoked(record.lookup_id.clone());
@@ -861,7 +900,12 @@ impl TokenManager {
     /// the strings were valid tokens. Returns how many strings were received. The strings
     /// are never logged or stored.
     #[tracing::instrument(name = "report_exposed_tokens", skip_all)]
-    pub fn report_exposed(&self, tokens: Vec<String>, source_url: &str) -> Result<usize, Error> {
+    pub fn report_exposed(
+        &self,
+        origin: &Origin,
+        tokens: Vec<String>,
+        source_url: &str,
+    ) -> Result<usize, Error> {
         let mut bad = Vec::new();
         if tokens.len() > MAX_REPORTED_TOKENS {
             bad.push(FieldViolation::new(
@@ -902,10 +946,11 @@ impl TokenManager {
         parsed.sort_by(|a, b| a.expose().cmp(b.expose()));
         parsed.dedup_by(|a, b| a.expose() == b.expose());
         let this = self.clone();
+        let ctx = EventContext::from_origin(Actor::Anonymous, origin);
         // A source URL may hold a pasted token: logged redacted.
         let source = redact(source_url).into_owned();
         tokio::spawn(async move {
-            let revoked = this.revoke_exposed(parsed).await;
+            let revoked = this.revoke_exposed(parsed, &ctx).await;
             tracing::info!(received, revoked, source_url = %source, "exposure report processed");
             drop(permit);
         });
@@ -913,10 +958,10 @@ impl TokenManager {
     }
 
     /// Revokes each of `tokens` that is a valid token; returns how many were.
-    async fn revoke_exposed(&self, tokens: Vec<PlainToken>) -> usize {
+    async fn revoke_exposed(&self, tokens: Vec<PlainToken>, ctx: &EventContext) -> usize {
         let mut revoked = 0;
         for token in tokens {
-            match self.revoke_if_valid(token).await {
+            match self.revoke_if_valid(token, ctx).await {
                 Ok(true) => revoked += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "an exposed token could not be checked"),
@@ -925,7 +970,7 @@ impl TokenManager {
         revoked
     }
 
-    async fn revoke_if_valid(&self, token: PlainToken) -> Result<bool, Error> {
+    async fn revoke_if_valid(&self, token: PlainToken, ctx: &EventContext) -> Result<bool, Error> {
         let Some(record) = self.store.find_by_lookup_id(token.lookup_id()).await? else {
             return Ok(false);
         };
@@ -940,7 +985,7 @@ impl TokenManager {
         }
         let record = self
             .store
-            .revoke_for(record.id, now, RevocationReason::Exposed)
+            .revoke_for(record.id, now, RevocationReason::Exposed, ctx)
             .await?;
         if let Some(record) = record {
             self.cache.revoked(record.lookup_id.clone());
@@ -969,7 +1014,12 @@ impl TokenManager {
     }
 
     /// Changes name and/or description.
-    pub async fn update(&self, caller: &Caller, req: UpdateRequest) -> Result<TokenRecord, Error> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: UpdateRequest,
+    ) -> Result<TokenRecord, Error> {
         let mut bad = Vec::new();
         let id = parse_id(&req.id)
             .map_err(|_| bad.push(FieldViolation::new("id", "must be a token id (UUID)")))
@@ -1017,9 +1067,10 @@ impl TokenManager {
                 "token {id} is revoked; a revoked token cannot be changed"
             )));
         }
+        let ctx = EventContext::from_origin(caller.actor_on(&current.owner), origin);
         let record = self
             .store
-            .update(id, &patch)
+            .update(id, &patch, &ctx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("token {id} not found")))?;
         tracing::info!(token.id = %id, "token updated");
@@ -1027,12 +1078,18 @@ impl TokenManager {
     }
 
     /// Revokes, at once and for good; a revoked token is returned unchanged.
-    pub async fn revoke(&self, caller: &Caller, id: &str) -> Result<TokenRecord, Error> {
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        id: &str,
+    ) -> Result<TokenRecord, Error> {
         let id = parse_id(id)?;
-        self.visible(caller, id, Action::Revoke).await?;
+        let current = self.visible(caller, id, Action::Revoke).await?;
+        let ctx = EventContext::from_origin(caller.actor_on(&current.owner), origin);
         let record = self
             .store
-            .revoke(id, now_micros())
+            .revoke(id, now_micros(), &ctx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("token {id} not found")))?;
         // This replica stops accepting it now; the others hear the store's notice.

@@ -31,6 +31,7 @@ use crate::{
         Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
     },
     config::{Config, ConfigError, DatabaseUrl},
+    event::Origin,
     manage::{Caller, CreateRequest, TokenManager},
     proto::{
         self, authorization_service_server::AuthorizationServiceServer,
@@ -578,6 +579,7 @@ async fn bootstrap(services: &Services) -> Result<PlainToken, StartError> {
         .manager
         .create(
             &Caller::Operator,
+            &Origin::default(),
             CreateRequest {
                 name: "bootstrap (in-memory store)".into(),
                 description: "Printed at start-up for local use; gone when the process stops"

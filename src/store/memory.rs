@@ -8,10 +8,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation, RotationRequest,
-    StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore, events,
+    now_micros,
 };
-use crate::token::{LookupId, hash::SecretHash, status::TokenStatus};
+use crate::{
+    event::{EventContext, EventFilter, EventKind, EventQuery, NewEvent, TokenEvent},
+    token::{LookupId, hash::SecretHash, status::TokenStatus},
+};
 
 #[derive(Default)]
 struct Tables {
@@ -22,12 +26,22 @@ struct Tables {
     changes: Vec<TokenChange>,
     /// Rotations made with a request id: (caller, request id) -> (old id, new id).
     rotations: HashMap<(String, String), (Uuid, Uuid)>,
+    /// The audit trail; event id = index + 1. Appended under the same lock as the change
+    /// it describes: the memory store's transaction.
+    events: Vec<TokenEvent>,
 }
 
 impl Tables {
     /// Revokes at `at` as the Postgres trigger allows: an unset revocation is set, a future
-    /// one moves earlier. Returns whether anything changed (and logs it).
-    fn revoke_at(&mut self, id: Uuid, at: DateTime<Utc>, reason: RevocationReason) -> bool {
+    /// one moves earlier. Returns whether anything changed (then it is logged, with its
+    /// event).
+    fn revoke_at(
+        &mut self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> bool {
         let Some(record) = self.tokens.get_mut(&id) else {
             return false;
         };
@@ -39,7 +53,9 @@ impl Tables {
             Some(set) if set > at => record.revoked_at = Some(at),
             Some(_) => return false,
         }
+        let event = events::revoked_for(record, at, reason, ctx);
         self.log_change(id);
+        self.append_event(event);
         true
     }
 
@@ -69,6 +85,25 @@ impl Tables {
         self.by_lookup.insert(record.lookup_id.clone(), record.id);
         self.tokens.insert(record.id, record.clone());
         Ok(record)
+    }
+
+    /// Appends an event, unless it is a once-per-token kind (`created`, `first_used`,
+    /// `expired`) the token already has: the Postgres store's unique index does the same.
+    pub fn append_event(&mut self, event: NewEvent) {
+        let once = matches!(
+            event.kind,
+            EventKind::Created | EventKind::FirstUsed | EventKind::Expired
+        );
+        if once
+            && self
+                .events
+                .iter()
+                .any(|e| e.event.token_id == event.token_id && e.event.kind == event.kind)
+        {
+            return;
+        }
+        let id = self.events.len() as i64 + 1;
+        self.events.push(TokenEvent { id, event });
     }
 
     fn log_change(&mut self, id: Uuid) {
@@ -110,8 +145,11 @@ impl TokenStore for MemoryStore {
         Ok(())
     }
 
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
-        self.write().insert(token)
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
+        let mut t = self.write();
+        let record = t.insert(token)?;
+        t.append_event(events::created(&record, ctx));
+        Ok(record)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -127,6 +165,15 @@ impl TokenStore for MemoryStore {
             .get(lookup_id)
             .and_then(|id| t.tokens.get(id))
             .cloned())
+    }
+
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+        let t = self.read();
+        Ok(ids
+            .iter()
+            .filter_map(|id| t.tokens.get(id))
+            .cloned()
+            .collect())
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<TokenRecord>, StoreError> {
@@ -153,6 +200,7 @@ impl TokenStore for MemoryStore {
         &self,
         id: Uuid,
         patch: &TokenPatch,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut t = self.write();
         let Some(record) = t.tokens.get_mut(&id) else {
@@ -167,6 +215,7 @@ impl TokenStore for MemoryStore {
         let record = record.clone();
         if patch.name.is_some() || patch.description.is_some() {
             t.log_change(id);
+            t.append_event(events::updated(&record, patch, now_micros(), ctx));
         }
         Ok(Some(record))
     }
@@ -176,13 +225,18 @@ impl TokenStore for MemoryStore {
         id: Uuid,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut t = self.write();
-        t.revoke_at(id, at, reason);
+        t.revoke_at(id, at, reason, ctx);
         Ok(t.tokens.get(&id).cloned())
     }
 
-    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError> {
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
         let mut t = self.write();
         let key = rotation
             .request
@@ -215,6 +269,9 @@ impl TokenStore for MemoryStore {
         old.replaced_by = Some(new.id);
         let old = old.clone();
         t.log_change(old.id);
+        for event in events::rotated(&old, &new, rotation.old_ends_at, ctx) {
+            t.append_event(event);
+        }
         if let Some(key) = key {
             t.rotations.insert(key, (old.id, new.id));
         }
@@ -234,6 +291,7 @@ impl TokenStore for MemoryStore {
         which: &OwnedTokens,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let mut t = self.write();
         let ids: Vec<Uuid> = t
@@ -247,7 +305,7 @@ impl TokenStore for MemoryStore {
             .collect();
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
-            t.revoke_at(id, at, reason);
+            t.revoke_at(id, at, reason, ctx);
             revoked.extend(t.tokens.get(&id).cloned());
         }
         Ok(revoked)
@@ -267,11 +325,74 @@ impl TokenStore for MemoryStore {
         let mut written = 0;
         for (id, at) in uses {
             if let Some(record) = t.tokens.get_mut(id) {
+                let first = record.last_used_at.is_none();
                 record.last_used_at = Some(record.last_used_at.map_or(*at, |old| old.max(*at)));
                 written += 1;
+                if first {
+                    let event = events::first_used(record, *at);
+                    t.append_event(event);
+                }
             }
         }
         Ok(written)
+    }
+
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut t = self.write();
+        let mut due: Vec<_> = t
+            .tokens
+            .values()
+            .filter_map(|r| {
+                let expires_at = r.expires_at.filter(|e| *e <= now)?;
+                r.revoked_at
+                    .is_none_or(|revoked| revoked > expires_at)
+                    .then(|| events::expired(r, expires_at))
+            })
+            .collect();
+        // In expiry order, as the Postgres sweep writes them.
+        due.sort_by_key(|e| (e.at, e.token_id));
+        let before = t.events.len();
+        for event in due {
+            t.append_event(event);
+        }
+        Ok((t.events.len() - before) as u64)
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+        let t = self.read();
+        Ok(t.events
+            .iter()
+            .rev()
+            .filter(|e| q.before.is_none_or(|before| e.id < before))
+            .filter(|e| match &q.filter {
+                EventFilter::Token(id) => e.event.token_id == *id,
+                EventFilter::Org(org) => e.event.owner.org_id == *org,
+            })
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn list_expiring(&self, q: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        let t = self.read();
+        let mut rows: Vec<_> = t
+            .tokens
+            .values()
+            .filter(|r| r.revoked_at.is_none())
+            .filter(|r| q.org_id.as_ref().is_none_or(|o| r.owner.org_id == *o))
+            .filter(|r| {
+                r.expires_at
+                    .is_some_and(|e| e > q.after_time && e <= q.until)
+            })
+            .filter(|r| {
+                q.after
+                    .is_none_or(|c| (r.expires_at.expect("filtered"), r.id) > (c.created_at, c.id))
+            })
+            .cloned()
+            .collect();
+        rows.sort_by_key(|r| (r.expires_at, r.id));
+        rows.truncate(q.limit);
+        Ok(rows)
     }
 
     async fn latest_change(&self) -> Result<u64, StoreError> {

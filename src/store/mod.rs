@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::event::{EventContext, EventQuery, TokenEvent};
 pub use crate::pagination::Cursor;
 use crate::token::{
     LookupId,
@@ -203,6 +204,21 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// Active tokens that expire soon: soonest first, `(expires_at, id)` ascending.
+#[derive(Debug, Clone)]
+pub struct ExpiringQuery {
+    /// One organisation, or every organisation.
+    pub org_id: Option<OwnerId>,
+    /// Only tokens that expire after this instant (now: expired ones are not active)...
+    pub after_time: DateTime<Utc>,
+    /// ...and at or before this one.
+    pub until: DateTime<Utc>,
+    /// Start after this item (its expiry and id).
+    pub after: Option<Cursor>,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// Name and description changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct TokenPatch {
@@ -244,8 +260,9 @@ pub enum StoreError {
 pub trait TokenStore: Send + Sync + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Inserts a token; `Conflict` if its id or lookup id exists.
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
+    /// Inserts a token and its `created` event (one transaction); `Conflict` if its id or
+    /// lookup id exists.
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError>;
     /// A token by id.
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError>;
     /// A token by lookup id.
@@ -255,45 +272,79 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<Option<TokenRecord>, StoreError>;
     /// A page of tokens.
     async fn list(&self, query: &ListQuery) -> Result<Vec<TokenRecord>, StoreError>;
-    /// Changes name/description; `None` if there is no such token.
-    async fn update(&self, id: Uuid, patch: &TokenPatch)
-    -> Result<Option<TokenRecord>, StoreError>;
-    /// Revokes at `at` unless already revoked (then unchanged), and announces the
-    /// revocation to every replica; `None` if there is no such token.
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
-        self.revoke_for(id, at, RevocationReason::Revoked).await
+    /// Tokens by id, in no particular order; unknown ids are left out.
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Changes name/description and records an `updated` event naming the changed fields
+    /// (one transaction); `None` if there is no such token. An empty patch changes and
+    /// records nothing.
+    async fn update(
+        &self,
+        id: Uuid,
+        patch: &TokenPatch,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Revokes at `at` unless already revoked (then unchanged, and no event), records a
+    /// `revoked` event and announces the revocation to every replica, all in one
+    /// transaction; `None` if there is no such token.
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.revoke_for(id, at, RevocationReason::Revoked, ctx)
+            .await
     }
-    /// As [`TokenStore::revoke`], with a reason. A token whose revocation time is still in
-    /// the future (a rotation overlap) is revoked at `at` instead, keeping its reason.
+    /// As [`TokenStore::revoke`], with a reason (the event's kind follows it). A token
+    /// whose revocation time is still in the future (a rotation overlap) is revoked at `at`
+    /// instead, keeping its reason.
     async fn revoke_for(
         &self,
         id: Uuid,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError>;
     /// Replaces a token in one transaction: inserts the new one, sets the old one's
     /// revocation time to the end of the overlap and its `replaced_by`, records the
-    /// request id, and announces the change to every replica.
-    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError>;
+    /// request id, the `rotated` event of the old token and the `created` event of the new
+    /// one, and announces the change to every replica.
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError>;
     /// The rotation this caller made with this request id: `(old id, new id)`.
     async fn find_rotation(
         &self,
         request: &RotationRequest,
     ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
     /// Revokes at `at`, in one transaction, every token of `which` that works at `at`
-    /// (tokens inside a rotation overlap included), and announces it to every replica.
-    /// Returns the revoked tokens.
+    /// (tokens inside a rotation overlap included), records one event per token, and
+    /// announces it to every replica. Returns the revoked tokens.
     async fn revoke_owned(
         &self,
         which: &OwnedTokens,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Replaces the stored hash (rehash after a parameter change).
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError>;
-    /// Records last-used times in one write; a time never moves backwards. Returns the
-    /// number of rows written.
+    /// Records last-used times in one write; a time never moves backwards. A token whose
+    /// last use was unset gets its `first_used` event in the same statement, exactly once
+    /// per token however many replicas flush at once. Returns the number of rows written.
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError>;
+    /// Records an `expired` event (at the expiry instant, actor `system`) for every token
+    /// whose expiry is at or before `now` and that was not revoked before it, exactly once
+    /// per token whichever replica sweeps first. Resumes where the latest recorded expiry
+    /// left off (less a margin), so a sweep reads only what expired since. Returns the
+    /// number of events written.
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// A page of the audit trail, newest first.
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<TokenEvent>, StoreError>;
+    /// A page of active tokens expiring in a window, soonest first.
+    async fn list_expiring(&self, query: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError>;
     /// The position of the newest change in the log (0 when it is empty): where a replica
     /// that starts with an empty cache begins to poll.
     async fn latest_change(&self) -> Result<u64, StoreError>;
@@ -316,4 +367,129 @@ pub fn now_micros() -> DateTime<Utc> {
 /// Truncates to microseconds (Postgres `timestamptz` precision).
 pub fn truncate_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).expect("in range")
+}
+
+/// The events both stores write for the changes of this trait, built in one place so that
+/// the two stores record the same facts. Rotation, offboarding and exposure reports build
+/// theirs with [`EventContext::event`] in the same way.
+pub mod events {
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    use super::{RevocationReason, TokenPatch, TokenRecord};
+    use crate::event::{EventContext, EventKind, NewEvent};
+
+    /// `created`: the granted scopes and the expiry (never the name or description: they
+    /// are free text).
+    pub fn created(record: &TokenRecord, ctx: &EventContext) -> NewEvent {
+        ctx.event(
+            EventKind::Created,
+            record.id,
+            &record.owner,
+            record.created_at,
+            json!({
+                "scopes": record.scopes,
+                "expires_at": record.expires_at.map(|t| t.to_rfc3339()),
+            }),
+        )
+    }
+
+    /// `updated`: the names of the changed fields, not their values.
+    pub fn updated(
+        record: &TokenRecord,
+        patch: &TokenPatch,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> NewEvent {
+        let mut fields = Vec::new();
+        if patch.name.is_some() {
+            fields.push("name");
+        }
+        if patch.description.is_some() {
+            fields.push("description");
+        }
+        ctx.event(
+            EventKind::Updated,
+            record.id,
+            &record.owner,
+            at,
+            json!({ "fields": fields }),
+        )
+    }
+
+    /// `revoked`, at the revocation time.
+    pub fn revoked(record: &TokenRecord, at: DateTime<Utc>, ctx: &EventContext) -> NewEvent {
+        ctx.event(EventKind::Revoked, record.id, &record.owner, at, json!({}))
+    }
+
+    /// The event of a revocation for `reason`: `revoked`, `exposed`, `offboarded` (or
+    /// `revoked` for a rotated token revoked before its overlap ended).
+    pub fn revoked_for(
+        record: &TokenRecord,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> NewEvent {
+        let kind = match reason {
+            RevocationReason::Revoked | RevocationReason::Rotated => EventKind::Revoked,
+            RevocationReason::Exposed => EventKind::Exposed,
+            RevocationReason::Offboarded => EventKind::Offboarded,
+        };
+        ctx.event(kind, record.id, &record.owner, at, json!({}))
+    }
+
+    /// The two events of a rotation: `rotated` on the old token (its replacement and the
+    /// end of the overlap) and `created` on the new one (the token it replaces).
+    pub fn rotated(
+        old: &TokenRecord,
+        new: &TokenRecord,
+        ends_at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> [NewEvent; 2] {
+        [
+            ctx.event(
+                EventKind::Rotated,
+                old.id,
+                &old.owner,
+                new.created_at,
+                json!({
+                    "replaced_by": new.id.to_string(),
+                    "overlap_ends_at": ends_at.to_rfc3339(),
+                }),
+            ),
+            ctx.event(
+                EventKind::Created,
+                new.id,
+                &new.owner,
+                new.created_at,
+                json!({
+                    "scopes": new.scopes,
+                    "expires_at": new.expires_at.map(|t| t.to_rfc3339()),
+                    "replaces": old.id.to_string(),
+                }),
+            ),
+        ]
+    }
+
+    /// `first_used`, by the service, at the first recorded use.
+    pub fn first_used(record: &TokenRecord, at: DateTime<Utc>) -> NewEvent {
+        EventContext::system().event(
+            EventKind::FirstUsed,
+            record.id,
+            &record.owner,
+            at,
+            json!({}),
+        )
+    }
+
+    /// `expired`, by the service, at the expiry instant.
+    pub fn expired(record: &TokenRecord, expires_at: DateTime<Utc>) -> NewEvent {
+        EventContext::system().event(
+            EventKind::Expired,
+            record.id,
+            &record.owner,
+            expires_at,
+            json!({}),
+        )
+    }
 }

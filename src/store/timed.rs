@@ -14,10 +14,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
-    ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation, RotationRequest,
-    StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
 };
 use crate::{
+    event::{EventContext, EventQuery, TokenEvent},
     telemetry::metrics::{STORE_CALL_DURATION_SECONDS, STORE_ERRORS_TOTAL},
     token::{LookupId, hash::SecretHash},
 };
@@ -80,8 +81,12 @@ impl TokenStore for TimedStore {
         self.observe("ping", self.inner.ping()).await
     }
 
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
-        self.observe("insert", self.inner.insert(token)).await
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
+        self.observe("insert", self.inner.insert(token, ctx)).await
+    }
+
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe("get_many", self.inner.get_many(ids)).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -104,12 +109,19 @@ impl TokenStore for TimedStore {
         &self,
         id: Uuid,
         patch: &TokenPatch,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.observe("update", self.inner.update(id, patch)).await
+        self.observe("update", self.inner.update(id, patch, ctx))
+            .await
     }
 
-    async fn revoke(&self, id: Uuid, at: DateTime<Utc>) -> Result<Option<TokenRecord>, StoreError> {
-        self.observe("revoke", self.inner.revoke(id, at)).await
+    async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.observe("revoke", self.inner.revoke(id, at, ctx)).await
     }
 
     async fn revoke_for(
@@ -117,13 +129,19 @@ impl TokenStore for TimedStore {
         id: Uuid,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        self.observe("revoke", self.inner.revoke_for(id, at, reason))
+        self.observe("revoke", self.inner.revoke_for(id, at, reason, ctx))
             .await
     }
 
-    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError> {
-        self.observe("rotate", self.inner.rotate(rotation)).await
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.observe("rotate", self.inner.rotate(rotation, ctx))
+            .await
     }
 
     async fn find_rotation(
@@ -139,9 +157,13 @@ impl TokenStore for TimedStore {
         which: &OwnedTokens,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        self.observe("revoke_owned", self.inner.revoke_owned(which, at, reason))
-            .await
+        self.observe(
+            "revoke_owned",
+            self.inner.revoke_owned(which, at, reason, ctx),
+        )
+        .await
     }
 
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {
@@ -151,6 +173,21 @@ impl TokenStore for TimedStore {
 
     async fn record_last_used(&self, uses: &[(Uuid, DateTime<Utc>)]) -> Result<u64, StoreError> {
         self.observe("record_last_used", self.inner.record_last_used(uses))
+            .await
+    }
+
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.observe("record_expiries", self.inner.record_expiries(now))
+            .await
+    }
+
+    async fn list_events(&self, query: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+        self.observe("list_events", self.inner.list_events(query))
+            .await
+    }
+
+    async fn list_expiring(&self, query: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe("list_expiring", self.inner.list_expiring(query))
             .await
     }
 
@@ -185,7 +222,19 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Err(StoreError::Unavailable("refused".into()))
         }
-        async fn insert(&self, _: NewToken) -> Result<TokenRecord, StoreError> {
+        async fn insert(&self, _: NewToken, _: &EventContext) -> Result<TokenRecord, StoreError> {
+            unreachable!()
+        }
+        async fn get_many(&self, _: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn record_expiries(&self, _: DateTime<Utc>) -> Result<u64, StoreError> {
+            unreachable!()
+        }
+        async fn list_events(&self, _: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+            unreachable!()
+        }
+        async fn list_expiring(&self, _: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn get(&self, _: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -197,7 +246,12 @@ mod tests {
         async fn list(&self, _: &ListQuery) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
-        async fn update(&self, _: Uuid, _: &TokenPatch) -> Result<Option<TokenRecord>, StoreError> {
+        async fn update(
+            &self,
+            _: Uuid,
+            _: &TokenPatch,
+            _: &EventContext,
+        ) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn revoke_for(
@@ -205,10 +259,11 @@ mod tests {
             _: Uuid,
             _: DateTime<Utc>,
             _: RevocationReason,
+            _: &EventContext,
         ) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }
-        async fn rotate(&self, _: Rotation) -> Result<RotateOutcome, StoreError> {
+        async fn rotate(&self, _: Rotation, _: &EventContext) -> Result<RotateOutcome, StoreError> {
             unreachable!()
         }
         async fn find_rotation(
@@ -222,6 +277,7 @@ mod tests {
             _: &OwnedTokens,
             _: DateTime<Utc>,
             _: RevocationReason,
+            _: &EventContext,
         ) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }

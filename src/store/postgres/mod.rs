@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use diesel::{
     prelude::*,
     result::{DatabaseErrorKind, Error as DieselError},
-    sql_types::{Array, Text, Timestamptz},
+    sql_types::{Array, Nullable, Text, Timestamptz},
 };
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
@@ -30,13 +30,17 @@ use uuid::Uuid;
 
 use self::schema::{api_tokens, token_rotations};
 use super::{
-    ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation, RotationRequest,
-    StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore, events,
+    now_micros,
 };
-use crate::token::{
-    LookupId,
-    fields::{Owner, OwnerId},
-    hash::SecretHash,
+use crate::{
+    event::{EventContext, EventFilter, EventQuery, NewEvent, RequestId, TokenEvent},
+    token::{
+        LookupId,
+        fields::{Owner, OwnerId},
+        hash::SecretHash,
+    },
 };
 
 /// The migrations of `migrations/`, compiled in.
@@ -399,6 +403,113 @@ struct Position {
     position: i64,
 }
 
+#[derive(QueryableByName)]
+struct EventRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    token_id: Uuid,
+    #[diesel(sql_type = Text)]
+    org_id: String,
+    #[diesel(sql_type = Text)]
+    user_id: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Timestamptz)]
+    at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    actor: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    source_addr: Option<String>,
+    #[diesel(sql_type = Text)]
+    detail: String,
+}
+
+impl TryFrom<EventRow> for TokenEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let bad = |what: &str| StoreError::Internal(format!("event {}: bad {what}", row.id));
+        Ok(TokenEvent {
+            id: row.id,
+            event: NewEvent {
+                token_id: row.token_id,
+                owner: Owner {
+                    org_id: OwnerId::from_stored(row.org_id.clone()),
+                    user_id: OwnerId::from_stored(row.user_id.clone()),
+                },
+                kind: row.kind.parse().map_err(|_| bad("kind"))?,
+                at: row.at,
+                actor: row.actor.parse().map_err(|_| bad("actor"))?,
+                request_id: row.request_id.as_deref().and_then(RequestId::parse),
+                source_addr: row
+                    .source_addr
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|_| bad("source address"))?,
+                detail: serde_json::from_str(&row.detail).map_err(|_| bad("detail"))?,
+            },
+        })
+    }
+}
+
+/// Appends `events` to the audit trail on `conn`: call it inside the transaction of the
+/// change the events describe, so both commit or neither does. One statement for any number
+/// of events. A second `created`, `first_used` or `expired` event of a token is dropped
+/// (unique index, ON CONFLICT DO NOTHING).
+pub async fn append_events(
+    conn: &mut AsyncPgConnection,
+    events: &[NewEvent],
+) -> Result<(), DieselError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut token_ids = Vec::with_capacity(events.len());
+    let mut org_ids = Vec::with_capacity(events.len());
+    let mut user_ids = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut ats = Vec::with_capacity(events.len());
+    let mut actors = Vec::with_capacity(events.len());
+    let mut request_ids = Vec::with_capacity(events.len());
+    let mut addrs = Vec::with_capacity(events.len());
+    let mut details = Vec::with_capacity(events.len());
+    for e in events {
+        token_ids.push(e.token_id);
+        org_ids.push(e.owner.org_id.as_str().to_owned());
+        user_ids.push(e.owner.user_id.as_str().to_owned());
+        kinds.push(e.kind.as_str());
+        ats.push(e.at);
+        actors.push(e.actor.to_string());
+        request_ids.push(e.request_id.as_ref().map(|r| r.as_str().to_owned()));
+        addrs.push(e.source_addr.map(|a| a.to_string()));
+        details.push(e.detail.to_string());
+    }
+    diesel::sql_query(
+        "insert into token_events \
+             (token_id, org_id, user_id, kind, at, actor, request_id, source_addr, detail) \
+         select e.token_id, e.org_id, e.user_id, e.kind, e.at, e.actor, e.request_id, \
+                e.source_addr, e.detail::jsonb \
+         from unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             as e(token_id, org_id, user_id, kind, at, actor, request_id, source_addr, detail) \
+         on conflict do nothing",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(token_ids)
+    .bind::<Array<Text>, _>(org_ids)
+    .bind::<Array<Text>, _>(user_ids)
+    .bind::<Array<Text>, _>(kinds)
+    .bind::<Array<Timestamptz>, _>(ats)
+    .bind::<Array<Text>, _>(actors)
+    .bind::<Array<Nullable<Text>>, _>(request_ids)
+    .bind::<Array<Nullable<Text>>, _>(addrs)
+    .bind::<Array<Text>, _>(details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl TokenStore for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -410,16 +521,35 @@ impl TokenStore for PgStore {
         Ok(())
     }
 
-    async fn insert(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+    async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
         let mut conn = self.conn().await?;
         let row = NewTokenRow::of(&token);
-        diesel::insert_into(api_tokens::table)
-            .values(&row)
-            .returning(TokenRow::as_returning())
-            .get_result(&mut conn)
+        conn.transaction(async |conn| {
+            let record: TokenRecord = diesel::insert_into(api_tokens::table)
+                .values(&row)
+                .returning(TokenRow::as_returning())
+                .get_result::<TokenRow>(conn)
+                .await?
+                .into();
+            append_events(conn, &[events::created(&record, ctx)]).await?;
+            Ok(record)
+        })
+        .await
+        .map_err(map_err)
+    }
+
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<TokenRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let rows: Vec<TokenRow> = api_tokens::table
+            .filter(api_tokens::id.eq_any(ids))
+            .select(TokenRow::as_select())
+            .load(&mut conn)
             .await
-            .map(Into::into)
-            .map_err(map_err)
+            .map_err(map_err)?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<TokenRecord>, StoreError> {
@@ -485,6 +615,7 @@ impl TokenStore for PgStore {
         &self,
         id: Uuid,
         patch: &TokenPatch,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         if patch.name.is_none() && patch.description.is_none() {
             return self.get(id).await;
@@ -494,14 +625,20 @@ impl TokenStore for PgStore {
             name: patch.name.as_ref().map(|n| n.as_str()),
             description: patch.description.as_ref().map(|d| d.as_str()),
         };
-        diesel::update(api_tokens::table.find(id))
-            .set(&changes)
-            .returning(TokenRow::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .map(|row| row.map(Into::into))
-            .map_err(map_err)
+        conn.transaction(async |conn| {
+            let row: Option<TokenRow> = diesel::update(api_tokens::table.find(id))
+                .set(&changes)
+                .returning(TokenRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+            let Some(row) = row else { return Ok(None) };
+            let record = TokenRecord::from(row);
+            append_events(conn, &[events::updated(&record, patch, now_micros(), ctx)]).await?;
+            Ok(Some(record))
+        })
+        .await
+        .map_err(map_err)
     }
 
     async fn revoke_for(
@@ -509,6 +646,7 @@ impl TokenStore for PgStore {
         id: Uuid,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async |conn| {
@@ -539,13 +677,19 @@ impl TokenStore for PgStore {
                 Some(_) => return Ok(Some(row.into())),
             };
             notify(conn, std::slice::from_ref(&row.lookup_id)).await?;
-            Ok(Some(row.into()))
+            let record = TokenRecord::from(row);
+            append_events(conn, &[events::revoked_for(&record, at, reason, ctx)]).await?;
+            Ok(Some(record))
         })
         .await
         .map_err(map_err)
     }
 
-    async fn rotate(&self, rotation: Rotation) -> Result<RotateOutcome, StoreError> {
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async |conn| {
             if let Some(request) = &rotation.request
@@ -604,10 +748,13 @@ impl TokenStore for PgStore {
                     .await?;
             }
             notify(conn, std::slice::from_ref(&old.lookup_id)).await?;
-            Ok(RotateOutcome::Rotated {
-                old: old.into(),
-                new: new.into(),
-            })
+            let (old, new) = (TokenRecord::from(old), TokenRecord::from(new));
+            append_events(
+                conn,
+                &events::rotated(&old, &new, rotation.old_ends_at, ctx),
+            )
+            .await?;
+            Ok(RotateOutcome::Rotated { old, new })
         })
         .await
         .map_err(map_err)
@@ -626,6 +773,7 @@ impl TokenStore for PgStore {
         which: &OwnedTokens,
         at: DateTime<Utc>,
         reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Vec<TokenRecord>, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async |conn| {
@@ -666,7 +814,14 @@ impl TokenStore for PgStore {
                 .await?;
             let lookup_ids: Vec<String> = rows.iter().map(|r| r.lookup_id.clone()).collect();
             notify(conn, &lookup_ids).await?;
-            Ok(rows.into_iter().map(Into::into).collect())
+            let records: Vec<TokenRecord> = rows.into_iter().map(Into::into).collect();
+            // One event per token, in one statement.
+            let events: Vec<NewEvent> = records
+                .iter()
+                .map(|r| events::revoked_for(r, at, reason, ctx))
+                .collect();
+            append_events(conn, &events).await?;
+            Ok(records)
         })
         .await
         .map_err(map_err)
@@ -688,19 +843,118 @@ impl TokenStore for PgStore {
         }
         let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = uses.iter().copied().unzip();
         let mut conn = self.conn().await?;
-        // One statement for the whole batch, however many tokens it holds.
-        let written = diesel::sql_query(
-            "update api_tokens as t \
-             set last_used_at = greatest(coalesce(t.last_used_at, u.used_at), u.used_at) \
-             from unnest($1, $2) as u(id, used_at) \
-             where t.id = u.id",
+        // One statement for the whole batch, however many tokens it holds. `before` reads
+        // the rows as of the statement's snapshot: a token whose last use was unset there
+        // gets its first_used event in the same statement. Two replicas flushing the same
+        // token's first use at once both see it unset; the unique index on
+        // (token_id, kind) for first_used and ON CONFLICT DO NOTHING keep one event.
+        #[derive(QueryableByName)]
+        struct Written {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            written: i64,
+        }
+        let written: Written = diesel::sql_query(
+            "with u as (select * from unnest($1, $2) as u(id, used_at)), \
+             before as ( \
+                 select t.id, t.org_id, t.user_id, t.last_used_at is null as first \
+                 from api_tokens t join u on t.id = u.id), \
+             updated as ( \
+                 update api_tokens as t \
+                 set last_used_at = greatest(coalesce(t.last_used_at, u.used_at), u.used_at) \
+                 from u where t.id = u.id \
+                 returning t.id), \
+             first_uses as ( \
+                 insert into token_events (token_id, org_id, user_id, kind, at, actor) \
+                 select b.id, b.org_id, b.user_id, 'first_used', u.used_at, 'system' \
+                 from before b join u on b.id = u.id join updated x on x.id = b.id \
+                 where b.first \
+                 on conflict do nothing) \
+             select count(*) as written from updated",
         )
         .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
         .bind::<Array<Timestamptz>, _>(times)
+        .get_result(&mut conn)
+        .await
+        .map_err(map_err)?;
+        Ok(u64::try_from(written.written).unwrap_or(0))
+    }
+
+    async fn record_expiries(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        // Resumes at the latest expiry already recorded, less an hour: a token whose expiry
+        // lies behind the mark was recorded by an earlier sweep (no API sets an expiry in
+        // the past; the margin covers a sweep racing a slow insert). The range is an index
+        // scan of api_tokens_expiring_idx, plus revoked tokens, which are few.
+        // Exactly once: token_events_once_idx and ON CONFLICT DO NOTHING.
+        let written = diesel::sql_query(
+            "insert into token_events (token_id, org_id, user_id, kind, at, actor) \
+             select t.id, t.org_id, t.user_id, 'expired', t.expires_at, 'system' \
+             from api_tokens t \
+             where t.expires_at <= $1 \
+               and t.expires_at > coalesce( \
+                   (select max(at) from token_events where kind = 'expired'), \
+                   '-infinity'::timestamptz) - interval '1 hour' \
+               and (t.revoked_at is null or t.revoked_at > t.expires_at) \
+             order by t.expires_at, t.id \
+             on conflict do nothing",
+        )
+        .bind::<Timestamptz, _>(now)
         .execute(&mut conn)
         .await
         .map_err(map_err)?;
         Ok(written as u64)
+    }
+
+    async fn list_events(&self, q: &EventQuery) -> Result<Vec<TokenEvent>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (column, key) = match &q.filter {
+            EventFilter::Token(id) => ("token_id", id.to_string()),
+            EventFilter::Org(org) => ("org_id", org.as_str().to_owned()),
+        };
+        // `column` is one of two constants, never input. token_id compares as text so that
+        // both filters bind the same type; the cast keeps the (token_id, id) index usable.
+        let sql = format!(
+            "select id, token_id, org_id, user_id, kind, at, actor, request_id, source_addr, \
+                    detail::text as detail \
+             from token_events \
+             where {column} = $1{cast} and id < $2 \
+             order by id desc limit $3",
+            cast = if column == "token_id" { "::uuid" } else { "" },
+        );
+        let rows: Vec<EventRow> = diesel::sql_query(sql)
+            .bind::<Text, _>(key)
+            .bind::<diesel::sql_types::BigInt, _>(q.before.unwrap_or(i64::MAX))
+            .bind::<diesel::sql_types::BigInt, _>(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn list_expiring(&self, q: &ExpiringQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = api_tokens::table
+            .filter(api_tokens::revoked_at.is_null())
+            .filter(api_tokens::expires_at.gt(q.after_time))
+            .filter(api_tokens::expires_at.le(q.until))
+            .select(TokenRow::as_select())
+            .order((api_tokens::expires_at.asc(), api_tokens::id.asc()))
+            .limit(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .into_boxed();
+        if let Some(org) = &q.org_id {
+            query = query.filter(api_tokens::org_id.eq(org.as_str().to_owned()));
+        }
+        if let Some(after) = q.after {
+            query = query.filter(
+                api_tokens::expires_at
+                    .gt(after.created_at)
+                    .or(api_tokens::expires_at
+                        .eq(after.created_at)
+                        .and(api_tokens::id.gt(after.id))),
+            );
+        }
+        let rows: Vec<TokenRow> = query.load(&mut conn).await.map_err(map_err)?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     async fn latest_change(&self) -> Result<u64, StoreError> {

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     config::ReportsConfig,
     error::Error,
+    event::{Origin, RequestId},
     manage::{Caller, CreateRequest, ListRequest, RotateRequest, TokenManager, UpdateRequest},
     principal::Principal,
     proto::{self, token_service_server::TokenService},
@@ -67,6 +68,36 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Error::Unauthenticated("missing credentials").into())
 }
 
+/// Where a request came from, for the audit trail: `x-request-id` (else the trace id: ours
+/// when tracing is on, else the caller's `traceparent`), and the peer address.
+fn origin<T>(req: &Request<T>) -> Origin {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let request_id = req
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .or_else(|| {
+            let cx = tracing::Span::current().context();
+            let ours = cx.span().span_context().clone();
+            let trace = if ours.is_valid() {
+                Some(ours)
+            } else {
+                let headers = req.metadata().clone().into_headers();
+                crate::telemetry::context::remote_span(&crate::telemetry::context::from_metadata(
+                    &headers,
+                ))
+            };
+            trace.and_then(|sc| RequestId::parse(&sc.trace_id().to_string()))
+        });
+    Origin {
+        request_id,
+        source_addr: req.remote_addr().map(|a| a.ip().to_canonical()),
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenApi {
     async fn create_token(
@@ -74,11 +105,13 @@ impl TokenService for TokenApi {
         request: Request<proto::CreateTokenRequest>,
     ) -> Result<Response<proto::CreateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let created = self
             .manager
             .create(
                 &caller,
+                &origin,
                 CreateRequest {
                     name: r.name,
                     description: r.description,
@@ -138,11 +171,13 @@ impl TokenService for TokenApi {
         request: Request<proto::UpdateTokenRequest>,
     ) -> Result<Response<proto::UpdateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let record = self
             .manager
             .update(
                 &caller,
+                &origin,
                 UpdateRequest {
                     id: r.id,
                     name: r.name,
@@ -161,7 +196,10 @@ impl TokenService for TokenApi {
         request: Request<proto::RevokeTokenRequest>,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let caller = caller(&request)?;
-        let record = self.manager.revoke(&caller, &request.get_ref().id).await?;
+        let record = self
+            .manager
+            .revoke(&caller, &origin(&request), &request.get_ref().id)
+            .await?;
         Ok(Response::new(proto::RevokeTokenResponse {
             token: Some(token_to_proto(&record, Utc::now())),
         }))
@@ -172,11 +210,13 @@ impl TokenService for TokenApi {
         request: Request<proto::RotateTokenRequest>,
     ) -> Result<Response<proto::RotateTokenResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.into_inner();
         let rotated = self
             .manager
             .rotate(
                 &caller,
+                &origin,
                 RotateRequest {
                     id: r.id,
                     overlap_seconds: r.overlap_seconds.into(),
@@ -201,10 +241,11 @@ impl TokenService for TokenApi {
         request: Request<proto::RevokeTokensRequest>,
     ) -> Result<Response<proto::RevokeTokensResponse>, Status> {
         let caller = caller(&request)?;
+        let origin = origin(&request);
         let r = request.get_ref();
         let revoked = self
             .manager
-            .revoke_all(&caller, &r.org_id, &r.user_id)
+            .revoke_all(&caller, &origin, &r.org_id, &r.user_id)
             .await?;
         Ok(Response::new(proto::RevokeTokensResponse {
             revoked_count: u32::try_from(revoked.len()).unwrap_or(u32::MAX),
@@ -224,8 +265,11 @@ impl TokenService for TokenApi {
             tracing::info!(source = %source, "exposure report refused: rate limit");
             return Err(status::reports_rate_limited());
         }
+        let origin = origin(&request);
         let r = request.into_inner();
-        let received = self.manager.report_exposed(r.tokens, &r.source_url)?;
+        let received = self
+            .manager
+            .report_exposed(&origin, r.tokens, &r.source_url)?;
         Ok(Response::new(proto::ReportExposedTokensResponse {
             received: u32::try_from(received).unwrap_or(u32::MAX),
         }))

@@ -125,6 +125,7 @@ impl TestServer {
             .manager
             .create(
                 &Caller::Operator,
+                &casola_auth::event::Origin::default(),
                 CreateRequest {
                     name: format!("{user} {preset}"),
                     preset: preset.into(),
