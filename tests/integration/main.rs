@@ -8,6 +8,7 @@ mod console;
 mod grpc_api;
 mod harness;
 mod hot_path;
+mod lifecycle;
 mod observability;
 mod overload;
 mod postgres_tls;
