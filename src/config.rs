@@ -27,7 +27,7 @@
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
-//! | `reports.per_source_per_minute` / `burst` / `max_in_progress` | 10 / 10 / 4 | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once (docs/security.md) |
+//! | `reports.per_source_per_minute` / `burst` / `max_in_progress` / `trusted_proxies` | 10 / 10 / 4 / none | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once, proxies whose `x-forwarded-for` names the source (docs/security.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
 
@@ -336,7 +336,7 @@ pub struct Config {
 }
 
 /// Limits of ReportExposedTokens, the one TokenService call without a caller token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReportsConfig {
     /// Reports one source address may send per minute (sustained); past it and the burst,
@@ -346,6 +346,10 @@ pub struct ReportsConfig {
     pub burst: u32,
     /// Reports processed at once by a replica; past it, RESOURCE_EXHAUSTED.
     pub max_in_progress: usize,
+    /// Proxies (e.g. the Envoy gateway) whose `x-forwarded-for` names the source: for a
+    /// call from one of these addresses, the last address in that header is the source
+    /// the limit counts. Empty: the peer address always is.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ReportsConfig {
@@ -354,6 +358,7 @@ impl Default for ReportsConfig {
             per_source_per_minute: 10,
             burst: 10,
             max_in_progress: 4,
+            trusted_proxies: Vec::new(),
         }
     }
 }

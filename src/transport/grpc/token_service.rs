@@ -33,6 +33,8 @@ pub struct TokenApi {
     manager: TokenManager,
     /// ReportExposedTokens calls per source address.
     reports: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Peers whose `x-forwarded-for` names the source.
+    trusted_proxies: Arc<[IpAddr]>,
 }
 
 impl TokenApi {
@@ -45,7 +47,28 @@ impl TokenApi {
             reports: Arc::new(RateLimiter::keyed(
                 Quota::per_minute(per_minute).allow_burst(burst),
             )),
+            trusted_proxies: reports.trusted_proxies.into(),
         }
+    }
+
+    /// The source a report is counted against: the peer address, or, for a call through a
+    /// trusted proxy, the last `x-forwarded-for` address (the one the proxy appended; any
+    /// before it came from the client and prove nothing). Without a peer address (an
+    /// in-process transport) all such calls share one source.
+    fn source<T>(&self, request: &Request<T>) -> IpAddr {
+        let peer = request
+            .remote_addr()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        request
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok())
+            .map_or(peer, |ip| ip.to_canonical())
     }
 
     /// Spends one report of `source`'s quota; false when it is spent.
@@ -257,10 +280,8 @@ impl TokenService for TokenApi {
         request: Request<proto::ReportExposedTokensRequest>,
     ) -> Result<Response<proto::ReportExposedTokensResponse>, Status> {
         // No caller token here (the auth layer lets this call through): the limit is per
-        // peer address. Without one (an in-process transport), all such calls share one.
-        let source = request
-            .remote_addr()
-            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        // source address.
+        let source = self.source(&request);
         if !self.report_allowed(source) {
             tracing::info!(source = %source, "exposure report refused: rate limit");
             return Err(status::reports_rate_limited());
