@@ -381,8 +381,11 @@ fn grpc_router(
 
     let max = config.max_message_bytes;
     let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
-        TokenServiceServer::new(TokenApi::new(services.manager.clone(), config.reports.clone()))
-            .max_decoding_message_size(max),
+        TokenServiceServer::new(TokenApi::new(
+            services.manager.clone(),
+            config.reports.clone(),
+        ))
+        .max_decoding_message_size(max),
     );
     let authorization_service =
         AuthorizationServiceServer::new(AuthorizationApi::new(services.authorizer.clone()))
