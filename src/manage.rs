@@ -1062,7 +1062,8 @@ impl TokenManager {
             return Err(Error::InvalidArgument(bad));
         };
         let current = self.visible(caller, id, Action::Update).await?;
-        if current.revoked_at.is_some() {
+        // A token inside a rotation overlap still works, and may still be renamed.
+        if current.status_at(now_micros()) == TokenStatus::Revoked {
             return Err(Error::FailedPrecondition(format!(
                 "token {id} is revoked; a revoked token cannot be changed"
             )));
