@@ -643,6 +643,21 @@ mod tests {
         assert!(!cache.is_fresh());
     }
 
+    /// A rotated token's entry keeps the end of its overlap as a time: it answers ACTIVE
+    /// before it and REVOKED from it on, with no refresh and no timer.
+    #[test]
+    fn an_entry_read_during_an_overlap_turns_revoked_at_its_end() {
+        let cache = TokenCache::new(config(), true);
+        let now = Utc::now();
+        let ends = now + chrono::Duration::seconds(2);
+        let mut row = record(1);
+        row.revoked_at = Some(ends);
+        let entry = cache.entry(&row, cache.stamp(), scopes);
+        assert_eq!(entry.status_at(now), TokenStatus::Active);
+        assert_eq!(entry.status_at(ends), TokenStatus::Revoked);
+        assert_eq!(entry.principal().token_id, row.id);
+    }
+
     /// RSS per cached token. Not a test of speed and not run by default:
     /// `cargo test --release --lib rss_per_cached_token -- --ignored --nocapture`.
     #[tokio::test]

@@ -453,8 +453,81 @@ async fn an_exposure_report_answers_the_same_for_any_input_and_revokes_the_valid
         }
     }
     assert!(refused, "the source's rate limit holds");
+    // Rotation and offboarding on the same database, then the dump holds no secret of any.
+    let mover = server
+        .operator_token("acme", "mover", "user-full", &[])
+        .await;
+    let mover_id = crate::support::token_id(&server.channel, &mover).await;
+    let rotated = rotate(&server.channel, &mover, &mover_id, 60, "dump-check")
+        .await
+        .unwrap();
+    server
+        .tokens()
+        .revoke_tokens(bearer(
+            &issuer,
+            RevokeTokensRequest {
+                org_id: "acme".into(),
+                user_id: "mover".into(),
+            },
+        ))
+        .await
+        .unwrap();
     let dump = pg::dump(server.db());
-    for token in &inputs[1..] {
-        assert!(!dump.contains(&token[16..48]), "no reported secret stored");
+    assert!(dump.contains("dump-check"), "the dump holds the rotation");
+    assert!(
+        dump.contains("offboarded") && dump.contains("exposed"),
+        "and the events"
+    );
+    for token in inputs[1..].iter().chain([&mover, &rotated.secret, &issuer]) {
+        assert!(!dump.contains(token.as_str()), "no whole token stored");
+        assert!(!dump.contains(&token[16..48]), "no secret part stored");
     }
+}
+
+#[tokio::test]
+async fn reports_are_limited_per_source_and_x_forwarded_for_counts_only_from_a_trusted_proxy() {
+    let request = |forwarded_for: &str| {
+        crate::support::with_metadata(
+            ReportExposedTokensRequest::default(),
+            &[("x-forwarded-for", forwarded_for)],
+        )
+    };
+    // From a trusted proxy (this test's loopback address), each forwarded client has its own
+    // budget of one report.
+    let mut config = test_config(None);
+    config.reports.burst = 1;
+    config.reports.per_source_per_minute = 1;
+    config.reports.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let server = TestServer::with_config(config.clone(), None).await;
+    let mut reports = server.tokens();
+    reports
+        .report_exposed_tokens(request("198.51.100.1, 203.0.113.7"))
+        .await
+        .unwrap();
+    let err = reports
+        .report_exposed_tokens(request("192.0.2.99, 203.0.113.7"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::ResourceExhausted,
+        "the last address is the source; the ones before it are the client's to choose"
+    );
+    reports
+        .report_exposed_tokens(request("203.0.113.8"))
+        .await
+        .expect("another client has its own budget");
+    // Not a trusted proxy: the header is ignored and the peer is the source.
+    config.reports.trusted_proxies = Vec::new();
+    let server = TestServer::with_config(config, None).await;
+    let mut reports = server.tokens();
+    reports
+        .report_exposed_tokens(request("203.0.113.1"))
+        .await
+        .unwrap();
+    let err = reports
+        .report_exposed_tokens(request("203.0.113.2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
 }
