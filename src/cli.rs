@@ -1,6 +1,6 @@
 //! The `casola-auth` command line: `serve`; store commands for bootstrap and emergencies
-//! (`migrate`, `token create|list|get|update|revoke|rotate|revoke-all`) that talk to the database directly;
-//! `scopes`, `check-config` and `completions`.
+//! (`migrate`, `token create|list|get|update|revoke|rotate|revoke-all`) that talk to the
+//! database directly; `scopes`, `check-config` and `completions`.
 //!
 //! Results go to stdout, as a table with a header row (`--output table`, the default) or as
 //! JSON with stable keys (`--output json`); messages go to stderr. A closed stdout (`| head`)

@@ -1,6 +1,7 @@
 //! Token lifecycle use cases behind TokenService and the CLI: create, get, list, update,
-//! revoke, rotate, offboard (revoke all), and reports of exposed tokens. Each validates its whole request (every bad field reported at once), checks
-//! permissions with [`crate::permission`], then calls the store.
+//! revoke, rotate, offboard (revoke all), and reports of exposed tokens. Each validates its
+//! whole request (every bad field reported at once), checks permissions with
+//! [`crate::permission`], then calls the store.
 
 use std::{sync::Arc, time::Duration};
 
