@@ -1,6 +1,6 @@
 //! The `casola-auth` command line: `serve`; store commands for bootstrap and emergencies
-//! (`migrate`, `token create|list|get|update|revoke|rotate|revoke-all`) that talk to the
-//! database directly; `scopes`, `check-config` and `completions`.
+//! (`migrate`, `token create|list|get|update|revoke|rotate|revoke-all`, `events`) that talk
+//! to the database directly; `scopes`, `check-config` and `completions`.
 //!
 //! Results go to stdout, as a table with a header row (`--output table`, the default) or as
 //! JSON with stable keys (`--output json`); messages go to stderr. A closed stdout (`| head`)
@@ -16,12 +16,17 @@ use clap_complete::Shell;
 use serde::Serialize;
 
 pub use self::output::Format;
-use self::output::{CatalogView, TokenView, emit, json, note, token_detail, token_table};
+use self::output::{
+    CatalogView, EventView, TokenView, emit, event_table, json, note, token_detail, token_table,
+};
 use crate::{
     config::{Config, DatabaseUrl, misspelt_variables},
     error::{Error, FieldViolation},
     event::Origin,
-    manage::{Caller, CreateRequest, ListRequest, RotateRequest, TokenManager, UpdateRequest},
+    manage::{
+        Caller, CreateRequest, EventsRequest, ListRequest, RotateRequest, TokenManager,
+        UpdateRequest,
+    },
     server::{self, Services},
     store::{
         TokenRecord,
@@ -95,6 +100,19 @@ pub enum Command {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
+        /// The database.
+        #[command(flatten)]
+        database: Database,
+        /// The configuration file.
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Show the audit trail of one token or of an organisation, newest first, from the
+    /// Postgres database (events never hold a secret).
+    Events {
+        /// Whose events.
+        #[command(flatten)]
+        args: EventsArgs,
         /// The database.
         #[command(flatten)]
         database: Database,
@@ -264,6 +282,24 @@ pub struct ListArgs {
     pub output: Output,
 }
 
+/// `events`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("whose").required(true).args(["token", "org"])))]
+pub struct EventsArgs {
+    /// One token's events (token id, a UUID).
+    #[arg(long, value_name = "ID")]
+    pub token: Option<String>,
+    /// Every event of an organisation's tokens.
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+    /// At most this many events, the newest.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: usize,
+    /// The format.
+    #[command(flatten)]
+    pub output: Output,
+}
+
 /// Why a command stopped.
 #[derive(Debug)]
 enum Failure {
@@ -350,6 +386,14 @@ async fn dispatch(cli: Cli) -> Outcome {
         } => {
             let services = store_services(&config, &database).await?;
             token_command(&services.manager, command).await
+        }
+        Command::Events {
+            args,
+            database,
+            config,
+        } => {
+            let services = store_services(&config, &database).await?;
+            events(&services.manager, args).await
         }
         Command::CheckConfig {
             database_url,
@@ -452,7 +496,7 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
         TokenCommand::List(args) => token_list(manager, args).await,
         TokenCommand::Get { id, output } => {
             let record = manager.get(operator, &id).await.map_err(describe)?;
-            print_token(&record, output.output)
+            print_token(manager, &record, output.output)
         }
         TokenCommand::Update {
             id,
@@ -478,14 +522,14 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
                 .update(operator, &Origin::default(), request)
                 .await
                 .map_err(describe)?;
-            print_token(&record, output.output)
+            print_token(manager, &record, output.output)
         }
         TokenCommand::Revoke { id } => {
             let record = manager
                 .revoke(operator, &Origin::default(), &id)
                 .await
                 .map_err(describe)?;
-            let view = TokenView::new(&record, chrono::Utc::now());
+            let view = TokenView::new(&record, chrono::Utc::now(), manager.expires_soon_window());
             note(&format!("revoked token {} ({})", view.id, view.prefix));
             Ok(())
         }
@@ -529,8 +573,8 @@ async fn token_rotate(
         .map_err(describe)?;
     let now = chrono::Utc::now();
     let (old, new) = (
-        TokenView::new(&rotated.old, now),
-        TokenView::new(&rotated.new, now),
+        TokenView::new(&rotated.old, now, manager.expires_soon_window()),
+        TokenView::new(&rotated.new, now, manager.expires_soon_window()),
     );
     let until = old.revoked_at.clone().unwrap_or_default();
     match (format, &rotated.token) {
@@ -570,8 +614,8 @@ async fn token_rotate(
     }
 }
 
-fn print_token(record: &TokenRecord, format: Format) -> Outcome {
-    let view = TokenView::new(record, chrono::Utc::now());
+fn print_token(manager: &TokenManager, record: &TokenRecord, format: Format) -> Outcome {
+    let view = TokenView::new(record, chrono::Utc::now(), manager.expires_soon_window());
     Ok(emit(match format {
         Format::Table => token_detail(&view).render(),
         Format::Json => json(&view),
@@ -592,7 +636,11 @@ async fn token_create(manager: &TokenManager, args: CreateArgs) -> Outcome {
         .create(&Caller::Operator, &Origin::default(), request)
         .await
         .map_err(describe)?;
-    let view = TokenView::new(&created.record, chrono::Utc::now());
+    let view = TokenView::new(
+        &created.record,
+        chrono::Utc::now(),
+        manager.expires_soon_window(),
+    );
     match args.output.output {
         Format::Table => {
             note(&format!(
@@ -640,7 +688,11 @@ async fn token_list(manager: &TokenManager, args: ListArgs) -> Outcome {
             .list(&Caller::Operator, request)
             .await
             .map_err(describe)?;
-        views.extend(page.tokens.iter().map(|r| TokenView::new(r, now)));
+        views.extend(
+            page.tokens
+                .iter()
+                .map(|r| TokenView::new(r, now, manager.expires_soon_window())),
+        );
         match page.next_page_token {
             Some(next) => page_token = next,
             None => break,
@@ -648,6 +700,34 @@ async fn token_list(manager: &TokenManager, args: ListArgs) -> Outcome {
     }
     Ok(emit(match args.output.output {
         Format::Table => token_table(&views).render(),
+        Format::Json => json(&views),
+    })?)
+}
+
+async fn events(manager: &TokenManager, args: EventsArgs) -> Outcome {
+    let mut views = Vec::new();
+    let mut page_token = String::new();
+    // Bounded by --limit; each page moves the cursor back in time.
+    while views.len() < args.limit {
+        let request = EventsRequest {
+            token_id: args.token.clone().unwrap_or_default(),
+            org_id: args.org.clone().unwrap_or_default(),
+            page_size: i32::try_from((args.limit - views.len()).min(500)).unwrap_or(500),
+            page_token,
+        };
+        let page = manager
+            .events(&Caller::Operator, request)
+            .await
+            .map_err(describe)?;
+        views.extend(page.events.iter().map(EventView::new));
+        match page.next_page_token {
+            Some(next) => page_token = next,
+            None => break,
+        }
+    }
+    views.truncate(args.limit);
+    Ok(emit(match args.output.output {
+        Format::Table => event_table(&views).render(),
         Format::Json => json(&views),
     })?)
 }
@@ -678,6 +758,7 @@ fn flag_of(field: &str) -> &str {
         "overlap_seconds" => "--overlap",
         "request_id" => "--request-id",
         "id" => "ID",
+        "token_id" => "--token",
         f if f.starts_with("scopes[") => "--scope",
         other => other,
     }

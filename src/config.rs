@@ -27,6 +27,8 @@
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
+//! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
+//! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
 //! | `reports.per_source_per_minute` / `burst` / `max_in_progress` / `trusted_proxies` | 10 / 10 / 4 / none | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once, proxies whose `x-forwarded-for` names the source (docs/security.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
@@ -153,6 +155,33 @@ impl Default for LastUsedConfig {
         Self {
             flush_interval_ms: 5000,
         }
+    }
+}
+
+/// Expiry notices and the expiry events of the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpiryConfig {
+    /// A token expiring within this many days is flagged `expires_soon`; ListExpiringTokens
+    /// looks this far ahead when the request names no window.
+    pub soon_days: u32,
+    /// Period of the sweep that records reached expiries as `expired` events.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for ExpiryConfig {
+    fn default() -> Self {
+        Self {
+            soon_days: 7,
+            sweep_interval_ms: 60_000,
+        }
+    }
+}
+
+impl ExpiryConfig {
+    /// The `expires_soon` window.
+    pub fn soon(&self) -> chrono::Duration {
+        chrono::Duration::days(i64::from(self.soon_days))
     }
 }
 
@@ -331,6 +360,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// Admission control and HTTP/2 limits.
     pub limits: LimitsConfig,
+    /// Expiry notices and expiry events.
+    pub expiry: ExpiryConfig,
     /// ReportExposedTokens limits.
     pub reports: ReportsConfig,
 }
@@ -385,13 +416,14 @@ impl Default for Config {
             demo: false,
             console: ConsoleConfig::default(),
             limits: LimitsConfig::default(),
+            expiry: ExpiryConfig::default(),
             reports: ReportsConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 20] = [
+const TOP_LEVEL_KEYS: [&str; 21] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -411,6 +443,7 @@ const TOP_LEVEL_KEYS: [&str; 20] = [
     "demo",
     "console",
     "limits",
+    "expiry",
     "reports",
 ];
 
@@ -583,6 +616,12 @@ impl Config {
                 self.listen
             ));
         }
+        if !(1..=3650).contains(&self.expiry.soon_days) {
+            return unusable(format!(
+                "expiry.soon_days must be between 1 and 3650, is {}",
+                self.expiry.soon_days
+            ));
+        }
         self.validate_argon2()?;
         self.validate_bounds()
     }
@@ -649,6 +688,11 @@ impl Config {
                 MAX_CACHE_SECONDS * 1000,
             ),
             ("verify.workers", workers, MAX_VERIFY_WORKERS as u64),
+            (
+                "expiry.sweep_interval_ms",
+                self.expiry.sweep_interval_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
         ];
         for (key, value, max) in bounds {
             if value > max {
@@ -849,6 +893,29 @@ mod tests {
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
         );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "0")],
+            "expiry.soon_days",
+        );
+        refused(
+            &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "3651")],
+            "expiry.soon_days",
+        );
+    }
+
+    #[test]
+    fn the_expiry_notice_window_defaults_to_a_week_and_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(7));
+            assert_eq!(c.expiry.sweep_interval_ms, 60_000);
+            jail.set_env("CASOLA_AUTH_EXPIRY__SOON_DAYS", "14");
+            jail.set_env("CASOLA_AUTH_EXPIRY__SWEEP_INTERVAL_MS", "5000");
+            let c = Config::load(None, NoOverrides {}).unwrap();
+            assert_eq!(c.expiry.soon(), chrono::Duration::days(14));
+            assert_eq!(c.expiry.sweep_interval_ms, 5000);
+            Ok(())
+        });
     }
 
     #[test]
@@ -880,7 +947,7 @@ mod tests {
     }
 
     /// Keys of every section, a few unknown ones, and dotted forms TOML allows.
-    const KEYS: [&str; 28] = [
+    const KEYS: [&str; 30] = [
         "listen",
         "admin_listen",
         "database_url",
@@ -907,11 +974,13 @@ mod tests {
         "envoy.keep_authorization",
         "envoy.allow_unmatched",
         "envoy.routes",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
         "lisen",
         "cache.size",
     ];
 
-    const NUMERIC_KEYS: [&str; 15] = [
+    const NUMERIC_KEYS: [&str; 17] = [
         "shutdown_grace_seconds",
         "max_message_bytes",
         "health_interval_ms",
@@ -927,6 +996,8 @@ mod tests {
         "cache.ttl_seconds",
         "cache.negative_ttl_ms",
         "cache.max_staleness_seconds",
+        "expiry.soon_days",
+        "expiry.sweep_interval_ms",
     ];
 
     fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {

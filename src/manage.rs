@@ -12,13 +12,13 @@ use uuid::Uuid;
 use crate::{
     authorize::{VerifyPool, cache::TokenCache},
     error::{Error, FieldViolation},
-    event::{Actor, EventContext, Origin},
-    pagination::{Cursor, PageSize},
+    event::{Actor, EventContext, EventFilter, EventQuery, Origin, TokenEvent},
+    pagination::{Cursor, PageSize, SeqCursor},
     permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
-    scope::{ADMIN_READ, Catalog, ScopeSet, TOKENS_ISSUE},
+    scope::{Catalog, ScopeSet, TOKENS_ISSUE},
     store::{
-        ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+        ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
         RotationRequest, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros,
     },
     token::{
@@ -142,6 +142,44 @@ pub struct UpdateRequest {
     pub mask: Vec<String>,
 }
 
+/// What events to list; raw fields. Exactly one of `token_id` and `org_id`.
+#[derive(Debug, Clone, Default)]
+pub struct EventsRequest {
+    /// One token's events.
+    pub token_id: String,
+    /// An organisation's events.
+    pub org_id: String,
+    /// Requested page size.
+    pub page_size: i32,
+    /// Previous page's token.
+    pub page_token: String,
+}
+
+/// A page of the audit trail.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// Events, newest first.
+    pub events: Vec<TokenEvent>,
+    /// Token of the next page, if any.
+    pub next_page_token: Option<String>,
+}
+
+/// Which expiring tokens to list; raw fields.
+#[derive(Debug, Clone, Default)]
+pub struct ExpiringRequest {
+    /// Days ahead, 1-3650; 0 for the configured notice window.
+    pub within_days: i32,
+    /// Requested page size.
+    pub page_size: i32,
+    /// Previous page's token.
+    pub page_token: String,
+    /// Empty (own organisation), another organisation, or `-` (every organisation).
+    pub org_id: String,
+}
+
+/// Most days ListExpiringTokens looks ahead (the longest expiry a token can have).
+pub const MAX_WITHIN_DAYS: i32 = 3650;
+
 /// What to rotate; raw fields, validated by [`TokenManager::rotate`].
 #[derive(Debug, Clone, Default)]
 pub struct RotateRequest {
@@ -185,6 +223,7 @@ pub struct TokenManager {
     cache: TokenCache,
     /// Exposure reports being processed (each holds a permit until it is done).
     reports: Arc<Semaphore>,
+    expires_soon: chrono::Duration,
 }
 
 /// An owner id field: the caller's own when empty (an operator has none: then required).
@@ -251,6 +290,7 @@ impl TokenManager {
             pool,
             cache,
             reports: Arc::new(Semaphore::new(DEFAULT_REPORT_SLOTS)),
+            expires_soon: crate::config::ExpiryConfig::default().soon(),
         }
     }
 
@@ -258,6 +298,17 @@ impl TokenManager {
     pub fn with_report_slots(mut self, slots: usize) -> Self {
         self.reports = Arc::new(Semaphore::new(slots.max(1)));
         self
+    }
+
+    /// The same manager with another `expires_soon` window (`expiry.soon_days`).
+    pub fn with_expires_soon(mut self, window: chrono::Duration) -> Self {
+        self.expires_soon = window;
+        self
+    }
+
+    /// A token expiring within this window of now is flagged `expires_soon`.
+    pub fn expires_soon_window(&self) -> chrono::Duration {
+        self.expires_soon
     }
 
     /// Creates a token.
@@ -599,7 +650,7 @@ impl TokenManager {
     fn may_list(p: &Principal, query: &ListQuery) -> Result<(), Error> {
         let org_id = &query.org_id;
         let allowed = match &query.user_id {
-            None => p.has(TOKENS_ISSUE) || (p.owner.org_id == *org_id && p.has(ADMIN_READ)),
+            None => permission::org_wide_read(p, Some(org_id)),
             Some(user_id) => {
                 let owner = Owner {
                     org_id: org_id.clone(),
@@ -1100,6 +1151,203 @@ impl TokenManager {
         Ok(record)
     }
 
+    /// A page of the audit trail: of one token (whoever may read it), or of an
+    /// organisation (as ListTokens of every user: admin:read there, or tokens:issue).
+    /// Events of service tokens are left out for callers without tokens:issue.
+    pub async fn events(&self, caller: &Caller, req: EventsRequest) -> Result<EventPage, Error> {
+        let mut bad = Vec::new();
+        let size = PageSize::parse(req.page_size)
+            .map_err(|e| bad.push(FieldViolation::new("page_size", e)))
+            .ok();
+        let filter = match (req.token_id.trim().is_empty(), req.org_id.is_empty()) {
+            (false, true) => parse_id(&req.token_id)
+                .map_err(|_| bad.push(FieldViolation::new("token_id", "must be a token id (UUID)")))
+                .ok()
+                .map(EventFilter::Token),
+            (true, false) => OwnerId::parse(&req.org_id)
+                .map_err(|e| bad.push(FieldViolation::new("org_id", e)))
+                .ok()
+                .map(EventFilter::Org),
+            (true, true) => {
+                bad.push(FieldViolation::new(
+                    "token_id",
+                    "give token_id (one token's events) or org_id (an organisation's)",
+                ));
+                None
+            }
+            (false, false) => {
+                bad.push(FieldViolation::new(
+                    "org_id",
+                    "give either token_id or org_id, not both",
+                ));
+                None
+            }
+        };
+        let fingerprint = match &filter {
+            Some(EventFilter::Token(id)) => format!("events\0token\0{id}"),
+            Some(EventFilter::Org(org)) => format!("events\0org\0{org}"),
+            None => String::new(),
+        };
+        let before = (!req.page_token.is_empty())
+            .then(|| SeqCursor::from_page_token(&req.page_token, &fingerprint))
+            .transpose()
+            .map_err(|e| bad.push(FieldViolation::new("page_token", e.to_string())))
+            .ok()
+            .flatten();
+        let (Some(size), Some(filter), true) = (size, filter, bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        if let Caller::Token(principal) = caller {
+            match &filter {
+                EventFilter::Token(id) => {
+                    self.visible(caller, *id, Action::Read).await?;
+                }
+                EventFilter::Org(org) if !permission::org_wide_read(principal, Some(org)) => {
+                    return Err(Error::PermissionDenied(if principal.owner.org_id == *org {
+                        "listing an organisation's events needs the admin:read scope".into()
+                    } else {
+                        format!("listing another organisation's events needs {TOKENS_ISSUE}")
+                    }));
+                }
+                EventFilter::Org(_) => {}
+            }
+        }
+        let mut events = self
+            .store
+            .list_events(&EventQuery {
+                filter: filter.clone(),
+                before: before.map(|c| c.0),
+                limit: size.get() + 1,
+            })
+            .await?;
+        let next_page_token = if events.len() > size.get() {
+            events.truncate(size.get());
+            events
+                .last()
+                .map(|last| SeqCursor(last.id).to_page_token(&fingerprint))
+        } else {
+            None
+        };
+        // As in `list`: filtered after the page is cut, so the cursor moves past them.
+        if let (Caller::Token(p), EventFilter::Org(_)) = (caller, &filter)
+            && !p.has(TOKENS_ISSUE)
+        {
+            let mut ids: Vec<Uuid> = events.iter().map(|e| e.event.token_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let service: std::collections::HashSet<Uuid> = self
+                .store
+                .get_many(&ids)
+                .await?
+                .iter()
+                .filter(|t| self.is_service(t))
+                .map(|t| t.id)
+                .collect();
+            events.retain(|e| !service.contains(&e.event.token_id));
+        }
+        Ok(EventPage {
+            events,
+            next_page_token,
+        })
+    }
+
+    /// A page of active tokens expiring within a window, soonest first: organisation-wide
+    /// (admin:read in the caller's organisation), or any or every organisation
+    /// (tokens:issue). Service tokens are left out for callers without tokens:issue.
+    pub async fn expiring(&self, caller: &Caller, req: ExpiringRequest) -> Result<Page, Error> {
+        let mut bad = Vec::new();
+        let size = PageSize::parse(req.page_size)
+            .map_err(|e| bad.push(FieldViolation::new("page_size", e)))
+            .ok();
+        let window = match req.within_days {
+            0 => Some(self.expires_soon),
+            d if (1..=MAX_WITHIN_DAYS).contains(&d) => Some(chrono::Duration::days(d.into())),
+            d => {
+                bad.push(FieldViolation::new(
+                    "within_days",
+                    format!(
+                        "must be between 1 and {MAX_WITHIN_DAYS} (or 0 for the default), is {d}"
+                    ),
+                ));
+                None
+            }
+        };
+        // `-`: every organisation (AIP-159's wildcard); `None` below.
+        let org_id = if req.org_id == "-" {
+            Some(None)
+        } else {
+            owner_id(
+                "org_id",
+                &req.org_id,
+                caller.owner().map(|o| &o.org_id),
+                &mut bad,
+            )
+            .map(Some)
+        };
+        let fingerprint = format!(
+            "expiring\0{}\0{}",
+            req.within_days,
+            org_id
+                .as_ref()
+                .and_then(|o| o.as_ref())
+                .map_or("-", OwnerId::as_str)
+        );
+        let after = (!req.page_token.is_empty())
+            .then(|| Cursor::from_page_token(&req.page_token, &fingerprint))
+            .transpose()
+            .map_err(|e| bad.push(FieldViolation::new("page_token", e.to_string())))
+            .ok()
+            .flatten();
+        let (Some(size), Some(window), Some(org_id), true) = (size, window, org_id, bad.is_empty())
+        else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        if let Caller::Token(p) = caller
+            && !permission::org_wide_read(p, org_id.as_ref())
+        {
+            return Err(Error::PermissionDenied(match &org_id {
+                Some(org) if p.owner.org_id == *org => {
+                    "listing an organisation's expiring tokens needs the admin:read scope".into()
+                }
+                _ => format!("listing another organisation's expiring tokens needs {TOKENS_ISSUE}"),
+            }));
+        }
+        let now = now_micros();
+        let mut tokens = self
+            .store
+            .list_expiring(&ExpiringQuery {
+                org_id,
+                after_time: now,
+                until: now + window,
+                after,
+                limit: size.get() + 1,
+            })
+            .await?;
+        let next_page_token = if tokens.len() > size.get() {
+            tokens.truncate(size.get());
+            tokens.last().and_then(|last| {
+                Some(
+                    Cursor {
+                        created_at: last.expires_at?,
+                        id: last.id,
+                    }
+                    .to_page_token(&fingerprint),
+                )
+            })
+        } else {
+            None
+        };
+        if let Caller::Token(p) = caller
+            && !p.has(TOKENS_ISSUE)
+        {
+            tokens.retain(|t| !self.is_service(t));
+        }
+        Ok(Page {
+            tokens,
+            next_page_token,
+        })
+    }
+
     /// The catalog, for ListScopes.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -1126,6 +1374,41 @@ mod tests {
             }),
             TokenCache::new(CacheConfig::default(), true),
         )
+    }
+
+    /// Who the audit trail names: the CLI, a token on its owner's tokens or a service token
+    /// anywhere, an organisation admin on a colleague's.
+    #[test]
+    fn the_actor_of_a_change_depends_on_whose_token_it_touches() {
+        let catalog = Catalog::default();
+        let owner = |org: &str, user: &str| Owner {
+            org_id: OwnerId::parse(org).unwrap(),
+            user_id: OwnerId::parse(user).unwrap(),
+        };
+        let principal = |scopes: &[&str]| Principal {
+            token_id: Uuid::new_v4(),
+            owner: owner("acme", "alice"),
+            scopes: catalog.expand(&catalog.resolve(scopes).unwrap()),
+            expires_at: None,
+        };
+        let alice = owner("acme", "alice");
+        let bob = owner("acme", "bob");
+        assert_eq!(Caller::Operator.actor_on(&bob), Actor::Cli);
+        let user = principal(&["user:write"]);
+        assert_eq!(
+            Caller::Token(user.clone()).actor_on(&alice),
+            Actor::Token(user.token_id)
+        );
+        let admin = principal(&["admin:write"]);
+        assert_eq!(
+            Caller::Token(admin.clone()).actor_on(&bob),
+            Actor::OrgAdmin(admin.token_id)
+        );
+        let issuer = principal(&[TOKENS_ISSUE]);
+        assert_eq!(
+            Caller::Token(issuer.clone()).actor_on(&owner("globex", "carol")),
+            Actor::Token(issuer.token_id)
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - offboarding (revoke every token of a user or organisation): admin:write within the
 //!   caller's organisation, tokens:issue anywhere;
 //! - tokens:issue (the dashboard backend): everything, for any owner;
+//! - organisation-wide listings (every token, the audit trail, expiring tokens): admin:read
+//!   in the caller's own organisation, tokens:issue in any or across all;
 //! - service tokens (those carrying tokens:issue) exist only for tokens:issue callers:
 //!   hidden from everyone else, their own owner and organisation admins included, so that
 //!   no org admin can list or revoke the dashboard backend's token;
@@ -72,6 +74,15 @@ pub fn access(caller: &Principal, action: Action, owner: &Owner) -> Access {
     } else {
         Access::Hidden
     }
+}
+
+/// May `caller` read organisation-wide listings of `org` (every user's tokens, the
+/// organisation's audit trail, its expiring tokens)? `None` is every organisation at once,
+/// which only tokens:issue may read. Service tokens stay hidden inside such a listing from
+/// callers without tokens:issue ([`access_token`]).
+pub fn org_wide_read(caller: &Principal, org: Option<&OwnerId>) -> bool {
+    caller.has(TOKENS_ISSUE)
+        || org.is_some_and(|o| caller.owner.org_id == *o && caller.has(ADMIN_READ))
 }
 
 /// The token an action is about: its owner, and whether it is a service token (it carries
@@ -386,6 +397,33 @@ mod tests {
             ]))
         );
         assert_eq!(may_copy(&admin, &expanded(&[ADMIN_READ]), None), Ok(()));
+    }
+
+    /// Organisation-wide listings: every single-scope caller x its own organisation,
+    /// another one, and every organisation at once.
+    #[test]
+    fn organisation_wide_listings_for_every_scope() {
+        let acme = OwnerId::parse("acme").unwrap();
+        let globex = OwnerId::parse("globex").unwrap();
+        //  scope,          own org, other org, every org
+        let table: &[(&[&str], bool, bool, bool)] = &[
+            (&[], false, false, false),
+            (&[USER_READ], false, false, false),
+            (&[USER_WRITE], false, false, false),
+            (&[ADMIN_READ], true, false, false),
+            (&[ADMIN_WRITE], true, false, false),
+            (&[TOKENS_ISSUE], true, true, true),
+        ];
+        for &(scopes, own, other, every) in table {
+            let c = caller(scopes);
+            assert_eq!(org_wide_read(&c, Some(&acme)), own, "{scopes:?} own org");
+            assert_eq!(
+                org_wide_read(&c, Some(&globex)),
+                other,
+                "{scopes:?} other org"
+            );
+            assert_eq!(org_wide_read(&c, None), every, "{scopes:?} every org");
+        }
     }
 
     #[test]

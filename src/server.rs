@@ -191,7 +191,8 @@ impl Services {
             cache.clone(),
         );
         let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache)
-            .with_report_slots(config.reports.max_in_progress);
+            .with_report_slots(config.reports.max_in_progress)
+            .with_expires_soon(config.expiry.soon());
         Ok(Self {
             store,
             kind,
@@ -311,7 +312,8 @@ async fn health() -> (HealthReporter, HealthServer<impl Health>) {
     (health, service)
 }
 
-/// The tasks beside the servers: store health, the last-used flush, metrics upkeep, the
+/// The tasks beside the servers: store health, the last-used flush, the expiry sweep,
+/// metrics upkeep, the
 /// change-log poller and (on Postgres) the revocation listener.
 fn spawn_background(
     config: &Config,
@@ -332,6 +334,11 @@ fn spawn_background(
         tokio::spawn(flush_last_used(
             services.clone(),
             Duration::from_millis(config.last_used.flush_interval_ms.max(100)),
+            stop.subscribe(),
+        )),
+        tokio::spawn(sweep_expiries(
+            services.store.clone(),
+            Duration::from_millis(config.expiry.sweep_interval_ms.max(100)),
             stop.subscribe(),
         )),
         tokio::spawn(metrics_upkeep(
@@ -387,9 +394,10 @@ fn grpc_router(
         ))
         .max_decoding_message_size(max),
     );
-    let authorization_service =
-        AuthorizationServiceServer::new(AuthorizationApi::new(services.authorizer.clone()))
-            .max_decoding_message_size(max);
+    let authorization_service = AuthorizationServiceServer::new(
+        AuthorizationApi::new(services.authorizer.clone()).with_expires_soon(config.expiry.soon()),
+    )
+    .max_decoding_message_size(max);
     let check_service = CheckApi::new(services.authorizer.clone(), routes, config.envoy.clone())
         .into_server()
         .max_decoding_message_size(max);
@@ -646,6 +654,27 @@ async fn flush_last_used(services: Services, every: Duration, mut stopped: watch
             Ok(0) => {}
             Ok(n) => tracing::debug!(tokens = n, "last_used_at flushed"),
             Err(e) => tracing::warn!(error = %e, "last_used_at flush failed; will retry"),
+        }
+    }
+}
+
+/// Records reached expiries in the audit trail, once per interval (and once at start-up).
+/// Every replica sweeps; the store writes each expiry exactly once whoever sweeps first,
+/// and each sweep reads only what expired since the last recorded expiry.
+async fn sweep_expiries(
+    store: Arc<dyn TokenStore>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        match store.record_expiries(crate::store::now_micros()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "expiries recorded in the audit trail"),
+            Err(e) => tracing::warn!(error = %e, "recording expiries failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => return,
         }
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::{scope::Catalog, store::TokenRecord, token::display_prefix};
+use crate::{event::TokenEvent, scope::Catalog, store::TokenRecord, token::display_prefix};
 
 /// How a command prints what it found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -47,11 +47,13 @@ pub struct TokenView {
     pub revoked_at: Option<String>,
     /// `active`, `expired` or `revoked`, as of the command's clock.
     pub status: String,
+    /// Active and expiring within the notice window (`expiry.soon_days`).
+    pub expires_soon: bool,
 }
 
 impl TokenView {
-    /// The view of `record` as of `now`.
-    pub fn new(record: &TokenRecord, now: DateTime<Utc>) -> Self {
+    /// The view of `record` as of `now`; `soon` is the `expires_soon` window.
+    pub fn new(record: &TokenRecord, now: DateTime<Utc>, soon: chrono::Duration) -> Self {
         Self {
             id: record.id.to_string(),
             name: record.name.clone(),
@@ -65,8 +67,79 @@ impl TokenView {
             last_used_at: record.last_used_at.map(rfc3339),
             revoked_at: record.revoked_at.map(rfc3339),
             status: status(record, now),
+            expires_soon: record.expires_soon(now, soon),
         }
     }
+}
+
+/// An audit event as the CLI shows it (events never hold a secret).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventView {
+    /// Event id (grows with time).
+    pub id: i64,
+    /// The token it is about.
+    pub token_id: String,
+    /// The token's organisation.
+    pub org_id: String,
+    /// The token's user.
+    pub user_id: String,
+    /// `created`, `updated`, `rotated`, `revoked`, `first_used`, `expired`, `exposed` or
+    /// `offboarded`.
+    pub kind: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// `token:<id>`, `admin:<id>`, `cli`, `system` or `anonymous`.
+    pub actor: String,
+    /// The request's id, if any.
+    pub request_id: Option<String>,
+    /// The caller's address, if known.
+    pub source_addr: Option<String>,
+    /// Kind-specific facts.
+    pub detail: serde_json::Value,
+}
+
+impl EventView {
+    /// The view of a stored event.
+    pub fn new(e: &TokenEvent) -> Self {
+        Self {
+            id: e.id,
+            token_id: e.event.token_id.to_string(),
+            org_id: e.event.owner.org_id.to_string(),
+            user_id: e.event.owner.user_id.to_string(),
+            kind: e.event.kind.to_string(),
+            at: rfc3339(e.event.at),
+            actor: e.event.actor.to_string(),
+            request_id: e.event.request_id.as_ref().map(ToString::to_string),
+            source_addr: e.event.source_addr.map(|a| a.to_string()),
+            detail: e.event.detail.clone(),
+        }
+    }
+}
+
+/// `events`: one row per event, newest first; the detail as compact JSON.
+pub fn event_table(events: &[EventView]) -> Table {
+    let mut table = Table::new(&[
+        "ID", "AT", "KIND", "TOKEN", "ORG", "USER", "ACTOR", "REQUEST", "SOURCE", "DETAIL",
+    ]);
+    for e in events {
+        let detail = match &e.detail {
+            serde_json::Value::Object(m) if m.is_empty() => String::new(),
+            other => other.to_string(),
+        };
+        table.row(vec![
+            e.id.to_string(),
+            short_time(&e.at),
+            e.kind.clone(),
+            e.token_id.clone(),
+            e.org_id.clone(),
+            e.user_id.clone(),
+            e.actor.clone(),
+            e.request_id.clone().unwrap_or_default(),
+            e.source_addr.clone().unwrap_or_default(),
+            detail,
+        ]);
+    }
+    table
 }
 
 /// A token's status word. Derived through the wire conversion for now, so the CLI and the
@@ -160,6 +233,7 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
         "STATUS",
         "SCOPES",
         "EXPIRES",
+        "SOON",
         "LAST USED",
     ]);
     for t in tokens {
@@ -172,6 +246,7 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
             t.status.clone(),
             t.scopes.join(","),
             t.expires_at.as_deref().map(short_time).unwrap_or_default(),
+            if t.expires_soon { "yes" } else { "" }.to_owned(),
             t.last_used_at
                 .as_deref()
                 .map(short_time)
@@ -198,6 +273,7 @@ pub fn token_detail(t: &TokenView) -> Table {
         ("last_used_at", optional(&t.last_used_at)),
         ("revoked_at", optional(&t.revoked_at)),
         ("status", t.status.clone()),
+        ("expires_soon", t.expires_soon.to_string()),
     ] {
         table.row(vec![field.to_owned(), value]);
     }
@@ -378,6 +454,7 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             status: "active".into(),
+            expires_soon: false,
         };
         let v: serde_json::Value = serde_json::from_str(&json(&t)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -394,6 +471,7 @@ mod tests {
             "last_used_at",
             "revoked_at",
             "status",
+            "expires_soon",
         ];
         want.sort_unstable();
         let mut keys_sorted = keys.clone();

@@ -1,7 +1,10 @@
 //! The in-memory store: the default without a database URL, for a first try and for tests
 //! of the layers above the store. Nothing is kept across restarts.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::RwLock,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -29,6 +32,8 @@ struct Tables {
     /// The audit trail; event id = index + 1. Appended under the same lock as the change
     /// it describes: the memory store's transaction.
     events: Vec<TokenEvent>,
+    /// The once-per-token events written (the Postgres store's unique index).
+    once: HashSet<(Uuid, EventKind)>,
 }
 
 impl Tables {
@@ -94,12 +99,7 @@ impl Tables {
             event.kind,
             EventKind::Created | EventKind::FirstUsed | EventKind::Expired
         );
-        if once
-            && self
-                .events
-                .iter()
-                .any(|e| e.event.token_id == event.token_id && e.event.kind == event.kind)
-        {
+        if once && !self.once.insert((event.token_id, event.kind)) {
             return;
         }
         let id = self.events.len() as i64 + 1;

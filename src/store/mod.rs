@@ -60,6 +60,12 @@ impl TokenRecord {
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
         TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
+
+    /// Whether the token is active at `now` and expires within `window` of it.
+    pub fn expires_soon(&self, now: DateTime<Utc>, window: chrono::Duration) -> bool {
+        self.status_at(now) == TokenStatus::Active
+            && self.expires_at.is_some_and(|e| e <= now + window)
+    }
 }
 
 /// Why a token was revoked.

@@ -1,414 +1,601 @@
-//! Token lifecycle beyond create and revoke (issue 12): rotation with an overlap across two
-//! replicas (two real server processes on one Postgres), offboarding of 1,000 tokens seen by
-//! a second replica, and exposure reports that answer the same whatever they hold.
+//! The token lifecycle beyond create/list/revoke (issue 12): the audit trail
+//! (ListTokenEvents) and expiry notices (ListExpiringTokens, `expires_soon`), through the
+//! generated clients against a server on each store.
 
-use std::{process::Command, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use casola_auth::{
     event::EventContext,
     proto::{
-        Decision, DenyReason, GetTokenRequest, ReportExposedTokensRequest, RevokeTokenRequest,
-        RevokeTokensRequest, RotateTokenRequest, TokenStatus,
-        authorization_service_client::AuthorizationServiceClient,
-        token_service_client::TokenServiceClient,
+        CreateTokenRequest, GetTokenRequest, ListExpiringTokensRequest, ListTokenEventsRequest,
+        RevokeTokenRequest, TokenEvent, TokenEventKind, UpdateTokenRequest,
     },
-    store::{
-        NewToken, TokenStore, now_micros,
-        postgres::{PgStore, PoolOptions},
-    },
+    store::{NewToken, now_micros},
     token::{
         PlainToken,
         fields::{Description, Owner, OwnerId, TokenName},
-        hash::{HashParams, TokenHasher},
+        hash::SecretHash,
     },
 };
-use chrono::Utc;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::support::{
-    TestServer, authorize, bearer, eventually, pg,
-    process::{BINARY, FAST_ARGON2_ENV, ServerProcess},
-    test_config,
-};
+use crate::support::{TestServer, bearer, eventually, pg, test_config, token_id, with_metadata};
 
-async fn decide(
-    client: &AuthorizationServiceClient<Channel>,
-    token: &str,
-) -> (Decision, DenyReason) {
-    let r = client
-        .clone()
-        .authorize(authorize(token, &[]))
-        .await
-        .expect("authorize")
-        .into_inner();
-    (r.decision(), r.deny_reason())
+/// The fields of a status's BadRequest details.
+fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("BadRequest details");
+    bad.field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
 }
 
-const ALLOWED: (Decision, DenyReason) = (Decision::Allow, DenyReason::Unspecified);
-const REVOKED: (Decision, DenyReason) = (Decision::Deny, DenyReason::Revoked);
-
-/// A `casola-auth serve` replica on the database at `url`. Cached entries never idle out
-/// during a test: only the store's revocation time can end the old token.
-fn replica(url: &str) -> ServerProcess {
-    ServerProcess::start(&[
-        ("DATABASE_URL", url),
-        ("CASOLA_AUTH_CACHE__IDLE_SECONDS", "3600"),
-    ])
-}
-
-/// Creates a token with the CLI (the operator path) and returns it.
-fn cli_token(db: &str, user: &str, preset: &str) -> String {
-    let out = Command::new(BINARY)
-        .args(["token", "create", "--database-url", db])
-        .args(["--org", "acme", "--user", user])
-        .args(["--name", "lifecycle test", "--preset", preset])
-        .envs(FAST_ARGON2_ENV)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-async fn rotate(
-    channel: &Channel,
-    caller: &str,
-    id: &str,
-    overlap_seconds: i32,
-    request_id: &str,
-) -> Result<casola_auth::proto::RotateTokenResponse, tonic::Status> {
-    TokenServiceClient::new(channel.clone())
-        .rotate_token(bearer(
-            caller,
-            RotateTokenRequest {
-                id: id.to_owned(),
-                overlap_seconds,
-                request_id: request_id.to_owned(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// Asserts `token` is allowed by every client, as long as the check starts early enough
-/// before `ends_at` that a slow machine cannot have crossed it (then the check is skipped:
-/// this test is about correctness, never speed).
-async fn allowed_before(
-    clients: &[&AuthorizationServiceClient<Channel>],
-    token: &str,
-    ends_at: chrono::DateTime<Utc>,
-) -> usize {
-    let mut checked = 0;
-    for client in clients {
-        if Utc::now() + chrono::Duration::milliseconds(700) < ends_at {
-            assert_eq!(decide(client, token).await, ALLOWED, "during the overlap");
-            checked += 1;
-        }
-    }
-    checked
-}
-
-#[tokio::test]
-async fn a_rotated_token_works_on_both_replicas_during_the_overlap_and_is_revoked_on_both_after_it()
-{
-    let db = pg::TestDb::new().await;
-    let mut a = replica(&db.url);
-    let b = replica(&db.url);
-    let (ca, cb) = (a.channel().await, b.channel().await);
-    let (on_a, on_b) = (
-        AuthorizationServiceClient::new(ca.clone()),
-        AuthorizationServiceClient::new(cb.clone()),
-    );
-
-    // 1. Both replicas alive. The token rotates itself (user:write), as a CI job would.
-    let old = cli_token(&db.url, "alice", "user-full");
-    for client in [&on_a, &on_b] {
-        assert_eq!(decide(client, &old).await, ALLOWED, "warm: cached on both");
-    }
-    let old_id = crate::support::token_id(&ca, &old).await;
-    let rotated = rotate(&ca, &old, &old_id, 3, "rotation-1").await.unwrap();
-    assert!(rotated.secret_shown);
-    let new = rotated.secret.clone();
-    let new_id = rotated.token.as_ref().unwrap().id.clone();
-    let old_token = rotated.old_token.as_ref().unwrap();
-    assert_eq!(old_token.replaced_by, new_id);
-    assert_eq!(old_token.revocation_reason, "rotated");
-    assert_eq!(
-        old_token.status(),
-        TokenStatus::Active,
-        "inside the overlap"
-    );
-    let ends = old_token.revoked_at.as_ref().unwrap();
-    let ends_at = chrono::DateTime::from_timestamp(ends.seconds, ends.nanos as u32).unwrap();
-    let new_token = rotated.token.as_ref().unwrap();
-    assert_eq!(new_token.name, "lifecycle test");
-    assert_eq!(new_token.scopes, ["user:read", "user:write"]);
-    let checked = allowed_before(&[&on_a, &on_b], &old, ends_at).await;
-    for client in [&on_a, &on_b] {
-        assert_eq!(decide(client, &new).await, ALLOWED);
-    }
-    // A retry with the same request id: the same new token, no secret.
-    let retry = rotate(&ca, &new, &old_id, 3, "rotation-1").await;
-    // The caller differs (the new token now): its request ids are its own, so this is a new
-    // request for a token inside its overlap, refused naming its replacement.
-    let refused = retry.unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert!(refused.message().contains(&new_id), "{}", refused.message());
-    let info = refused.get_error_details();
-    assert_eq!(info.error_info().unwrap().metadata["replaced_by"], new_id);
-    if Utc::now() + chrono::Duration::milliseconds(500) < ends_at {
-        let same = rotate(&ca, &old, &old_id, 3, "rotation-1").await.unwrap();
-        assert_eq!(same.token.unwrap().id, new_id, "never a second token");
-        assert!(!same.secret_shown);
-        assert!(same.secret.is_empty(), "the secret is shown once");
-    }
-    for client in [&on_a, &on_b] {
-        eventually(
-            Duration::from_secs(10),
-            "the old token is denied REVOKED after the overlap",
-            || async { decide(client, &old).await == REVOKED },
-        )
-        .await;
-        eprintln!(
-            "old token denied {} ms after the overlap ended",
-            (Utc::now() - ends_at).num_milliseconds()
-        );
-        assert_eq!(decide(client, &new).await, ALLOWED);
-    }
-    assert!(Utc::now() >= ends_at, "denied only once the overlap ended");
-    // Rotating a revoked token is refused.
-    let err = rotate(&ca, &new, &old_id, 0, "").await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-
-    // 2. The replica that rotated stops before the overlap ends: the other still ends it.
-    let second = cli_token(&db.url, "bob", "user-full");
-    assert_eq!(decide(&on_b, &second).await, ALLOWED, "cached on B");
-    let second_id = crate::support::token_id(&cb, &second).await;
-    let rotated = rotate(&ca, &second, &second_id, 3, "").await.unwrap();
-    let ends = rotated.old_token.unwrap().revoked_at.unwrap();
-    let ends_at = chrono::DateTime::from_timestamp(ends.seconds, ends.nanos as u32).unwrap();
-    a.terminate().await;
-    let checked = checked + allowed_before(&[&on_b], &second, ends_at).await;
-    eventually(
-        Duration::from_secs(10),
-        "B denies the old token with A gone",
-        || async { decide(&on_b, &second).await == REVOKED },
+/// A request with a bearer token and an `x-request-id`.
+fn traced<T>(token: &str, request_id: &str, message: T) -> tonic::Request<T> {
+    with_metadata(
+        message,
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-request-id", request_id),
+        ],
     )
-    .await;
-    eprintln!(
-        "with A stopped, B denied the old token {} ms after the overlap ended",
-        (Utc::now() - ends_at).num_milliseconds()
-    );
-    assert_eq!(decide(&on_b, &rotated.secret).await, ALLOWED);
-    // On this machine every during-overlap check ran in time; on a starved one some may be
-    // skipped, never failed.
-    eprintln!("during-overlap checks run: {checked} of 3");
 }
 
-/// 1,000 tokens of one user, inserted straight into the store with a cheap argon2 setting
-/// (the replicas verify whatever parameters a hash names).
-async fn many_tokens(db: &pg::TestDb, n: usize) -> Vec<String> {
-    let store = Arc::new(PgStore::new(&db.url, PoolOptions::default()).unwrap());
-    let hasher = TokenHasher::new(HashParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    })
-    .unwrap();
-    let owner = Owner {
-        org_id: OwnerId::parse("acme").unwrap(),
-        user_id: OwnerId::parse("leaver").unwrap(),
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in 0..8 {
-        let (store, hasher, owner) = (store.clone(), hasher.clone(), owner.clone());
-        tasks.spawn(async move {
-            let mut tokens = Vec::new();
-            for _ in (chunk..n).step_by(8) {
-                let token = PlainToken::generate();
-                let new = NewToken {
-                    id: Uuid::new_v4(),
-                    lookup_id: token.lookup_id().clone(),
-                    secret_hash: hasher.hash(&token).unwrap(),
-                    name: TokenName::parse("offboarding test").unwrap(),
-                    description: Description::parse("").unwrap(),
-                    scopes: vec!["user:read".into()],
-                    owner: owner.clone(),
-                    created_at: now_micros(),
-                    created_by: "cli".into(),
-                    expires_at: None,
-                };
-                store.insert(new, &EventContext::cli()).await.unwrap();
-                tokens.push(token.expose().to_owned());
-            }
-            tokens
-        });
+fn for_user(user: &str, preset: &str, days: Option<i32>) -> CreateTokenRequest {
+    CreateTokenRequest {
+        name: format!("{user} {preset}"),
+        preset: preset.into(),
+        expires_in_days: days,
+        org_id: "acme".into(),
+        user_id: user.into(),
+        ..Default::default()
     }
-    let mut all = Vec::new();
-    while let Some(tokens) = tasks.join_next().await {
-        all.extend(tokens.unwrap());
-    }
-    all
 }
 
-#[tokio::test]
-async fn offboarding_a_thousand_tokens_denies_every_one_on_a_second_replica() {
-    let db = pg::TestDb::new().await;
-    let a = replica(&db.url);
-    let b = replica(&db.url);
-    let (ca, cb) = (a.channel().await, b.channel().await);
-    let on_b = AuthorizationServiceClient::new(cb);
-    let admin = cli_token(&db.url, "admin", "admin-full");
-    let colleague = cli_token(&db.url, "colleague", "user-read");
-    let tokens = many_tokens(&db, 1000).await;
-    // Cached on B as valid, so only the offboarding's notice or change log can deny them.
-    for token in &tokens {
-        assert_eq!(decide(&on_b, token).await, ALLOWED);
+fn of_token(id: &str) -> ListTokenEventsRequest {
+    ListTokenEventsRequest {
+        token_id: id.into(),
+        ..Default::default()
     }
-    let started = std::time::Instant::now();
-    let revoked = TokenServiceClient::new(ca.clone())
-        .revoke_tokens(bearer(
-            &admin,
-            RevokeTokensRequest {
-                org_id: String::new(),
-                user_id: "leaver".into(),
-            },
+}
+
+fn of_org(org: &str) -> ListTokenEventsRequest {
+    ListTokenEventsRequest {
+        org_id: org.into(),
+        ..Default::default()
+    }
+}
+
+async fn events(server: &TestServer, caller: &str, req: ListTokenEventsRequest) -> Vec<TokenEvent> {
+    server
+        .tokens()
+        .list_token_events(bearer(caller, req))
+        .await
+        .expect("list events")
+        .into_inner()
+        .events
+}
+
+fn kinds(events: &[TokenEvent]) -> Vec<TokenEventKind> {
+    events.iter().map(TokenEvent::kind).collect()
+}
+
+/// Creates a token for `user` of acme through the API as the tokens:issue backend; returns
+/// its secret and id.
+async fn issue(server: &TestServer, issuer: &str, req: CreateTokenRequest) -> (String, String) {
+    let created = server
+        .tokens()
+        .create_token(bearer(issuer, req))
+        .await
+        .expect("create")
+        .into_inner();
+    (created.secret, created.token.expect("token").id)
+}
+
+async fn every_change_is_in_the_trail_with_who_and_where(server: &TestServer) {
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    let admin = server
+        .operator_token("acme", "root", "admin-full", &[])
+        .await;
+    let issuer_id = token_id(&server.channel, &issuer).await;
+    let admin_id = token_id(&server.channel, &admin).await;
+    let mut tokens = server.tokens();
+
+    let created = tokens
+        .create_token(traced(
+            &issuer,
+            "req-create-1",
+            for_user("alice", "user-full", Some(30)),
         ))
         .await
         .unwrap()
         .into_inner();
-    let call = started.elapsed();
-    assert_eq!(revoked.revoked_count, 1000);
-    eventually(
-        Duration::from_secs(10),
-        "every offboarded token is denied on B",
-        || {
-            let (on_b, tokens) = (on_b.clone(), tokens.clone());
-            async move {
-                for token in &tokens {
-                    if decide(&on_b, token).await != REVOKED {
-                        return false;
-                    }
-                }
-                true
-            }
-        },
-    )
-    .await;
-    eprintln!(
-        "RevokeTokens of 1000 tokens took {} ms; all 1000 checked denied on B {} ms after the call began",
-        call.as_millis(),
-        started.elapsed().as_millis()
-    );
-    for token in &tokens {
-        assert_eq!(decide(&on_b, token).await, REVOKED, "never allowed again");
-    }
-    assert_eq!(decide(&on_b, &colleague).await, ALLOWED, "others untouched");
+    let alice = created.secret;
+    let id = created.token.unwrap().id;
+    tokens
+        .update_token(traced(
+            &alice,
+            "req-update-2",
+            UpdateTokenRequest {
+                id: id.clone(),
+                description: "nightly".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tokens
+        .revoke_token(traced(
+            &admin,
+            "req-revoke-3",
+            RevokeTokenRequest { id: id.clone() },
+        ))
+        .await
+        .unwrap();
+    // Revoking again changes nothing, so it records nothing.
+    tokens
+        .revoke_token(bearer(&admin, RevokeTokenRequest { id: id.clone() }))
+        .await
+        .unwrap();
+
+    let trail = events(server, &admin, of_token(&id)).await;
     assert_eq!(
-        pg::query_i64(
-            &db.url,
-            "select count(*) from token_events where kind = 'offboarded'"
-        )
-        .await,
-        1000,
-        "one event per token"
+        kinds(&trail),
+        [
+            TokenEventKind::Revoked,
+            TokenEventKind::Updated,
+            TokenEventKind::Created
+        ],
+        "newest first: {trail:?}"
     );
-    // Another organisation's admin, or a plain user, may not.
-    let err = TokenServiceClient::new(ca)
-        .revoke_tokens(bearer(
-            &colleague,
-            RevokeTokensRequest {
+    let who: Vec<_> = trail.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(
+        who,
+        [
+            format!("admin:{admin_id}"),
+            format!("token:{id}"),
+            format!("token:{issuer_id}")
+        ]
+    );
+    let requests: Vec<_> = trail.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(requests, ["req-revoke-3", "req-update-2", "req-create-1"]);
+    for e in &trail {
+        assert_eq!(e.token_id, id);
+        assert_eq!((e.org_id.as_str(), e.user_id.as_str()), ("acme", "alice"));
+        assert_eq!(e.source_addr, "127.0.0.1", "the peer of a loopback call");
+        assert!(e.at.is_some());
+    }
+    let fields = &trail[1].detail.as_ref().unwrap().fields["fields"];
+    assert_eq!(
+        format!("{fields:?}").matches("description").count(),
+        1,
+        "{fields:?}"
+    );
+    let scopes = &trail[2].detail.as_ref().unwrap().fields["scopes"];
+    assert!(format!("{scopes:?}").contains("user:write"), "{scopes:?}");
+}
+
+#[tokio::test]
+async fn every_change_is_in_the_trail_with_who_and_where_on_each_store() {
+    for server in TestServer::each_store().await {
+        every_change_is_in_the_trail_with_who_and_where(&server).await;
+    }
+}
+
+async fn first_use_is_recorded_once_by_the_last_used_flush(server: &TestServer) {
+    let admin = server
+        .operator_token("acme", "root", "admin-full", &[])
+        .await;
+    let user = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let id = token_id(&server.channel, &user).await;
+    let services = server.running.services();
+    for _ in 0..3 {
+        server
+            .authz()
+            .authorize(crate::support::authorize(&user, &["user:read"]))
+            .await
+            .unwrap();
+        services
+            .last_used
+            .flush(services.store.as_ref())
+            .await
+            .unwrap();
+    }
+    let trail = events(server, &admin, of_token(&id)).await;
+    let firsts: Vec<_> = trail
+        .iter()
+        .filter(|e| e.kind() == TokenEventKind::FirstUsed)
+        .collect();
+    assert_eq!(firsts.len(), 1, "{trail:?}");
+    assert_eq!(firsts[0].actor, "system");
+}
+
+#[tokio::test]
+async fn first_use_is_recorded_once_by_the_last_used_flush_on_each_store() {
+    for server in TestServer::each_store().await {
+        first_use_is_recorded_once_by_the_last_used_flush(&server).await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_visible_to_whoever_may_list_the_tokens() {
+    let server = TestServer::memory().await;
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    let service_id = token_id(&server.channel, &issuer).await;
+    let reader = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let alice_id = token_id(&server.channel, &reader).await;
+    let admin = server
+        .operator_token("acme", "root", "admin-read", &[])
+        .await;
+    let stranger = server
+        .operator_token("globex", "carol", "admin-full", &[])
+        .await;
+    let (_, bob_id) = issue(&server, &issuer, for_user("bob", "user-read", None)).await;
+    let mut tokens = server.tokens();
+
+    // Own token: user:read. A colleague's: not even its existence.
+    assert_eq!(events(&server, &reader, of_token(&alice_id)).await.len(), 1);
+    let hidden = tokens
+        .list_token_events(bearer(&reader, of_token(&bob_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    let org_wide = tokens
+        .list_token_events(bearer(&reader, of_org("acme")))
+        .await
+        .unwrap_err();
+    assert_eq!(org_wide.code(), Code::PermissionDenied);
+
+    // admin:read: every token of its organisation but the service token, nothing elsewhere.
+    let seen = events(&server, &admin, of_org("acme")).await;
+    let ids: Vec<_> = seen.iter().map(|e| e.token_id.as_str()).collect();
+    assert!(ids.contains(&bob_id.as_str()) && ids.contains(&alice_id.as_str()));
+    assert!(!ids.contains(&service_id.as_str()), "{ids:?}");
+    let service = tokens
+        .list_token_events(bearer(&admin, of_token(&service_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(service.code(), Code::NotFound);
+    for other in [
+        tokens
+            .list_token_events(bearer(&admin, of_org("globex")))
+            .await
+            .unwrap_err(),
+        tokens
+            .list_token_events(bearer(&stranger, of_org("acme")))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    }
+    let elsewhere = tokens
+        .list_token_events(bearer(&stranger, of_token(&bob_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::NotFound);
+
+    // tokens:issue: any organisation, service tokens included.
+    let all = events(&server, &issuer, of_org("acme")).await;
+    assert!(all.iter().any(|e| e.token_id == service_id));
+    assert_eq!(events(&server, &issuer, of_org("globex")).await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_event_requests_are_invalid_arguments_naming_the_field() {
+    let server = TestServer::memory().await;
+    let admin = server
+        .operator_token("acme", "root", "admin-read", &[])
+        .await;
+    let id = token_id(&server.channel, &admin).await;
+    let mut tokens = server.tokens();
+    let page_of_other_query = {
+        // A real page token, issued for another filter.
+        server.operator_token("acme", "bob", "user-read", &[]).await;
+        tokens
+            .list_token_events(bearer(
+                &admin,
+                ListTokenEventsRequest {
+                    page_size: 1,
+                    ..of_org("acme")
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .next_page_token
+    };
+    assert!(!page_of_other_query.is_empty());
+    let cases = [
+        (ListTokenEventsRequest::default(), "token_id"),
+        (
+            ListTokenEventsRequest {
                 org_id: "acme".into(),
-                user_id: "-".into(),
+                ..of_token(&id)
+            },
+            "org_id",
+        ),
+        (of_token("not-a-uuid"), "token_id"),
+        (
+            ListTokenEventsRequest {
+                page_size: -1,
+                ..of_org("acme")
+            },
+            "page_size",
+        ),
+        (
+            ListTokenEventsRequest {
+                page_token: "garbage".into(),
+                ..of_org("acme")
+            },
+            "page_token",
+        ),
+        (
+            ListTokenEventsRequest {
+                page_token: page_of_other_query,
+                ..of_token(&id)
+            },
+            "page_token",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = tokens
+            .list_token_events(bearer(&admin, req.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&err), [field], "{req:?}");
+    }
+}
+
+#[tokio::test]
+async fn event_pages_walk_the_whole_trail_once_newest_first() {
+    let server = TestServer::postgres().await;
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    for user in ["a", "b", "c", "d", "e"] {
+        issue(&server, &issuer, for_user(user, "user-read", None)).await;
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..10 {
+        let page = server
+            .tokens()
+            .list_token_events(bearer(
+                &issuer,
+                ListTokenEventsRequest {
+                    page_size: 2,
+                    page_token,
+                    ..of_org("acme")
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 2);
+        seen.extend(page.events.iter().map(|e| e.id));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 6, "five tokens and the issuer's own: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_secret_pasted_anywhere_never_reaches_the_trail() {
+    let server = TestServer::postgres().await;
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    let pasted = PlainToken::generate();
+    let secret = pasted.expose();
+    let mut tokens = server.tokens();
+
+    // Into the name: refused (and so not recorded).
+    let refused = tokens
+        .create_token(bearer(
+            &issuer,
+            CreateTokenRequest {
+                name: format!("ci {secret}"),
+                ..for_user("alice", "user-full", None)
             },
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(bad_fields(&refused), ["name"]);
+    // Into the request id and, on update, the description.
+    let created = tokens
+        .create_token(traced(
+            &issuer,
+            &format!("req-{secret}"),
+            for_user("alice", "user-full", None),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (alice, id) = (created.secret, created.token.unwrap().id);
+    let refused = tokens
+        .update_token(bearer(
+            &alice,
+            UpdateTokenRequest {
+                id: id.clone(),
+                description: format!("mine: {alice}"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&refused), ["description"]);
+    tokens
+        .revoke_token(traced(
+            &alice,
+            secret,
+            RevokeTokenRequest { id: id.clone() },
+        ))
+        .await
+        .unwrap();
+
+    let trail = events(&server, &issuer, of_token(&id)).await;
+    assert_eq!(
+        kinds(&trail),
+        [TokenEventKind::Revoked, TokenEventKind::Created]
+    );
+    let shown = format!("{trail:?}");
+    assert!(
+        shown.contains("req-csl_"),
+        "the request id is kept, cut: {shown}"
+    );
+    let table = pg::dump(server.db());
+    let events_part = &table[table.find("token_events").expect("table in the dump")..];
+    for whole in [secret, alice.as_str(), issuer.as_str()] {
+        assert!(!shown.contains(whole));
+        assert!(!events_part.contains(whole), "a full token in the dump");
+        assert!(!table.contains(&whole[16..48]), "a secret part in the dump");
+    }
 }
 
 #[tokio::test]
-async fn an_exposure_report_answers_the_same_for_any_input_and_revokes_the_valid_token() {
-    let mut config = test_config(None);
+async fn the_expiry_sweep_records_a_reached_expiry_once() {
     let db = pg::TestDb::new().await;
-    config.database_url = Some(casola_auth::config::DatabaseUrl::new(&db.url));
-    // Eight reports at once, then one a minute: past the eighth, this test sees refusals.
-    config.reports.burst = 8;
-    config.reports.per_source_per_minute = 1;
+    let mut config = test_config(Some(&db.url));
+    config.expiry.sweep_interval_ms = 100;
     let server = TestServer::with_config(config, Some(db)).await;
-    let valid = server
-        .operator_token("acme", "alice", "user-read", &[])
+    let admin = server
+        .operator_token("acme", "root", "admin-read", &[])
         .await;
-    let revoked = server
-        .operator_token("acme", "alice", "user-read", &[])
-        .await;
-    let issuer = server
-        .operator_token("acme", "backend", "", &["tokens:issue", "user:write"])
-        .await;
-    let revoked_id = crate::support::token_id(&server.channel, &revoked).await;
+    // The API cannot make an expired token; the store can.
+    let plain = PlainToken::generate();
+    let expired_at = now_micros() - chrono::Duration::minutes(1);
+    let id = Uuid::new_v4();
     server
-        .tokens()
-        .revoke_token(bearer(&issuer, RevokeTokenRequest { id: revoked_id }))
-        .await
-        .unwrap();
-    let unknown = PlainToken::generate().expose().to_owned();
-    let wrong_secret = crate::support::forge_secret(&valid, 3);
-    let inputs = [
-        "not a token at all".to_owned(),
-        unknown,
-        wrong_secret,
-        revoked.clone(),
-        valid.clone(),
-    ];
-    let mut answers = Vec::new();
-    // No caller token: the report needs none.
-    let mut reports = TokenServiceClient::new(server.channel.clone());
-    for input in &inputs {
-        let response = reports
-            .report_exposed_tokens(ReportExposedTokensRequest {
-                tokens: vec![input.clone()],
-                source_url: "https://example.com/leak/commit/1".into(),
-            })
-            .await
-            .expect("a report is always accepted");
-        answers.push(response.into_inner());
-    }
-    assert!(
-        answers.windows(2).all(|w| w[0] == w[1]),
-        "the same answer for garbage, unknown, wrong secret, revoked and valid: {answers:?}"
-    );
-    let authz = server.authz();
-    eventually(
-        Duration::from_secs(10),
-        "the valid token is revoked",
-        || {
-            let authz = authz.clone();
-            let valid = valid.clone();
-            async move { decide(&authz, &valid).await == REVOKED }
-        },
-    )
-    .await;
-    let valid_id = casola_auth::token::PlainToken::parse(&valid).unwrap();
-    let row = server
         .running
         .services()
         .store
-        .find_by_lookup_id(valid_id.lookup_id())
+        .insert(
+            NewToken {
+                id,
+                lookup_id: plain.lookup_id().clone(),
+                secret_hash: SecretHash::from_stored("$argon2id$v=19$m=1024,t=1,p=1$x$y".into()),
+                name: TokenName::parse("old").unwrap(),
+                description: Description::parse("").unwrap(),
+                scopes: vec!["user:read".into()],
+                owner: Owner {
+                    org_id: OwnerId::parse("acme").unwrap(),
+                    user_id: OwnerId::parse("alice").unwrap(),
+                },
+                created_at: expired_at - chrono::Duration::days(1),
+                created_by: "cli".into(),
+                expires_at: Some(expired_at),
+            },
+            &EventContext::cli(),
+        )
         .await
-        .unwrap()
         .unwrap();
-    let token = server
-        .tokens()
+    let id = id.to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the expiry is recorded",
+        || async {
+            kinds(&events(&server, &admin, of_token(&id)).await).contains(&TokenEventKind::Expired)
+        },
+    )
+    .await;
+    // Several more sweeps: still one.
+    let before = pg::query_i64(&server.db().url, "select count(*) from token_events").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trail = events(&server, &admin, of_token(&id)).await;
+    assert_eq!(
+        kinds(&trail),
+        [TokenEventKind::Expired, TokenEventKind::Created]
+    );
+    let expired = &trail[0];
+    assert_eq!(expired.actor, "system");
+    assert_eq!(
+        expired.at.as_ref().unwrap().seconds,
+        expired_at.timestamp(),
+        "at the expiry instant"
+    );
+    assert_eq!(
+        pg::query_i64(&server.db().url, "select count(*) from token_events").await,
+        before
+    );
+}
+
+async fn expiring_tokens_are_listed_soonest_first(server: &TestServer) {
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    let admin = server
+        .operator_token("acme", "root", "admin-read", &[])
+        .await;
+    let reader = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let mut ids = std::collections::HashMap::new();
+    for days in [3, 1, 10] {
+        let (_, id) = issue(server, &issuer, for_user("alice", "user-read", Some(days))).await;
+        ids.insert(days, id);
+    }
+    issue(server, &issuer, for_user("alice", "user-read", None)).await;
+    let (_, revoked) = issue(server, &issuer, for_user("bob", "user-read", Some(2))).await;
+    let mut tokens = server.tokens();
+    tokens
+        .revoke_token(bearer(&issuer, RevokeTokenRequest { id: revoked }))
+        .await
+        .unwrap();
+    let (_, elsewhere) = issue(
+        server,
+        &issuer,
+        CreateTokenRequest {
+            org_id: "globex".into(),
+            ..for_user("carol", "user-read", Some(2))
+        },
+    )
+    .await;
+
+    let list = |caller: &str, within_days: i32, org: &str| {
+        let mut tokens = server.tokens();
+        let req = bearer(
+            caller,
+            ListExpiringTokensRequest {
+                within_days,
+                org_id: org.into(),
+                ..Default::default()
+            },
+        );
+        async move { tokens.list_expiring_tokens(req).await }
+    };
+    // The default window (7 days), organisation-wide, active only, soonest first.
+    let week = list(&admin, 0, "").await.unwrap().into_inner().tokens;
+    let got: Vec<_> = week.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(got, [ids[&1].as_str(), ids[&3].as_str()]);
+    assert!(week.iter().all(|t| t.expires_soon));
+    let fortnight = list(&admin, 15, "acme").await.unwrap().into_inner().tokens;
+    assert_eq!(fortnight.len(), 3);
+    assert_eq!(fortnight[2].id, ids[&10]);
+    assert!(
+        !fortnight[2].expires_soon,
+        "10 days is outside the notice window"
+    );
+    // The flag on the other reads.
+    let got = tokens
         .get_token(bearer(
             &issuer,
             GetTokenRequest {
-                id: row.id.to_string(),
+                id: ids[&1].clone(),
             },
         ))
         .await
@@ -416,118 +603,98 @@ async fn an_exposure_report_answers_the_same_for_any_input_and_revokes_the_valid
         .into_inner()
         .token
         .unwrap();
-    assert_eq!(token.revocation_reason, "exposed");
-    // The issuer (a wrong secret for its lookup id was reported) still works.
-    assert_eq!(decide(&authz, &issuer).await, ALLOWED);
-    // A caller token is not needed, and a bad one is not looked at.
-    reports
-        .report_exposed_tokens(bearer(
-            "garbage",
-            ReportExposedTokensRequest {
-                tokens: vec![],
-                source_url: String::new(),
-            },
-        ))
+    assert!(got.expires_soon);
+
+    // tokens:issue: any organisation, or every one.
+    let globex = list(&issuer, 0, "globex")
         .await
-        .expect("no caller token is checked");
-    // Too many tokens: refused for its size alone.
-    let err = reports
-        .report_exposed_tokens(ReportExposedTokensRequest {
-            tokens: vec!["x".into(); 1001],
-            source_url: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    // Seven calls so far of a burst of eight (and one more a minute): within three more,
-    // this source is refused.
-    let mut refused = false;
-    for _ in 0..3 {
-        if let Err(e) = reports
-            .report_exposed_tokens(ReportExposedTokensRequest::default())
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(globex.len(), 1);
+    assert_eq!(globex[0].id, elsewhere);
+    let everywhere = list(&issuer, 0, "-").await.unwrap().into_inner().tokens;
+    let got: Vec<_> = everywhere.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        got,
+        [ids[&1].as_str(), elsewhere.as_str(), ids[&3].as_str()]
+    );
+
+    // Nobody else.
+    for (caller, org) in [(&reader, ""), (&admin, "globex"), (&admin, "-")] {
+        let err = list(caller, 0, org).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{org}: {err:?}");
+    }
+    for days in [-1, 3651] {
+        let err = list(&admin, days, "").await.unwrap_err();
+        assert_eq!(bad_fields(&err), ["within_days"]);
+    }
+
+    // Pages of one walk the same list.
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..10 {
+        let page = tokens
+            .list_expiring_tokens(bearer(
+                &admin,
+                ListExpiringTokensRequest {
+                    within_days: 15,
+                    page_size: 1,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
             .await
-        {
-            assert_eq!(e.code(), Code::ResourceExhausted);
-            refused = true;
+            .unwrap()
+            .into_inner();
+        paged.extend(page.tokens.into_iter().map(|t| t.id));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
             break;
         }
     }
-    assert!(refused, "the source's rate limit holds");
-    // Rotation and offboarding on the same database, then the dump holds no secret of any.
-    let mover = server
-        .operator_token("acme", "mover", "user-full", &[])
-        .await;
-    let mover_id = crate::support::token_id(&server.channel, &mover).await;
-    let rotated = rotate(&server.channel, &mover, &mover_id, 60, "dump-check")
-        .await
-        .unwrap();
-    server
-        .tokens()
-        .revoke_tokens(bearer(
-            &issuer,
-            RevokeTokensRequest {
-                org_id: "acme".into(),
-                user_id: "mover".into(),
-            },
-        ))
-        .await
-        .unwrap();
-    let dump = pg::dump(server.db());
-    assert!(dump.contains("dump-check"), "the dump holds the rotation");
-    assert!(
-        dump.contains("offboarded") && dump.contains("exposed"),
-        "and the events"
-    );
-    for token in inputs[1..].iter().chain([&mover, &rotated.secret, &issuer]) {
-        assert!(!dump.contains(token.as_str()), "no whole token stored");
-        assert!(!dump.contains(&token[16..48]), "no secret part stored");
+    let want: Vec<_> = fortnight.into_iter().map(|t| t.id).collect();
+    assert_eq!(paged, want);
+}
+
+#[tokio::test]
+async fn expiring_tokens_are_listed_soonest_first_on_each_store() {
+    for server in TestServer::each_store().await {
+        expiring_tokens_are_listed_soonest_first(&server).await;
     }
 }
 
 #[tokio::test]
-async fn reports_are_limited_per_source_and_x_forwarded_for_counts_only_from_a_trusted_proxy() {
-    let request = |forwarded_for: &str| {
-        crate::support::with_metadata(
-            ReportExposedTokensRequest::default(),
-            &[("x-forwarded-for", forwarded_for)],
-        )
-    };
-    // From a trusted proxy (this test's loopback address), each forwarded client has its own
-    // budget of one report.
+async fn the_expires_soon_window_is_configurable() {
     let mut config = test_config(None);
-    config.reports.burst = 1;
-    config.reports.per_source_per_minute = 1;
-    config.reports.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-    let server = TestServer::with_config(config.clone(), None).await;
-    let mut reports = server.tokens();
-    reports
-        .report_exposed_tokens(request("198.51.100.1, 203.0.113.7"))
-        .await
-        .unwrap();
-    let err = reports
-        .report_exposed_tokens(request("192.0.2.99, 203.0.113.7"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::ResourceExhausted,
-        "the last address is the source; the ones before it are the client's to choose"
-    );
-    reports
-        .report_exposed_tokens(request("203.0.113.8"))
-        .await
-        .expect("another client has its own budget");
-    // Not a trusted proxy: the header is ignored and the peer is the source.
-    config.reports.trusted_proxies = Vec::new();
+    config.expiry.soon_days = 2;
     let server = TestServer::with_config(config, None).await;
-    let mut reports = server.tokens();
-    reports
-        .report_exposed_tokens(request("203.0.113.1"))
+    let issuer = server
+        .operator_token("acme", "backend", "admin-read", &["tokens:issue"])
+        .await;
+    let (_, one) = issue(&server, &issuer, for_user("alice", "user-read", Some(1))).await;
+    let (_, three) = issue(&server, &issuer, for_user("alice", "user-read", Some(3))).await;
+    let mut tokens = server.tokens();
+    for (id, soon) in [(&one, true), (&three, false)] {
+        let t = tokens
+            .get_token(bearer(&issuer, GetTokenRequest { id: id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+            .unwrap();
+        assert_eq!(t.expires_soon, soon, "{id}");
+    }
+    let listed = tokens
+        .list_expiring_tokens(bearer(&issuer, ListExpiringTokensRequest::default()))
         .await
-        .unwrap();
-    let err = reports
-        .report_exposed_tokens(request("203.0.113.2"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let got: Vec<_> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(
+        got,
+        [one.as_str()],
+        "the default window is the configured one"
+    );
 }

@@ -18,12 +18,22 @@ use crate::{
 #[derive(Clone)]
 pub struct AuthorizationApi {
     authorizer: Authorizer,
+    expires_soon: chrono::Duration,
 }
 
 impl AuthorizationApi {
     /// Handlers over `authorizer`.
     pub fn new(authorizer: Authorizer) -> Self {
-        Self { authorizer }
+        Self {
+            authorizer,
+            expires_soon: crate::config::ExpiryConfig::default().soon(),
+        }
+    }
+
+    /// The same handlers with another `expires_soon` window (`expiry.soon_days`).
+    pub fn with_expires_soon(mut self, window: chrono::Duration) -> Self {
+        self.expires_soon = window;
+        self
     }
 }
 
@@ -95,7 +105,7 @@ impl AuthorizationService for AuthorizationApi {
                 };
                 Ok(Response::new(proto::WhoAmIResponse {
                     principal: Some(principal_to_proto(&principal)),
-                    token: Some(token_to_proto(&record, Utc::now())),
+                    token: Some(token_to_proto(&record, Utc::now(), self.expires_soon)),
                 }))
             }
             Err(denial) => {

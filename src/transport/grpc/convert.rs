@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     error::Error,
+    event::{EventKind, TokenEvent},
     principal::Principal,
     proto,
     scope::{Catalog, ScopeMatch},
@@ -19,8 +20,13 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// A stored token as the API shows it (never a secret), status as of `now`.
-pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token {
+/// A stored token as the API shows it (never a secret), status as of `now`, flagged
+/// `expires_soon` when it is active and expires within `soon` of `now`.
+pub fn token_to_proto(
+    record: &TokenRecord,
+    now: DateTime<Utc>,
+    soon: chrono::Duration,
+) -> proto::Token {
     let status = match record.status_at(now) {
         TokenStatus::Active => proto::TokenStatus::Active,
         TokenStatus::Expired => proto::TokenStatus::Expired,
@@ -48,7 +54,71 @@ pub fn token_to_proto(record: &TokenRecord, now: DateTime<Utc>) -> proto::Token 
             .revocation_reason
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
+        expires_soon: record.expires_soon(now, soon),
     }
+}
+
+/// An audit event as the API shows it.
+pub fn event_to_proto(e: &TokenEvent) -> proto::TokenEvent {
+    let kind = match e.event.kind {
+        EventKind::Created => proto::TokenEventKind::Created,
+        EventKind::Updated => proto::TokenEventKind::Updated,
+        EventKind::Rotated => proto::TokenEventKind::Rotated,
+        EventKind::Revoked => proto::TokenEventKind::Revoked,
+        EventKind::FirstUsed => proto::TokenEventKind::FirstUsed,
+        EventKind::Expired => proto::TokenEventKind::Expired,
+        EventKind::Exposed => proto::TokenEventKind::Exposed,
+        EventKind::Offboarded => proto::TokenEventKind::Offboarded,
+    };
+    proto::TokenEvent {
+        id: e.id,
+        token_id: e.event.token_id.to_string(),
+        org_id: e.event.owner.org_id.to_string(),
+        user_id: e.event.owner.user_id.to_string(),
+        kind: kind.into(),
+        at: Some(timestamp(e.event.at)),
+        actor: e.event.actor.to_string(),
+        request_id: e
+            .event
+            .request_id
+            .as_ref()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
+        source_addr: e
+            .event
+            .source_addr
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        detail: match &e.event.detail {
+            serde_json::Value::Object(fields) => Some(json_object(fields)),
+            _ => None,
+        },
+    }
+}
+
+fn json_object(fields: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect(),
+    }
+}
+
+/// A JSON value as `google.protobuf.Value`.
+fn json_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(fields) => Kind::StructValue(json_object(fields)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// The match mode of an AuthorizeRequest (unset: ALL).

@@ -11,14 +11,17 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{catalog_to_proto, token_to_proto},
+    convert::{catalog_to_proto, event_to_proto, token_to_proto},
     status,
 };
 use crate::{
     config::ReportsConfig,
     error::Error,
     event::{Origin, RequestId},
-    manage::{Caller, CreateRequest, ListRequest, RotateRequest, TokenManager, UpdateRequest},
+    manage::{
+        Caller, CreateRequest, EventsRequest, ExpiringRequest, ListRequest, RotateRequest,
+        TokenManager, UpdateRequest,
+    },
     principal::Principal,
     proto::{self, token_service_server::TokenService},
 };
@@ -147,7 +150,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::CreateTokenResponse {
-            token: Some(token_to_proto(&created.record, Utc::now())),
+            token: Some(token_to_proto(
+                &created.record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
             secret: created.token.expose().to_owned(),
         }))
     }
@@ -159,7 +166,11 @@ impl TokenService for TokenApi {
         let caller = caller(&request)?;
         let record = self.manager.get(&caller, &request.get_ref().id).await?;
         Ok(Response::new(proto::GetTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -184,7 +195,11 @@ impl TokenService for TokenApi {
             .await?;
         let now = Utc::now();
         Ok(Response::new(proto::ListTokensResponse {
-            tokens: page.tokens.iter().map(|t| token_to_proto(t, now)).collect(),
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, self.manager.expires_soon_window()))
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -210,7 +225,11 @@ impl TokenService for TokenApi {
             )
             .await?;
         Ok(Response::new(proto::UpdateTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
         }))
     }
 
@@ -224,7 +243,64 @@ impl TokenService for TokenApi {
             .revoke(&caller, &origin(&request), &request.get_ref().id)
             .await?;
         Ok(Response::new(proto::RevokeTokenResponse {
-            token: Some(token_to_proto(&record, Utc::now())),
+            token: Some(token_to_proto(
+                &record,
+                Utc::now(),
+                self.manager.expires_soon_window(),
+            )),
+        }))
+    }
+
+    async fn list_token_events(
+        &self,
+        request: Request<proto::ListTokenEventsRequest>,
+    ) -> Result<Response<proto::ListTokenEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .events(
+                &caller,
+                EventsRequest {
+                    token_id: r.token_id,
+                    org_id: r.org_id,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                },
+            )
+            .await?;
+        Ok(Response::new(proto::ListTokenEventsResponse {
+            events: page.events.iter().map(event_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_expiring_tokens(
+        &self,
+        request: Request<proto::ListExpiringTokensRequest>,
+    ) -> Result<Response<proto::ListExpiringTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let page = self
+            .manager
+            .expiring(
+                &caller,
+                ExpiringRequest {
+                    within_days: r.within_days,
+                    page_size: r.page_size,
+                    page_token: r.page_token,
+                    org_id: r.org_id,
+                },
+            )
+            .await?;
+        let (now, soon) = (Utc::now(), self.manager.expires_soon_window());
+        Ok(Response::new(proto::ListExpiringTokensResponse {
+            tokens: page
+                .tokens
+                .iter()
+                .map(|t| token_to_proto(t, now, soon))
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 
@@ -247,15 +323,15 @@ impl TokenService for TokenApi {
                 },
             )
             .await?;
-        let now = Utc::now();
+        let (now, soon) = (Utc::now(), self.manager.expires_soon_window());
         Ok(Response::new(proto::RotateTokenResponse {
-            token: Some(token_to_proto(&rotated.new, now)),
+            token: Some(token_to_proto(&rotated.new, now, soon)),
             secret_shown: rotated.token.is_some(),
             secret: rotated
                 .token
                 .map(|t| t.expose().to_owned())
                 .unwrap_or_default(),
-            old_token: Some(token_to_proto(&rotated.old, now)),
+            old_token: Some(token_to_proto(&rotated.old, now, soon)),
         }))
     }
 
