@@ -39,6 +39,12 @@ echo "== building the fuzz targets (release, debug assertions, sanitizer: $sanit
 RUSTC_BOOTSTRAP=1 cargo fuzz build -O -a -s "$sanitizer" --target-dir "$out"
 bin="$out/$triple/release"
 
+# The config target writes each input to a file in the temp directory: a private one, removed
+# at the end, so that fuzzing leaves nothing behind in /tmp.
+TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/casola-fuzz.XXXXXX")"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
+
 summary=()
 for t in $targets; do
     if [ -n "$seconds" ]; then echo "== fuzzing $t for ${seconds}s"; else echo "== fuzzing $t: $runs runs, seed $seed"; fi

@@ -9,20 +9,17 @@
 #   CHROMIUM_BIN      browser (default /usr/bin/chromium)
 #   extra arguments go to pytest, e.g. scripts/test-browser.sh -k revoke -x
 #
-# Leaves no process behind (the same pid-file cleanup as scripts/test-e2e.sh).
+# Leaves no process behind (scripts/lib/suite.sh ends every process group it started).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-VENV="${VENV:-target/py/browser}"
-BIN="${CASOLA_AUTH_BIN:-target/debug/casola-auth}"
-CHROMIUM="${CHROMIUM_BIN:-/usr/bin/chromium}"
+# shellcheck source=scripts/lib/suite.sh
+source scripts/lib/suite.sh
 
-if [[ ! -x "$BIN" ]]; then
-  echo "test-browser: server binary not found at $BIN (build it first: cargo build)" >&2
-  exit 2
-fi
-export CASOLA_AUTH_BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+VENV="${VENV:-target/py/browser}"
+CHROMIUM="${CHROMIUM_BIN:-/usr/bin/chromium}"
+require_server_bin test-browser
 
 if [[ ! -x "$CHROMIUM" ]]; then
   if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -36,33 +33,9 @@ if [[ ! -x "$CHROMIUM" ]]; then
 fi
 export CHROMIUM_BIN="$CHROMIUM"
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  python3 -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/browser/requirements.txt
-
-BROWSER_TMP="$(mktemp -d "${TMPDIR:-/tmp}/casola-browser-run.XXXXXX")"
-# Traversable, so that the `postgres` user can reach its data directory inside.
-chmod 711 "$BROWSER_TMP"
-PIDFILE="$BROWSER_TMP/pids"
-: >"$PIDFILE"
-export E2E_PIDFILE="$PIDFILE"
+ensure_venv "$VENV" tests/browser/requirements.txt
+scratch_dir casola-browser-run
 export E2E_LOG_DIR="${E2E_LOG_DIR:-$PWD/.tmp/browser-logs}"
-cleanup() {
-  local pid
-  while read -r pid; do
-    [[ -n "$pid" ]] || continue
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      sleep 1
-      kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
-  done <"$PIDFILE"
-  rm -rf "$BROWSER_TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # Bounded: the suite takes well under a minute here; ten minutes means something hangs.
-TMPDIR="$BROWSER_TMP" timeout 600 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/browser "$@"
+TMPDIR="$SCRATCH" timeout 600 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/browser "$@"

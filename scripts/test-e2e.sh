@@ -14,48 +14,18 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-VENV="${VENV:-.venv}"
-BIN="${CASOLA_AUTH_BIN:-target/debug/casola-auth}"
+# shellcheck source=scripts/lib/suite.sh
+source scripts/lib/suite.sh
 
-if [[ ! -x "$BIN" ]]; then
-  echo "test-e2e: server binary not found at $BIN (build it first: cargo build)" >&2
-  exit 2
-fi
-export CASOLA_AUTH_BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
+VENV="${VENV:-.venv}"
+require_server_bin test-e2e
 
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "test-e2e: PostgreSQL server binaries not found (Debian: apt-get install postgresql)" >&2
   exit 2
 fi
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  python3 -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+ensure_venv "$VENV" tests/e2e/requirements.txt
+scratch_dir casola-e2e-run
 
-# A scratch directory for the run (database clusters, pytest's tmp_path), removed at the end;
-# traversable so that the `postgres` user can reach its data directory inside.
-E2E_TMP="$(mktemp -d "${TMPDIR:-/tmp}/casola-e2e-run.XXXXXX")"
-chmod 711 "$E2E_TMP"
-# Every process group the harness starts is written here; whatever is still alive when pytest
-# ends (even if it was killed) is ended by pid, group by group.
-PIDFILE="$E2E_TMP/pids"
-: >"$PIDFILE"
-export E2E_PIDFILE="$PIDFILE"
-cleanup() {
-  local pid
-  while read -r pid; do
-    [[ -n "$pid" ]] || continue
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      sleep 1
-      kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
-  done <"$PIDFILE"
-  rm -rf "$E2E_TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-TMPDIR="$E2E_TMP" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/e2e "$@"
+TMPDIR="$SCRATCH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/e2e "$@"

@@ -11,18 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${VENV:-.venv}"
 REQUIREMENTS=tests/helm/requirements.txt
 
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "test-helm: creating virtualenv $VENV" >&2
-    python3 -m venv "$VENV"
-fi
-
-# Reinstall only when the requirements changed since the last successful install.
-stamp="$VENV/.casola-helm-requirements"
-if ! cmp -s "$REQUIREMENTS" "$stamp" 2>/dev/null; then
-    echo "test-helm: installing $REQUIREMENTS" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-    cp "$REQUIREMENTS" "$stamp"
-fi
+# shellcheck source=scripts/lib/suite.sh
+source scripts/lib/suite.sh
+ensure_venv "$VENV" "$REQUIREMENTS"
 
 export CKV_SKIP_PACKAGE_UPDATE_CHECK=true BC_SKIP_MAPPING=TRUE
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/helm "$@"

@@ -420,8 +420,10 @@ async fn schema_present(config: &Config, url: &DatabaseUrl) -> Result<bool, Stri
 }
 
 async fn store_services(file: &ConfigFile, database: &Database) -> Result<Services, Failure> {
-    let config = load(file, database.database_url.as_ref(), Overrides::default())?;
+    let mut config = load(file, database.database_url.as_ref(), Overrides::default())?;
     telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
+    // store.require_tls holds for the CLI's connections as for the server's.
+    server::store_tls(&mut config).map_err(|e| e.to_string())?;
     let Some(url) = &config.database_url else {
         return Err(
             "this command needs a database: pass --database-url or set DATABASE_URL".into(),
@@ -434,8 +436,9 @@ async fn store_services(file: &ConfigFile, database: &Database) -> Result<Servic
 }
 
 async fn migrate(file: &ConfigFile, database: &Database) -> Outcome {
-    let config = load(file, database.database_url.as_ref(), Overrides::default())?;
+    let mut config = load(file, database.database_url.as_ref(), Overrides::default())?;
     telemetry::init_logs(config.log_format).map_err(|e| e.to_string())?;
+    server::store_tls(&mut config).map_err(|e| e.to_string())?;
     let url = config
         .database_url
         .ok_or("migrate needs a database: pass --database-url or set DATABASE_URL")?;

@@ -17,6 +17,7 @@
 //! | `health_interval_ms` | 2000 | store health check period |
 //! | `argon2.memory_kib` / `iterations` / `parallelism` | 19456 / 2 / 1 | argon2id cost |
 //! | `verify.workers` / `verify.queue` | cores (bounded by memory) / 64 x workers | argon2 pool |
+//! | `verify.create_workers` / `verify.create_queue` | 1 / 32 | argon2 pool for CreateToken's hashing, apart from the verifies |
 //! | `store.pool_size` / `store.acquire_timeout_ms` | 16 / 3000 | Postgres pool |
 //! | `store.tls_ca_file` | none (Mozilla roots) | CA for TLS to Postgres (`sslmode` in the URL) |
 //! | `store.require_tls` | false | verified TLS to Postgres whatever the URL says (the Helm chart sets it) |
@@ -26,16 +27,22 @@
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 512 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
+//! | `limits.failed_verifies_burst` / `failed_verifies_per_second` / `failed_verify_cooldown_seconds` | 100 / 10 / 30 | failed verifies per source, then a cool-down without cold work (docs/security.md) |
+//! | `limits.max_cold_reads` | 128 | store reads for uncached tokens in flight; past it, shed |
+//! | `limits.create_burst` / `creates_per_second` | 20 / 5 | CreateToken per caller token |
+//! | `limits.max_connections` / `handshake_timeout_ms` | 10000 / 10000 | accepted gRPC connections; time to send the HTTP/2 preface |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 //! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
 //! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
 //! | `reports.per_source_per_minute` / `burst` / `max_in_progress` / `trusted_proxies` | 10 / 10 / 4 / none | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once, proxies whose `x-forwarded-for` names the source (docs/security.md) |
 //!
-//! Upper bounds, refused at load: the cache durations one year, `verify.workers` 1024.
+//! Upper bounds, refused at load: the cache durations one year, `verify.workers` and
+//! `verify.create_workers` 1024. Zero is refused for every limit and pool size above.
 
 use std::{
     fmt,
     net::SocketAddr,
+    num::NonZeroU32,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -49,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
+    authorize::fairness::FairnessOptions,
     scope::{Catalog, CatalogSpec, ScopeMatch},
     token::hash::HashParams,
 };
@@ -106,13 +114,29 @@ pub enum LogFormat {
 }
 
 /// argon2 pool sizes; unset values come from the machine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VerifyConfig {
     /// Verifies at once.
     pub workers: Option<usize>,
     /// Verifies waiting before refusals.
     pub queue: Option<usize>,
+    /// argon2 workers that hash new tokens' secrets (CreateToken), apart from the verify
+    /// workers so that creates never queue ahead of the gate.
+    pub create_workers: usize,
+    /// Hashes waiting for a create worker before creates are refused (RESOURCE_EXHAUSTED).
+    pub create_queue: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            queue: None,
+            create_workers: 1,
+            create_queue: 32,
+        }
+    }
 }
 
 /// Postgres pool settings.
@@ -222,6 +246,43 @@ pub struct LimitsConfig {
     pub max_concurrent_streams: u32,
     /// Largest header list a request may send, in bytes.
     pub max_header_list_bytes: u32,
+    /// Failed verifies (malformed, unknown, wrong secret) one source may have at once
+    /// before `failed_verifies_per_second` applies. The source is Envoy's client address
+    /// for Check, the calling service's address for Authorize.
+    pub failed_verifies_burst: u32,
+    /// Failed verifies per second one source may keep up; past it the source cools down.
+    pub failed_verifies_per_second: u32,
+    /// How long a source past its failed-verify rate gets no cold work (store read,
+    /// argon2) for tokens not verified on this replica: a retryable refusal instead.
+    pub failed_verify_cooldown_seconds: u64,
+    /// Store reads for tokens not in the cache in flight at once; past it, shed
+    /// (RESOURCE_EXHAUSTED).
+    pub max_cold_reads: usize,
+    /// CreateToken calls one caller token may make at once before `creates_per_second`
+    /// applies; past it, RESOURCE_EXHAUSTED with a retry hint.
+    pub create_burst: u32,
+    /// CreateToken calls per second one caller token may keep up.
+    pub creates_per_second: u32,
+    /// Accepted gRPC connections open at once; past it a new one is closed at once. Kept
+    /// below the open-file limit (raised to its hard limit at start-up).
+    pub max_connections: usize,
+    /// A connection that has not sent the HTTP/2 preface within this is closed.
+    pub handshake_timeout_ms: u64,
+}
+
+impl LimitsConfig {
+    /// The settings of the fairness limits.
+    pub fn fairness(&self) -> FairnessOptions {
+        // validate() refuses zeros; `max(1)` keeps a caller that skipped it from panicking.
+        let n = |v: u32| NonZeroU32::new(v.max(1)).unwrap_or(NonZeroU32::MIN);
+        FairnessOptions {
+            failed_verifies_burst: n(self.failed_verifies_burst),
+            failed_verifies_per_second: n(self.failed_verifies_per_second),
+            cooldown: Duration::from_secs(self.failed_verify_cooldown_seconds),
+            create_burst: n(self.create_burst),
+            creates_per_second: n(self.creates_per_second),
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -231,6 +292,14 @@ impl Default for LimitsConfig {
             decision_deadline_ms: 150,
             max_concurrent_streams: 512,
             max_header_list_bytes: 16 * 1024,
+            failed_verifies_burst: 100,
+            failed_verifies_per_second: 10,
+            failed_verify_cooldown_seconds: 30,
+            max_cold_reads: 128,
+            create_burst: 20,
+            creates_per_second: 5,
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -693,6 +762,21 @@ impl Config {
                 self.expiry.sweep_interval_ms,
                 MAX_CACHE_SECONDS * 1000,
             ),
+            (
+                "verify.create_workers",
+                self.verify.create_workers as u64,
+                MAX_VERIFY_WORKERS as u64,
+            ),
+            (
+                "limits.failed_verify_cooldown_seconds",
+                self.limits.failed_verify_cooldown_seconds,
+                MAX_CACHE_SECONDS,
+            ),
+            (
+                "limits.handshake_timeout_ms",
+                self.limits.handshake_timeout_ms,
+                MAX_CACHE_SECONDS * 1000,
+            ),
         ];
         for (key, value, max) in bounds {
             if value > max {
@@ -700,6 +784,31 @@ impl Config {
                     "{key} = {value} is above its limit of {max}"
                 )));
             }
+        }
+        let limits = &self.limits;
+        let positive = [
+            ("verify.create_workers", self.verify.create_workers as u64),
+            (
+                "limits.failed_verifies_burst",
+                u64::from(limits.failed_verifies_burst),
+            ),
+            (
+                "limits.failed_verifies_per_second",
+                u64::from(limits.failed_verifies_per_second),
+            ),
+            ("limits.max_cold_reads", limits.max_cold_reads as u64),
+            ("limits.create_burst", u64::from(limits.create_burst)),
+            (
+                "limits.creates_per_second",
+                u64::from(limits.creates_per_second),
+            ),
+            ("limits.max_connections", limits.max_connections as u64),
+            ("limits.handshake_timeout_ms", limits.handshake_timeout_ms),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::Unusable(format!(
+                "{key} must be at least 1 (a zero would refuse everything)"
+            )));
         }
         Ok(())
     }
@@ -892,6 +1001,47 @@ mod tests {
         refused(
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
+        );
+        // A zero fairness limit would refuse everything.
+        for (var, key) in [
+            (
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_BURST",
+                "limits.failed_verifies_burst",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_PER_SECOND",
+                "limits.failed_verifies_per_second",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_COLD_READS",
+                "limits.max_cold_reads",
+            ),
+            ("CASOLA_AUTH_LIMITS__CREATE_BURST", "limits.create_burst"),
+            (
+                "CASOLA_AUTH_LIMITS__CREATES_PER_SECOND",
+                "limits.creates_per_second",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_CONNECTIONS",
+                "limits.max_connections",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__HANDSHAKE_TIMEOUT_MS",
+                "limits.handshake_timeout_ms",
+            ),
+            (
+                "CASOLA_AUTH_VERIFY__CREATE_WORKERS",
+                "verify.create_workers",
+            ),
+        ] {
+            refused(&[(var, "0")], key);
+        }
+        refused(
+            &[(
+                "CASOLA_AUTH_LIMITS__FAILED_VERIFY_COOLDOWN_SECONDS",
+                "99999999999",
+            )],
+            "limits.failed_verify_cooldown_seconds",
         );
         refused(
             &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "0")],

@@ -58,6 +58,14 @@ pub enum Error {
     /// Too much work queued (argon2 pool full).
     #[error("{0}")]
     ResourceExhausted(&'static str),
+    /// A fairness limit refused the call (docs/security.md): retryable after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited, safe to show.
+        message: &'static str,
+        /// When a retry can succeed, at the earliest.
+        retry_after: std::time::Duration,
+    },
     /// Anything unexpected; the cause was logged.
     #[error("internal error")]
     Internal,

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::{
-    authorize::{VerifyPool, cache::TokenCache},
+    authorize::{VerifyPool, cache::TokenCache, fairness::FairnessLimits},
     error::{Error, FieldViolation},
     event::{Actor, EventContext, EventFilter, EventQuery, Origin, TokenEvent},
     pagination::{Cursor, PageSize, SeqCursor},
@@ -219,11 +219,14 @@ pub struct TokenManager {
     store: Arc<dyn TokenStore>,
     catalog: Arc<Catalog>,
     hasher: TokenHasher,
+    /// The create pool: its own argon2 workers, so that hashing for creates never queues
+    /// ahead of the gate's verifies.
     pool: VerifyPool,
     cache: TokenCache,
     /// Exposure reports being processed (each holds a permit until it is done).
     reports: Arc<Semaphore>,
     expires_soon: chrono::Duration,
+    fairness: FairnessLimits,
 }
 
 /// An owner id field: the caller's own when empty (an operator has none: then required).
@@ -275,13 +278,15 @@ fn parse_id(raw: &str) -> Result<Uuid, Error> {
 }
 
 impl TokenManager {
-    /// A manager over `store`.
+    /// A manager over `store`; `pool` hashes new secrets (not the verify pool of the gate),
+    /// `fairness` holds the per-caller create limit.
     pub fn new(
         store: Arc<dyn TokenStore>,
         catalog: Arc<Catalog>,
         hasher: TokenHasher,
         pool: VerifyPool,
         cache: TokenCache,
+        fairness: FairnessLimits,
     ) -> Self {
         Self {
             store,
@@ -291,6 +296,7 @@ impl TokenManager {
             cache,
             reports: Arc::new(Semaphore::new(DEFAULT_REPORT_SLOTS)),
             expires_soon: crate::config::ExpiryConfig::default().soon(),
+            fairness,
         }
     }
 
@@ -326,6 +332,14 @@ impl TokenManager {
         let created_by = match caller {
             Caller::Token(principal) => {
                 self.may_create(principal, &valid.owner, &valid.scopes, expires_at)?;
+                // Per calling token, before any hashing: one caller's flood is refused here
+                // instead of filling the create pool's queue for everyone.
+                self.fairness
+                    .take_create(principal.token_id)
+                    .map_err(|limited| Error::RateLimited {
+                        message: "too many tokens created by this caller",
+                        retry_after: limited.retry_after,
+                    })?;
                 principal.as_creator()
             }
             Caller::Operator => "cli".to_owned(),
@@ -466,7 +480,7 @@ impl TokenManager {
         }
     }
 
-    /// A fresh token and the hash of its secret, computed on the argon2 pool.
+    /// A fresh token and the hash of its secret, computed on the create pool.
     async fn new_secret(&self) -> Result<(PlainToken, SecretHash), Error> {
         let token = PlainToken::generate();
         let hasher = self.hasher.clone();
@@ -1373,6 +1387,7 @@ mod tests {
                 queue: 1,
             }),
             TokenCache::new(CacheConfig::default(), true),
+            FairnessLimits::new(crate::config::LimitsConfig::default().fairness()),
         )
     }
 

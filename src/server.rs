@@ -11,10 +11,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::{
-    Server,
-    server::{Router, TcpIncoming},
-};
+use tonic::transport::{Server, server::Router};
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health, HealthServer},
@@ -28,7 +25,8 @@ use tower::{
 use crate::{
     admin::AdminState,
     authorize::{
-        Authorizer, VerifyPool, VerifyPoolOptions, cache::TokenCache, last_used::LastUsed,
+        Authorizer, ColdLimits, VerifyPool, VerifyPoolOptions, cache::TokenCache,
+        fairness::FairnessLimits, last_used::LastUsed,
     },
     config::{Config, ConfigError, DatabaseUrl},
     event::Origin,
@@ -62,6 +60,7 @@ use crate::{
     },
     transport::{
         admission::{Admission, AdmissionLayer},
+        connections::{self, ConnectionLimits},
         envoy::{CheckApi, RouteTable},
         grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
         telemetry::GrpcTelemetryLayer,
@@ -179,6 +178,14 @@ impl Services {
             workers,
             queue: config.verify.queue.unwrap_or(workers * 64),
         });
+        // Hashing for creates has its own workers and queue: a create flood fills this
+        // queue, never the gate's (issue 11: 250 creates in flight refused fresh tokens).
+        let create_pool = VerifyPool::new(VerifyPoolOptions {
+            workers: config.verify.create_workers,
+            queue: config.verify.create_queue,
+        })
+        .refusals_counted_as(telemetry::metrics::limits::CREATE_QUEUE);
+        let fairness = FairnessLimits::new(config.limits.fairness());
         let last_used = LastUsed::new();
         // In memory, revocations are in-process: the "listener" is always up.
         let cache = TokenCache::new(config.cache, kind == StoreKind::Memory);
@@ -186,13 +193,18 @@ impl Services {
             store.clone(),
             catalog.clone(),
             hasher.clone(),
-            pool.clone(),
+            pool,
             last_used.clone(),
             cache.clone(),
+            ColdLimits {
+                fairness: fairness.clone(),
+                max_cold_reads: config.limits.max_cold_reads,
+            },
         );
-        let manager = TokenManager::new(store.clone(), catalog, hasher, pool, cache)
-            .with_report_slots(config.reports.max_in_progress)
-            .with_expires_soon(config.expiry.soon());
+        let manager =
+            TokenManager::new(store.clone(), catalog, hasher, create_pool, cache, fairness)
+                .with_report_slots(config.reports.max_in_progress)
+                .with_expires_soon(config.expiry.soon());
         Ok(Self {
             store,
             kind,
@@ -265,7 +277,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
-    let grpc = tokio::spawn(serve_grpc(router, listener, stopped.clone()));
+    let connections = ConnectionLimits {
+        max_connections: connections::effective_max_connections(
+            config.limits.max_connections,
+            connections::raise_open_file_limit(),
+        ),
+        handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+    };
+    let grpc = tokio::spawn(serve_grpc(router, listener, connections, stopped.clone()));
     let console = console_listener.map(|(listener, _)| {
         tokio::spawn(crate::console::serve(
             listener,
@@ -343,7 +362,7 @@ fn spawn_background(
         )),
         tokio::spawn(metrics_upkeep(
             metrics,
-            services.authorizer.cache().clone(),
+            services.authorizer.clone(),
             stop.subscribe(),
         )),
     ];
@@ -442,18 +461,15 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 async fn serve_grpc(
     router: GrpcRouter,
     listener: TcpListener,
+    limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    // Our own accept loop: the connection cap and the handshake timeout (and nodelay).
+    let incoming = connections::incoming(listener, limits, stopped.clone());
     router
-        // Our own listener, so nodelay must be set here (the builder's applies only when
-        // tonic binds): without it larger answers (Check's) wait ~40 ms on Nagle and
-        // delayed ACKs.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
         .await
 }
 
@@ -474,7 +490,19 @@ pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
         Some(path) => format!("the CA in {}", path.display()),
         None => "the Mozilla roots".to_owned(),
     };
+    for (key, mode) in store_tls(&mut config)? {
+        log_tls_mode(key, mode, &roots);
+    }
+    Ok(config)
+}
+
+/// Applies `store.require_tls` to the database URLs of `config` (appending `sslmode=require`
+/// where the URL says nothing, refusing a URL that asks for another mode) and answers the
+/// TLS mode in force for each URL. The server and the CLI's database commands both go
+/// through it, so no path to Postgres skips the rule.
+pub fn store_tls(config: &mut Config) -> Result<Vec<(&'static str, &'static str)>, StartError> {
     let require = config.store.require_tls;
+    let mut modes = Vec::new();
     for (key, url) in [
         ("database_url", &mut config.database_url),
         ("listen_database_url", &mut config.listen_database_url),
@@ -512,9 +540,9 @@ pub fn safe_defaults(mut config: Config) -> Result<Config, StartError> {
             (tokio_postgres::config::SslMode::Disable, _, false) => "disable",
             (_, _, false) => "prefer",
         };
-        log_tls_mode(key, mode, &roots);
+        modes.push((key, mode));
     }
-    Ok(config)
+    Ok(modes)
 }
 
 /// Says at start-up which TLS mode is in force towards Postgres for the URL `key`.
@@ -680,15 +708,18 @@ async fn sweep_expiries(
 }
 
 /// Drains histogram samples into their buckets between scrapes, so memory stays bounded
-/// when nobody scrapes.
+/// when nobody scrapes; sweeps the cache's idle entries and the fairness limiters' keys.
 async fn metrics_upkeep(
     handle: metrics_exporter_prometheus::PrometheusHandle,
-    cache: TokenCache,
+    authorizer: Authorizer,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let cache = authorizer.cache();
     loop {
         // The cache's idle bound: the sweep rate-limits itself.
         cache.sweep_idle();
+        // The limiters forget sources and callers whose allowance is full again.
+        authorizer.fairness().sweep();
         metrics::gauge!(CACHE_ENTRIES).set(cache.entry_count() as f64);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),

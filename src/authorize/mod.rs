@@ -4,17 +4,20 @@
 //! A cached token whose row changed is refreshed by a store read, never a second verify.
 
 pub mod cache;
+pub mod fairness;
 pub mod last_used;
 mod verify_pool;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use self::verify_pool::{VerifyPool, VerifyPoolOptions};
 use self::{
     cache::{Entry, Key, TokenCache},
+    fairness::{FairnessLimits, Limited, Source},
     last_used::LastUsed,
 };
 use crate::{
@@ -26,7 +29,7 @@ use crate::{
         self,
         metrics::{
             ARGON2_VERIFIES_TOTAL, CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL, CACHE_REFRESHES_TOTAL,
-            NEGATIVE_CACHE_HITS_TOTAL, VERIFY_BUDGET_EXHAUSTED_TOTAL,
+            LIMITED_TOTAL, NEGATIVE_CACHE_HITS_TOTAL, VERIFY_BUDGET_EXHAUSTED_TOTAL, limits,
         },
     },
     token::{
@@ -46,6 +49,21 @@ const UNKNOWN_TOKEN: Error = Error::Unauthenticated("unknown token");
 fn budget_spent() -> Error {
     metrics::counter!(VERIFY_BUDGET_EXHAUSTED_TOTAL).increment(1);
     Error::ResourceExhausted("too many verifications for this token; try again")
+}
+
+/// The source is in a failed-verify cool-down and the token is not verified here: no cold
+/// work for it until the cool-down ends. Retryable, never "unknown": the token may be valid.
+fn source_limited(limited: Limited) -> Error {
+    Error::RateLimited {
+        message: "too many failed token verifications from this source",
+        retry_after: limited.retry_after,
+    }
+}
+
+/// Too many cold store reads in flight: shed at once, like admission does.
+fn cold_reads_full() -> Error {
+    metrics::counter!(LIMITED_TOTAL, "limit" => limits::COLD_READS).increment(1);
+    Error::ResourceExhausted("too many token lookups in flight; retry with backoff")
 }
 
 /// Why a token is refused.
@@ -108,6 +126,18 @@ pub struct Authorizer {
     pool: VerifyPool,
     last_used: LastUsed,
     cache: TokenCache,
+    fairness: FairnessLimits,
+    cold_reads: Arc<Semaphore>,
+}
+
+/// The bounds of the cold path besides the verify pool.
+#[derive(Debug, Clone)]
+pub struct ColdLimits {
+    /// Per-source failed-verify limits (and the per-caller create limit, shared with the
+    /// token manager).
+    pub fairness: FairnessLimits,
+    /// Store reads of tokens not in the cache in flight at once, at most.
+    pub max_cold_reads: usize,
 }
 
 impl Authorizer {
@@ -119,6 +149,7 @@ impl Authorizer {
         pool: VerifyPool,
         last_used: LastUsed,
         cache: TokenCache,
+        limits: ColdLimits,
     ) -> Self {
         Self {
             store,
@@ -127,7 +158,14 @@ impl Authorizer {
             pool,
             last_used,
             cache,
+            fairness: limits.fairness,
+            cold_reads: Arc::new(Semaphore::new(limits.max_cold_reads.max(1))),
         }
+    }
+
+    /// The fairness limits (swept by the server's upkeep).
+    pub fn fairness(&self) -> &FairnessLimits {
+        &self.fairness
     }
 
     /// The argon2 pool.
@@ -159,12 +197,26 @@ impl Authorizer {
     /// Authenticates a credential (a raw token or an `Authorization` value). `Err` only for
     /// service trouble (store unreachable, verify pool full, a lookup id's verify budget
     /// spent, revocations unheard for too long): never for a bad token.
-    #[tracing::instrument(name = "authenticate", skip_all, fields(token.id, cache))]
     pub async fn authenticate(
         &self,
         credential: &str,
     ) -> Result<Result<Authenticated, Denial>, Error> {
+        self.authenticate_from(credential, None).await
+    }
+
+    /// [`Self::authenticate`] for a request from `source`: its failures (malformed, unknown,
+    /// a wrong secret; not a repeat the negative cache answers) count against the source,
+    /// and while the source is in a cool-down its tokens that are not verified on
+    /// this replica get no store read and no argon2 (`Err(RateLimited)`). Cache hits are
+    /// decided first: a verified token works from any source.
+    #[tracing::instrument(name = "authenticate", skip_all, fields(token.id, cache))]
+    pub async fn authenticate_from(
+        &self,
+        credential: &str,
+        source: Option<&Source>,
+    ) -> Result<Result<Authenticated, Denial>, Error> {
         let Ok(token) = PlainToken::parse_credential(credential) else {
+            self.fairness.failed(source);
             return Ok(Err(Denial::Malformed));
         };
         if !self.cache.is_fresh() {
@@ -174,6 +226,8 @@ impl Authorizer {
         }
         let key = self.cache.key_of(&token);
         let span = tracing::Span::current();
+        // Whether this exact token was already found wrong (set on a miss).
+        let mut repeat = false;
         let entry = match self.cache.get(&key) {
             Some(hit) => {
                 span.record("cache", "hit");
@@ -187,6 +241,17 @@ impl Authorizer {
             None => {
                 span.record("cache", "miss");
                 metrics::counter!(CACHE_MISSES_TOTAL).increment(1);
+                // A repeated wrong token is still called what it is (the negative cache,
+                // in `cold`): that costs nothing, so it neither waits for the cool-down nor
+                // counts as a failure (a client retrying one stale token must not put its
+                // source's new tokens on hold).
+                repeat = self.cache.is_known_wrong(&key);
+                if let Some(limited) = self.fairness.cooling(source)
+                    && !repeat
+                {
+                    self.fairness.refused(source);
+                    return Err(source_limited(limited));
+                }
                 // Boxed: the cold path's state machine is large, and moving it with every
                 // warm request's future cost more than the allocation on a miss.
                 Box::pin(self.cold(key, token)).await
@@ -194,7 +259,12 @@ impl Authorizer {
         };
         let entry = match entry {
             Ok(entry) => entry,
-            Err(Error::Unauthenticated(_)) => return Ok(Err(Denial::Unknown)),
+            Err(Error::Unauthenticated(_)) => {
+                if !repeat {
+                    self.fairness.failed(source);
+                }
+                return Ok(Err(Denial::Unknown));
+            }
             Err(e) => return Err(e),
         };
         span.record("token.id", tracing::field::display(entry.token_id));
@@ -257,8 +327,15 @@ impl Authorizer {
         }
         // Taken before the read: a change heard after this point refreshes the entry.
         let stamp = self.cache.stamp();
+        // Bounded: a flood of unknown lookup ids (each a store read) from many sources must
+        // not take the store pool from the tokens that exist.
+        let Ok(read) = self.cold_reads.try_acquire() else {
+            return Err(cold_reads_full());
+        };
         // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
-        let Some(mut record) = self.store.find_by_lookup_id(token.lookup_id()).await? else {
+        let found = self.store.find_by_lookup_id(token.lookup_id()).await;
+        drop(read);
+        let Some(mut record) = found? else {
             self.cache.known_wrong(key);
             return Err(UNKNOWN_TOKEN);
         };
@@ -363,7 +440,18 @@ impl Authorizer {
         required: &ScopeSet,
         mode: ScopeMatch,
     ) -> Result<Decision, Error> {
-        Ok(match self.authenticate(credential).await? {
+        self.authorize_from(credential, required, mode, None).await
+    }
+
+    /// [`Self::authorize`] for a request from `source` (see [`Self::authenticate_from`]).
+    pub async fn authorize_from(
+        &self,
+        credential: &str,
+        required: &ScopeSet,
+        mode: ScopeMatch,
+        source: Option<&Source>,
+    ) -> Result<Decision, Error> {
+        Ok(match self.authenticate_from(credential, source).await? {
             Err(denial) => Decision::Deny(denial),
             Ok(Authenticated { principal, .. }) => {
                 match Catalog::check(&principal.scopes, required, mode) {

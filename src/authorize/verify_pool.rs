@@ -17,7 +17,7 @@ use crate::{
     error::Error,
     telemetry::metrics::{
         ARGON2_QUEUE_DEPTH, ARGON2_QUEUE_WAIT_SECONDS, ARGON2_REJECTED_TOTAL,
-        ARGON2_VERIFY_DURATION_SECONDS,
+        ARGON2_VERIFY_DURATION_SECONDS, LIMITED_TOTAL,
     },
 };
 
@@ -52,6 +52,7 @@ pub struct VerifyPool {
     waiting: Arc<AtomicUsize>,
     queue: usize,
     runs: Arc<AtomicU64>,
+    limit: Option<&'static str>,
 }
 
 impl VerifyPool {
@@ -62,7 +63,15 @@ impl VerifyPool {
             waiting: Arc::new(AtomicUsize::new(0)),
             queue: options.queue,
             runs: Arc::new(AtomicU64::new(0)),
+            limit: None,
         }
+    }
+
+    /// Also counts each refusal as `casola_auth_limited_total{limit}` (the create pool's
+    /// full queue is a fairness limit, told apart from the verify pool's).
+    pub fn refusals_counted_as(mut self, limit: &'static str) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// Calls waiting for a worker now.
@@ -102,6 +111,9 @@ impl VerifyPool {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     metrics::counter!(ARGON2_REJECTED_TOTAL).increment(1);
+                    if let Some(limit) = self.limit {
+                        metrics::counter!(LIMITED_TOTAL, "limit" => limit).increment(1);
+                    }
                     return Err(Error::ResourceExhausted(
                         "too many token verifications queued",
                     ));

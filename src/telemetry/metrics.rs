@@ -69,6 +69,14 @@ pub const CACHE_REFRESHES_TOTAL: &str = "casola_auth_cache_refreshes_total";
 /// Counter: verifies refused with RESOURCE_EXHAUSTED because a lookup id spent its budget
 /// of wrong secrets.
 pub const VERIFY_BUDGET_EXHAUSTED_TOTAL: &str = "casola_auth_verify_budget_exhausted_total";
+/// Counter, label `limit` (see [`limits`]): requests and connections refused by a fairness
+/// limit (per-source failed verifies, cold store reads, per-caller creates, connections).
+pub const LIMITED_TOTAL: &str = "casola_auth_limited_total";
+/// Counter, label `entry` (`check`, `authorize`, `token_service`): sources that went past
+/// the failed-verify rate and started a cool-down.
+pub const SOURCE_COOLDOWNS_TOTAL: &str = "casola_auth_source_cooldowns_total";
+/// Gauge: accepted gRPC connections open now (handshaking or serving).
+pub const CONNECTIONS_OPEN: &str = "casola_auth_connections_open";
 /// Counter: reconnects of the revocation listener.
 pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
     "casola_auth_revocation_listener_reconnects_total";
@@ -92,6 +100,9 @@ pub const ALL: &[&str] = &[
     NEGATIVE_CACHE_HITS_TOTAL,
     CACHE_REFRESHES_TOTAL,
     VERIFY_BUDGET_EXHAUSTED_TOTAL,
+    LIMITED_TOTAL,
+    SOURCE_COOLDOWNS_TOTAL,
+    CONNECTIONS_OPEN,
     ARGON2_VERIFIES_TOTAL,
     ARGON2_VERIFY_DURATION_SECONDS,
     ARGON2_QUEUE_DEPTH,
@@ -127,8 +138,32 @@ pub mod reasons {
     pub const UNAVAILABLE: &str = "unavailable";
     /// The argon2 queue was full.
     pub const OVERLOADED: &str = "overloaded";
+    /// A fairness limit refused the request (its source is in a failed-verify cool-down).
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// Anything else that kept the service from deciding.
     pub const INTERNAL: &str = "internal";
+}
+
+/// The values of the `limit` label of [`LIMITED_TOTAL`].
+pub mod limits {
+    /// Check: the end client's address is in a failed-verify cool-down.
+    pub const SOURCE_CHECK: &str = "source_check";
+    /// Authorize: the calling service's address is in a failed-verify cool-down.
+    pub const SOURCE_AUTHORIZE: &str = "source_authorize";
+    /// TokenService: the calling client's address is in a failed-verify cool-down.
+    pub const SOURCE_TOKEN_SERVICE: &str = "source_token_service";
+    /// Too many cold store reads (lookups of tokens not cached) in flight.
+    pub const COLD_READS: &str = "cold_reads";
+    /// CreateToken: the calling token went past its create rate.
+    pub const CREATE_CALLER: &str = "create_caller";
+    /// CreateToken: the create pool's queue was full.
+    pub const CREATE_QUEUE: &str = "create_queue";
+    /// A connection accepted past `limits.max_connections`, closed at once.
+    pub const CONNECTIONS: &str = "connections";
+    /// A connection still handshaking, closed at the cap to make room for a new one.
+    pub const HANDSHAKE_EVICTED: &str = "handshake_evicted";
+    /// A connection that sent no HTTP/2 preface within the handshake timeout, closed.
+    pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
 }
 
 /// Buckets for latencies, in seconds: 0.5 ms (a cache hit) to 10 s (a stuck store).
@@ -191,6 +226,21 @@ pub fn describe() {
         VERIFY_BUDGET_EXHAUSTED_TOTAL,
         Unit::Count,
         "Verifies refused because a lookup id spent its budget of wrong secrets."
+    );
+    describe_counter!(
+        LIMITED_TOTAL,
+        Unit::Count,
+        "Requests and connections refused by a fairness limit, by limit."
+    );
+    describe_counter!(
+        SOURCE_COOLDOWNS_TOTAL,
+        Unit::Count,
+        "Sources that went past the failed-verify rate and started a cool-down, by entry point."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Accepted gRPC connections open now, handshaking or serving."
     );
     describe_gauge!(
         CHANGE_LOG_POSITION,

@@ -2,11 +2,13 @@
 //! for every HTTP request, answered by the same [`Authorizer`] as Authorize. This adapter
 //! only finds the credential and the required scopes in the request, and maps the decision
 //! onto HTTP: 200 upstream with identity headers, 401 / 403 with OpenAI-style JSON errors,
-//! 503 when the service cannot decide (never a 401 for an outage).
+//! 503 when the service cannot decide (never a 401 for an outage), 429 when the client's
+//! address is in a failed-verify cool-down.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use envoy_types::{
@@ -14,7 +16,10 @@ use envoy_types::{
         CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
         pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
     },
-    pb::google::protobuf::{Struct, Value, value::Kind},
+    pb::{
+        envoy::config::core::v3::address,
+        google::protobuf::{Struct, Value, value::Kind},
+    },
 };
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
@@ -25,7 +30,10 @@ use super::{
     verdict::{self, Entry},
 };
 use crate::{
-    authorize::{Authorizer, Decision, Denial},
+    authorize::{
+        Authorizer, Decision, Denial,
+        fairness::{Entry as SourceEntry, Source},
+    },
     config::EnvoyConfig,
     error::Error,
     principal::Principal,
@@ -334,6 +342,11 @@ enum Outcome {
     /// The route's requirement is broken (logged where it was found).
     Misconfigured,
     Unavailable(&'static str),
+    /// A fairness limit (the client's address is in a failed-verify cool-down): 429.
+    TooManyRequests {
+        message: &'static str,
+        retry_after: Duration,
+    },
 }
 
 impl CheckApi {
@@ -431,7 +444,11 @@ impl CheckApi {
             Some(r) => (r.scopes.clone(), r.mode, true),
             None => (ScopeSet::default(), ScopeMatch::All, false),
         };
-        let decision = self.authorizer.authorize(credential, &required, mode).await;
+        let source = source_of(req);
+        let decision = self
+            .authorizer
+            .authorize_from(credential, &required, mode, source.as_ref())
+            .await;
         let covered = matched || self.config.allow_unmatched;
         verdict::record(Entry::Check, check_verdict(&decision, covered));
         outcome(decision, covered)
@@ -566,6 +583,21 @@ fn refusal(outcome: Outcome) -> (Code, String, DeniedHttpResponseBuilder) {
             set_header(&mut denied, "retry-after", "1".into());
             (Code::Unavailable, message.to_owned(), denied)
         }
+        // OpenAI's shape for a 429, which its SDKs retry after `retry-after`.
+        Outcome::TooManyRequests {
+            message,
+            retry_after,
+        } => {
+            let mut denied = json_error(
+                HttpStatusCode::TooManyRequests,
+                message,
+                "requests",
+                "rate_limit_exceeded",
+            );
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            set_header(&mut denied, "retry-after", seconds.max(1).to_string());
+            (Code::ResourceExhausted, message.to_owned(), denied)
+        }
     }
 }
 
@@ -608,6 +640,20 @@ fn identity_metadata(principal: &Principal) -> Struct {
     }
 }
 
+/// The client Envoy saw (`attributes.source.address`), for the failed-verify limit; none
+/// when Envoy sent no socket address (then no per-source limit applies).
+fn source_of(req: &CheckRequest) -> Option<Source> {
+    let address = req.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
+    match address.address.as_ref()? {
+        address::Address::SocketAddress(socket) => socket
+            .address
+            .parse()
+            .ok()
+            .map(|ip| Source::new(SourceEntry::Check, ip)),
+        _ => None,
+    }
+}
+
 /// The HTTP answer to a decision; `covered`: a rule (or `allow_unmatched`) covers the route.
 fn outcome(decision: Result<Decision, Error>, covered: bool) -> Outcome {
     match decision {
@@ -635,6 +681,10 @@ fn outcome(decision: Result<Decision, Error>, covered: bool) -> Outcome {
         Err(Error::ResourceExhausted(_)) => {
             Outcome::Unavailable("Authorization is overloaded; retry shortly.")
         }
+        Err(Error::RateLimited { retry_after, .. }) => Outcome::TooManyRequests {
+            message: "Too many failed API key attempts from this address; retry later.",
+            retry_after,
+        },
         Err(e) => {
             tracing::warn!(error = %e, "check could not decide");
             Outcome::Unavailable("Authorization is temporarily unavailable; retry shortly.")

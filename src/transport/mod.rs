@@ -4,11 +4,13 @@
 //! - [`telemetry`]: the call layer around every gRPC service (span, metrics, log line) and
 //!   the Check span's parent rule; [`verdict`]: domain outcomes as telemetry labels;
 //! - [`admission`]: the bound on calls in flight and the deadline of each;
+//! - [`connections`]: the accept loop of the gRPC port (connection cap, handshake timeout);
 //! - [`codec`]: the protobuf codec of the generated services (client garbage is the
 //!   client's error).
 
 pub mod admission;
 pub mod codec;
+pub mod connections;
 pub mod envoy;
 pub mod grpc;
 pub mod telemetry;

@@ -52,6 +52,7 @@ pub fn of_error(err: &Error) -> Verdict {
     Verdict::error(match err {
         Error::Unavailable => reasons::UNAVAILABLE,
         Error::ResourceExhausted(_) => reasons::OVERLOADED,
+        Error::RateLimited { .. } => reasons::RATE_LIMITED,
         _ => reasons::INTERNAL,
     })
 }

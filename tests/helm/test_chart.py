@@ -599,6 +599,17 @@ def test_config_toml_defaults(chart):
         "log_format": "json",
         "argon2": {"memory_kib": 19456, "iterations": 2, "parallelism": 1},
         "store": {"pool_size": 10},
+        # The server's own defaults (src/config.rs LimitsConfig), written out.
+        "limits": {
+            "failed_verifies_burst": 100,
+            "failed_verifies_per_second": 10,
+            "failed_verify_cooldown_seconds": 30,
+            "max_cold_reads": 128,
+            "create_burst": 20,
+            "creates_per_second": 5,
+            "max_connections": 10000,
+            "handshake_timeout_ms": 10000,
+        },
         "console": {"enabled": False},
         "envoy": {"routes": []},
     }
@@ -883,3 +894,14 @@ def test_a_postgres_ca_from_both_a_configmap_and_a_secret_is_refused(chart):
     values = with_values(VALUE_SETS["default"], database__tlsCa={"configMap": "a", "secret": "b", "key": "ca.crt"})
     with pytest.raises(Exception, match="not both"):
         render(chart, values)
+
+
+def test_fairness_limits_are_rendered_and_zero_is_refused(chart):
+    limits = {"maxConnections": 2000, "handshakeTimeoutMs": 3000, "createsPerSecond": 1}
+    config = config_toml(render(chart, {"config": {"limits": limits}}))
+    assert config["limits"]["max_connections"] == 2000
+    assert config["limits"]["handshake_timeout_ms"] == 3000
+    assert config["limits"]["creates_per_second"] == 1
+    assert config["limits"]["failed_verifies_burst"] == 100, "unset keys keep their defaults"
+    with pytest.raises(helm.HelmValuesError, match="maxConnections"):
+        render(chart, {"config": {"limits": {"maxConnections": 0}}})

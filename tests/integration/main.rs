@@ -5,6 +5,7 @@
 mod bad_input;
 mod client_garbage;
 mod console;
+mod fairness;
 mod grpc_api;
 mod harness;
 mod hot_path;

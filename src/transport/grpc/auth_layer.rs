@@ -9,12 +9,15 @@ use std::{
     task::{Context, Poll},
 };
 
-use tonic::{Status, server::NamedService};
+use tonic::{Status, server::NamedService, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
 use super::status;
 use crate::{
-    authorize::Authorizer,
+    authorize::{
+        Authorizer,
+        fairness::{Entry as SourceEntry, Source},
+    },
     telemetry::{Verdict, metrics::reasons},
     transport::verdict::{self, Entry},
 };
@@ -96,7 +99,16 @@ where
                 );
                 return Ok(status::missing_credentials().into_http());
             };
-            let authenticated = authorizer.authenticate(credential).await;
+            // The caller's address, for the failed-verify limit (none through the console's
+            // gRPC-Web, which has its own listener).
+            let source = req
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|peer| Source::new(SourceEntry::TokenService, peer.ip()));
+            let authenticated = authorizer
+                .authenticate_from(credential, source.as_ref())
+                .await;
             verdict::record(
                 Entry::CallerAuth,
                 verdict::of_authentication(&authenticated),

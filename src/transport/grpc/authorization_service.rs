@@ -8,7 +8,10 @@ use super::{
     status,
 };
 use crate::{
-    authorize::{Authenticated, Authorizer, Decision, Denial},
+    authorize::{
+        Authenticated, Authorizer, Decision, Denial,
+        fairness::{Entry as SourceEntry, Source},
+    },
     proto::{self, authorization_service_server::AuthorizationService},
     telemetry::{Verdict, metrics::reasons},
     transport::verdict::{self, Entry},
@@ -72,12 +75,20 @@ impl AuthorizationService for AuthorizationApi {
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        // The calling service, for the failed-verify limit (none through the console's
+        // gRPC-Web, which only a signed-in page calls).
+        let source = request
+            .remote_addr()
+            .map(|peer| Source::new(SourceEntry::Authorize, peer.ip()));
         let r = request.into_inner();
         let mode = scope_match_from_proto(r.r#match)?;
         let required = self
             .authorizer
             .required_scopes("required_scopes", &r.required_scopes)?;
-        let decision = self.authorizer.authorize(&r.token, &required, mode).await;
+        let decision = self
+            .authorizer
+            .authorize_from(&r.token, &required, mode, source.as_ref())
+            .await;
         verdict::record(Entry::Authorize, verdict::of_decision(&decision));
         Ok(Response::new(decision_to_proto(decision?)))
     }

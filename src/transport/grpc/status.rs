@@ -93,6 +93,15 @@ impl From<Error> for Status {
             }
             Error::Unavailable => Status::unavailable("token store unavailable, try again"),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            // google.rpc.RetryInfo: gRPC clients and the console read when to come back.
+            Error::RateLimited {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!("{message}; retry in {} ms", retry_after.as_millis().max(1)),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             Error::Internal => Status::internal("internal error"),
         }
     }

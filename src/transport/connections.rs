@@ -1,0 +1,317 @@
+//! The gRPC port's accept loop: a cap on open connections and a deadline on the HTTP/2
+//! handshake (issue 11: 20,000 idle TCP connections that never sent the preface took every
+//! file descriptor and the health check timed out).
+//!
+//! - At most `limits.max_connections` accepted connections are open at once (handshaking or
+//!   serving). When a new one arrives at the cap, the connection that has been handshaking
+//!   longest is closed to make room (a real client sends its preface within a millisecond,
+//!   an idle one never does), so a health probe gets in even while idle connections fill
+//!   the cap; only when every slot serves an established connection is the new one closed
+//!   at once. An idle flood costs at most the cap in file descriptors, never the process's
+//!   whole allowance.
+//! - A connection has `limits.handshake_timeout_ms` to send the 24-byte HTTP/2 client
+//!   preface; until it has, it never reaches the HTTP/2 server, and past the timeout (or on
+//!   anything else than the preface: this port speaks only HTTP/2) it is closed and its
+//!   slot freed. The preface read here is replayed to the HTTP/2 server.
+//! - At start-up the soft open-file limit is raised to the hard one, and the cap is kept
+//!   below it, with room for the store pool, the other listeners and the runtime.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::telemetry::metrics::{CONNECTIONS_OPEN, LIMITED_TOTAL, limits};
+
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// File descriptors kept free of connections: the store pool, the admin and console
+/// listeners, the revocation listener, the runtime, logs.
+const RESERVED_FDS: u64 = 256;
+
+/// Bounds of the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once, at most.
+    pub max_connections: usize,
+    /// Time a new connection has to send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+}
+
+/// Raises the soft open-file limit to the hard one (Linux starts many processes at 1,024
+/// while allowing far more) and returns the soft limit in force; `None` where it cannot be
+/// read.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The connection cap in force: the configured one, or less when the open-file limit
+/// (`soft_fd_limit`) could not hold it besides [`RESERVED_FDS`].
+pub fn effective_max_connections(configured: usize, soft_fd_limit: Option<u64>) -> usize {
+    let Some(soft) = soft_fd_limit else {
+        return configured;
+    };
+    let room = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    if room < configured {
+        tracing::warn!(
+            configured,
+            open_file_limit = soft,
+            capped_at = room,
+            "limits.max_connections is above what the open-file limit holds; capped"
+        );
+    }
+    configured.min(room)
+}
+
+/// The connections of `listener` that sent the HTTP/2 preface, within `limits`, until
+/// `stopped` (or until the stream is dropped).
+pub fn incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    stopped: watch::Receiver<bool>,
+) -> impl Stream<Item = io::Result<Connection>> {
+    let (ready, incoming) = mpsc::channel(64);
+    tokio::spawn(accept(listener, limits, ready, stopped));
+    ReceiverStream::new(incoming)
+}
+
+async fn accept(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    ready: mpsc::Sender<io::Result<Connection>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    // Connections still handshaking, oldest first: the ones to close when the cap is full.
+    let mut handshaking: VecDeque<oneshot::Sender<()>> = VecDeque::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // a pause instead of a busy loop; the connections open keep working.
+                    tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = ready.closed() => return,
+            // The watch's guard is not Send: dropped inside.
+            () = async { drop(stopped.wait_for(|s| *s).await) } => return,
+        };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match evict_oldest_handshake(&mut handshaking, &slots).await {
+                Some(slot) => slot,
+                None => {
+                    // Every slot serves a connection that completed its handshake.
+                    metrics::counter!(LIMITED_TOTAL, "limit" => limits::CONNECTIONS).increment(1);
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        let (evict, evicted) = oneshot::channel();
+        if handshaking.len() >= 2 * max {
+            // Finished handshakes leave closed senders behind: bounded by pruning.
+            handshaking.retain(|s| !s.is_closed());
+        }
+        handshaking.push_back(evict);
+        tokio::spawn(handshake(
+            stream,
+            Open::new(slot),
+            limits.handshake_timeout,
+            evicted,
+            ready.clone(),
+        ));
+    }
+}
+
+/// Closes the connection that has been handshaking longest, and takes its slot: a new
+/// client (a health probe, a gateway reconnecting) gets in even while idle connections fill
+/// the cap. `None` when no connection is handshaking.
+async fn evict_oldest_handshake(
+    handshaking: &mut VecDeque<oneshot::Sender<()>>,
+    slots: &Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
+    while let Some(oldest) = handshaking.pop_front() {
+        if oldest.send(()).is_err() {
+            // Already handed to the HTTP/2 server, or closed.
+            continue;
+        }
+        metrics::counter!(LIMITED_TOTAL, "limit" => limits::HANDSHAKE_EVICTED).increment(1);
+        // The evicted task drops its slot as soon as it runs; bounded, in case it cannot.
+        if let Ok(Ok(slot)) =
+            tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned()).await
+        {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// Waits for the HTTP/2 preface on `stream` (within `timeout`, unless evicted first) and
+/// hands the connection to the HTTP/2 server; otherwise closes it.
+async fn handshake(
+    mut stream: TcpStream,
+    open: Open,
+    timeout: Duration,
+    evicted: oneshot::Receiver<()>,
+    ready: mpsc::Sender<io::Result<Connection>>,
+) {
+    // Without it, larger answers (Check's) wait ~40 ms on Nagle and delayed ACKs.
+    let _ = stream.set_nodelay(true);
+    let mut preface = [0u8; PREFACE.len()];
+    let outcome = tokio::select! {
+        read = tokio::time::timeout(timeout, stream.read_exact(&mut preface)) => read,
+        // Closed for a newer connection (counted by the accept loop).
+        Ok(()) = evicted => return,
+    };
+    match outcome {
+        Ok(Ok(_)) if &preface == PREFACE => {
+            let _ = ready
+                .send(Ok(Connection {
+                    stream,
+                    replayed: 0,
+                    _open: open,
+                }))
+                .await;
+        }
+        // Not HTTP/2, or gone before it said anything: closed.
+        Ok(_) => {}
+        Err(_) => {
+            metrics::counter!(LIMITED_TOTAL, "limit" => limits::HANDSHAKE_TIMEOUT).increment(1);
+        }
+    }
+}
+
+/// One open connection's slot, counted in the gauge until it closes.
+struct Open(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        Self(slot)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// A connection that sent the HTTP/2 preface; reads replay the preface first. Holds its
+/// slot under the cap until the HTTP/2 server drops it.
+pub struct Connection {
+    stream: TcpStream,
+    replayed: usize,
+    _open: Open,
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.replayed < PREFACE.len() {
+            let rest = &PREFACE[self.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The peer address reaches handlers as with tonic's own listener (`Request::remote_addr`).
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_stays_below_the_open_file_limit() {
+        assert_eq!(effective_max_connections(10_000, None), 10_000);
+        assert_eq!(effective_max_connections(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(
+            effective_max_connections(10_000, Some(4_096)),
+            4_096 - RESERVED_FDS as usize
+        );
+        assert_eq!(effective_max_connections(10_000, Some(10)), 1);
+    }
+}
