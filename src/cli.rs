@@ -1,6 +1,6 @@
 //! The `casola-auth` command line: `serve`; store commands for bootstrap and emergencies
-//! (`migrate`, `token create|list|get|update|revoke`, `events`) that talk to the database
-//! directly; `scopes`, `check-config` and `completions`.
+//! (`migrate`, `token create|list|get|update|revoke|rotate|revoke-all`, `events`) that talk
+//! to the database directly; `scopes`, `check-config` and `completions`.
 //!
 //! Results go to stdout, as a table with a header row (`--output table`, the default) or as
 //! JSON with stable keys (`--output json`); messages go to stderr. A closed stdout (`| head`)
@@ -23,7 +23,10 @@ use crate::{
     config::{Config, DatabaseUrl, misspelt_variables},
     error::{Error, FieldViolation},
     event::Origin,
-    manage::{Caller, CreateRequest, EventsRequest, ListRequest, TokenManager, UpdateRequest},
+    manage::{
+        Caller, CreateRequest, EventsRequest, ListRequest, RotateRequest, TokenManager,
+        UpdateRequest,
+    },
     server::{self, Services},
     store::{
         TokenRecord,
@@ -201,6 +204,34 @@ pub enum TokenCommand {
     Revoke {
         /// Token id (UUID).
         id: String,
+    },
+    /// Replace a token with a new one (same name, description, scopes, owner and expiry);
+    /// the old one keeps working for the overlap, then is revoked on every replica. The new
+    /// secret is printed once.
+    Rotate {
+        /// Token id (UUID).
+        id: String,
+        /// How long the old token keeps working, e.g. `0s`, `30m`, `1h`, `7d` (at most 7
+        /// days).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        overlap: Duration,
+        /// Idempotency key: running the command again with the same key returns the same
+        /// new token (without its secret) instead of making another.
+        #[arg(long, value_name = "KEY", default_value = "")]
+        request_id: String,
+        /// The format.
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Revoke every working token of one user, or of a whole organisation (offboarding),
+    /// in one transaction; prints how many.
+    RevokeAll {
+        /// Organisation.
+        #[arg(long)]
+        org: String,
+        /// One user; without it, every user of the organisation.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -505,6 +536,84 @@ async fn token_command(manager: &TokenManager, command: TokenCommand) -> Outcome
             note(&format!("revoked token {} ({})", view.id, view.prefix));
             Ok(())
         }
+        TokenCommand::Rotate {
+            id,
+            overlap,
+            request_id,
+            output,
+        } => token_rotate(manager, id, overlap, request_id, output.output).await,
+        TokenCommand::RevokeAll { org, user } => {
+            let user = user.unwrap_or_else(|| "-".into());
+            let revoked = manager
+                .revoke_all(operator, &Origin::default(), &org, &user)
+                .await
+                .map_err(describe)?;
+            let whose = match user.as_str() {
+                "-" => format!("organisation {org}"),
+                user => format!("user {user} of organisation {org}"),
+            };
+            note(&format!("revoked {} tokens of {whose}", revoked.len()));
+            Ok(emit(format!("{}\n", revoked.len()))?)
+        }
+    }
+}
+
+async fn token_rotate(
+    manager: &TokenManager,
+    id: String,
+    overlap: Duration,
+    request_id: String,
+    format: Format,
+) -> Outcome {
+    let request = RotateRequest {
+        id,
+        overlap_seconds: i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX),
+        request_id,
+    };
+    let rotated = manager
+        .rotate(&Caller::Operator, &Origin::default(), request)
+        .await
+        .map_err(describe)?;
+    let now = chrono::Utc::now();
+    let (old, new) = (
+        TokenView::new(&rotated.old, now, manager.expires_soon_window()),
+        TokenView::new(&rotated.new, now, manager.expires_soon_window()),
+    );
+    let until = old.revoked_at.clone().unwrap_or_default();
+    match (format, &rotated.token) {
+        (Format::Table, Some(token)) => {
+            note(&format!(
+                "rotated token {} ({}): it works until {until}; its replacement is {} ({}), and the secret below is shown once:",
+                old.id, old.prefix, new.id, new.prefix
+            ));
+            Ok(emit(format!("{}\n", token.expose()))?)
+        }
+        (Format::Table, None) => {
+            note(&format!(
+                "token {} ({}) was already rotated with this request id: its replacement is {} ({}); the secret was shown then and is not shown again",
+                old.id, old.prefix, new.id, new.prefix
+            ));
+            Ok(emit(format!("{}\n", new.id))?)
+        }
+        (Format::Json, token) => {
+            /// A rotation: the new token (with its secret the first time), the old one.
+            #[derive(Serialize)]
+            struct RotatedView<'a> {
+                #[serde(flatten)]
+                new: &'a TokenView,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                token: Option<&'a str>,
+                secret_shown: bool,
+                old_token: &'a TokenView,
+            }
+            let view = RotatedView {
+                new: &new,
+                token: token.as_ref().map(|t| t.expose()),
+                secret_shown: token.is_some(),
+                old_token: &old,
+            };
+            Ok(emit(json(&view))?)
+        }
     }
 }
 
@@ -649,6 +758,8 @@ fn flag_of(field: &str) -> &str {
         "scopes" => "--scope/--preset",
         "expires_in_days" => "--expires-in-days",
         "update_mask" => "--name/--description",
+        "overlap_seconds" => "--overlap",
+        "request_id" => "--request-id",
         "id" => "ID",
         "token_id" => "--token",
         f if f.starts_with("scopes[") => "--scope",

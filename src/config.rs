@@ -34,6 +34,7 @@
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 //! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
 //! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
+//! | `reports.per_source_per_minute` / `burst` / `max_in_progress` / `trusted_proxies` | 10 / 10 / 4 / none | ReportExposedTokens: calls per source address per minute and burst (past them RESOURCE_EXHAUSTED), reports processed at once, proxies whose `x-forwarded-for` names the source (docs/security.md) |
 //!
 //! Upper bounds, refused at load: the cache durations one year, `verify.workers` and
 //! `verify.create_workers` 1024. Zero is refused for every limit and pool size above.
@@ -430,6 +431,36 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Expiry notices and expiry events.
     pub expiry: ExpiryConfig,
+    /// ReportExposedTokens limits.
+    pub reports: ReportsConfig,
+}
+
+/// Limits of ReportExposedTokens, the one TokenService call without a caller token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Reports one source address may send per minute (sustained); past it and the burst,
+    /// RESOURCE_EXHAUSTED.
+    pub per_source_per_minute: u32,
+    /// Reports one source address may send at once before the per-minute rate applies.
+    pub burst: u32,
+    /// Reports processed at once by a replica; past it, RESOURCE_EXHAUSTED.
+    pub max_in_progress: usize,
+    /// Proxies (e.g. the Envoy gateway) whose `x-forwarded-for` names the source: for a
+    /// call from one of these addresses, the last address in that header is the source
+    /// the limit counts. Empty: the peer address always is.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            per_source_per_minute: 10,
+            burst: 10,
+            max_in_progress: 4,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -455,12 +486,13 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             limits: LimitsConfig::default(),
             expiry: ExpiryConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
 
 /// The top-level keys of [`Config`], the only ones taken from `CASOLA_AUTH_*` variables.
-const TOP_LEVEL_KEYS: [&str; 20] = [
+const TOP_LEVEL_KEYS: [&str; 21] = [
     "listen",
     "admin_listen",
     "database_url",
@@ -481,6 +513,7 @@ const TOP_LEVEL_KEYS: [&str; 20] = [
     "console",
     "limits",
     "expiry",
+    "reports",
 ];
 
 /// The longest cache durations (`cache.idle_seconds`, `cache.negative_ttl_ms`, ...): a

@@ -43,6 +43,15 @@ pub enum Error {
     /// The resource is in a state that does not allow this (a revoked token is final).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The token was rotated already: it works until its overlap ends, and `replaced_by`
+    /// took its place. A FAILED_PRECONDITION that names the replacement.
+    #[error("token {id} was already rotated; it was replaced by token {replaced_by}")]
+    AlreadyRotated {
+        /// The rotated token.
+        id: uuid::Uuid,
+        /// Its replacement.
+        replaced_by: uuid::Uuid,
+    },
     /// The store cannot be reached; never to be reported as an invalid token.
     #[error("token store unavailable")]
     Unavailable,

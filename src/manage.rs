@@ -1,9 +1,12 @@
 //! Token lifecycle use cases behind TokenService and the CLI: create, get, list, update,
-//! revoke. Each validates its whole request (every bad field reported at once), checks
-//! permissions with [`crate::permission`], then calls the store.
+//! revoke, rotate, offboard (revoke all), and reports of exposed tokens. Each validates its
+//! whole request (every bad field reported at once), checks permissions with
+//! [`crate::permission`], then calls the store.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::{
@@ -15,15 +18,28 @@ use crate::{
     principal::Principal,
     scope::{Catalog, ScopeSet, TOKENS_ISSUE},
     store::{
-        ExpiringQuery, ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore,
-        now_micros,
+        ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+        RotationRequest, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros,
     },
     token::{
-        PlainToken,
+        PlainToken, contains_token,
         fields::{Description, ExpiresInDays, Owner, OwnerId, TokenName},
-        hash::{SecretHash, TokenHasher},
+        hash::{SecretHash, TokenHasher, Verification},
+        redact,
+        status::TokenStatus,
     },
 };
+
+/// Longest rotation overlap, in seconds (7 days).
+pub const MAX_OVERLAP_SECONDS: i64 = 7 * 24 * 3600;
+/// Longest rotation request id, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Most tokens in one exposure report.
+pub const MAX_REPORTED_TOKENS: usize = 1000;
+/// Longest `source_url` of an exposure report, in characters.
+pub const MAX_SOURCE_URL_CHARS: usize = 2048;
+/// Exposure reports processed at once by default; past it, RESOURCE_EXHAUSTED.
+pub const DEFAULT_REPORT_SLOTS: usize = 4;
 
 /// Most scopes on one token.
 pub const MAX_SCOPES: usize = 64;
@@ -164,6 +180,29 @@ pub struct ExpiringRequest {
 /// Most days ListExpiringTokens looks ahead (the longest expiry a token can have).
 pub const MAX_WITHIN_DAYS: i32 = 3650;
 
+/// What to rotate; raw fields, validated by [`TokenManager::rotate`].
+#[derive(Debug, Clone, Default)]
+pub struct RotateRequest {
+    /// Token id.
+    pub id: String,
+    /// Seconds the old token keeps working, 0 to [`MAX_OVERLAP_SECONDS`].
+    pub overlap_seconds: i64,
+    /// Idempotency key, or empty.
+    pub request_id: String,
+}
+
+/// A rotation: the replaced token, its replacement, and the replacement's plain token
+/// (`None` on a retry: the secret was shown once, in the first answer).
+#[derive(Debug)]
+pub struct Rotated {
+    /// The replaced token (revoked at the end of the overlap).
+    pub old: TokenRecord,
+    /// The new token.
+    pub new: TokenRecord,
+    /// The new plain token, shown once.
+    pub token: Option<PlainToken>,
+}
+
 /// A create request with every field valid.
 struct ValidCreate {
     name: TokenName,
@@ -184,8 +223,10 @@ pub struct TokenManager {
     /// ahead of the gate's verifies.
     pool: VerifyPool,
     cache: TokenCache,
-    fairness: FairnessLimits,
+    /// Exposure reports being processed (each holds a permit until it is done).
+    reports: Arc<Semaphore>,
     expires_soon: chrono::Duration,
+    fairness: FairnessLimits,
 }
 
 /// An owner id field: the caller's own when empty (an operator has none: then required).
@@ -205,6 +246,31 @@ fn owner_id(
             .map_err(|e| bad.push(FieldViolation::new(field, e)))
             .ok(),
     }
+}
+
+/// A rotation request id: empty (none), or 1-128 characters without control characters and
+/// without a pasted token.
+fn check_request_id(raw: &str) -> Result<(), String> {
+    let chars = raw.chars().count();
+    if chars > MAX_REQUEST_ID_CHARS {
+        return Err(format!(
+            "must be at most {MAX_REQUEST_ID_CHARS} characters, is {chars}"
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if contains_token(raw) {
+        return Err("looks like a token; use an opaque id such as a UUID".into());
+    }
+    Ok(())
+}
+
+fn request_id_reused(old_id: Uuid) -> Error {
+    Error::invalid(
+        "request_id",
+        format!("was already used by this caller to rotate another token ({old_id})"),
+    )
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, Error> {
@@ -228,9 +294,16 @@ impl TokenManager {
             hasher,
             pool,
             cache,
-            fairness,
+            reports: Arc::new(Semaphore::new(DEFAULT_REPORT_SLOTS)),
             expires_soon: crate::config::ExpiryConfig::default().soon(),
+            fairness,
         }
+    }
+
+    /// The same manager, processing at most `slots` exposure reports at once.
+    pub fn with_report_slots(mut self, slots: usize) -> Self {
+        self.reports = Arc::new(Semaphore::new(slots.max(1)));
+        self
     }
 
     /// The same manager with another `expires_soon` window (`expiry.soon_days`).
@@ -496,6 +569,7 @@ impl TokenManager {
                             Action::Create => "create",
                             Action::Update => "update",
                             Action::Revoke => "revoke",
+                            Action::Rotate => "rotate",
                         }
                     )));
                 }
@@ -613,6 +687,398 @@ impl TokenManager {
         }))
     }
 
+    /// Replaces a token with a copy that has a fresh secret; the old one works until the
+    /// end of the overlap, which the store holds (see the `token_rotation` migration).
+    #[tracing::instrument(name = "rotate_token", skip_all)]
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        req: RotateRequest,
+    ) -> Result<Rotated, Error> {
+        let mut bad = Vec::new();
+        let id = parse_id(&req.id)
+            .map_err(|_| bad.push(FieldViolation::new("id", "must be a token id (UUID)")))
+            .ok();
+        if !(0..=MAX_OVERLAP_SECONDS).contains(&req.overlap_seconds) {
+            bad.push(FieldViolation::new(
+                "overlap_seconds",
+                format!(
+                    "must be between 0 and {MAX_OVERLAP_SECONDS} (7 days), is {}",
+                    req.overlap_seconds
+                ),
+            ));
+        }
+        let request_id = req.request_id.trim();
+        if let Err(e) = check_request_id(request_id) {
+            bad.push(FieldViolation::new("request_id", e));
+        }
+        let (Some(id), true) = (id, bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        let request = (!request_id.is_empty()).then(|| RotationRequest {
+            requested_by: match caller {
+                Caller::Token(p) => p.as_creator(),
+                Caller::Operator => "cli".to_owned(),
+            },
+            request_id: request_id.to_owned(),
+        });
+        let old = self.visible(caller, id, Action::Rotate).await?;
+        // A retry is answered before any hashing, whatever has happened to the old token
+        // since (it is inside its overlap now, or past it).
+        if let Some(request) = &request
+            && let Some((old_id, new_id)) = self.store.find_rotation(request).await?
+        {
+            return self.replayed(id, old_id, new_id).await;
+        }
+        let now = now_micros();
+        Self::rotatable(&old, now)?;
+        let created_by = match caller {
+            Caller::Token(principal) => {
+                let names: Vec<&str> = old.scopes.iter().map(String::as_str).collect();
+                let scopes = self.catalog.expand(&self.catalog.from_stored(&names));
+                match permission::may_copy(principal, &scopes, old.expires_at) {
+                    Ok(()) => {}
+                    Err(GrantError::Reserved) => {
+                        return Err(Error::PermissionDenied(format!(
+                            "rotating a token that carries {TOKENS_ISSUE} needs {TOKENS_ISSUE}"
+                        )));
+                    }
+                    Err(GrantError::NotHeld(missing)) => {
+                        return Err(Error::PermissionDenied(format!(
+                            "the calling token receives the new secret, so it must hold the token's scopes; it lacks: {}",
+                            missing.join(", ")
+                        )));
+                    }
+                    Err(GrantError::OutlivesCaller(limit)) => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "the new token would outlive the calling token, which expires at {}",
+                            limit.to_rfc3339()
+                        )));
+                    }
+                }
+                principal.as_creator()
+            }
+            Caller::Operator => "cli".to_owned(),
+        };
+        let (name, description) = (
+            TokenName::parse(&old.name).map_err(|_| Error::Internal)?,
+            Description::parse(&old.description).map_err(|_| Error::Internal)?,
+        );
+        let old_ends_at = now + chrono::Duration::seconds(req.overlap_seconds);
+        let ctx = EventContext::from_origin(caller.actor_on(&old.owner), origin);
+        for _ in 0..2 {
+            let (token, secret_hash) = self.new_secret().await?;
+            let rotation = Rotation {
+                old_id: id,
+                new: NewToken {
+                    id: Uuid::new_v4(),
+                    lookup_id: token.lookup_id().clone(),
+                    secret_hash,
+                    name: name.clone(),
+                    description: description.clone(),
+                    scopes: old.scopes.clone(),
+                    owner: old.owner.clone(),
+                    created_at: now,
+                    created_by: created_by.clone(),
+                    // Never later than the old one's: the same.
+                    expires_at: old.expires_at,
+                },
+                now,
+                old_ends_at,
+                request: request.clone(),
+            };
+            let outcome = match self.store.rotate(rotation, &ctx).await {
+                Ok(outcome) => outcome,
+                // A lookup-id collision, or a concurrent retry that recorded the request
+                // id first: the next round (or find_rotation) sorts it out.
+                Err(StoreError::Conflict(_)) => {
+                    if let Some(request) = &request
+                        && let Some((old_id, new_id)) = self.store.find_rotation(request).await?
+                    {
+                        return self.replayed(id, old_id, new_id).await;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            return match outcome {
+                RotateOutcome::Rotated { old, new } => {
+                    // This replica re-reads the old token now; the others hear the store's
+                    // notice and change log, written in the same transaction.
+                    self.cache.revoked(old.lookup_id.clone());
+                    tracing::info!(token.id = %old.id, new_token.id = %new.id, overlap_seconds = req.overlap_seconds, "token rotated");
+                    Ok(Rotated {
+                        old,
+                        new,
+                        token: Some(token),
+                    })
+                }
+                RotateOutcome::Replayed { old, new } => Ok(Rotated {
+                    old,
+                    new,
+                    token: None,
+                }),
+                RotateOutcome::RequestIdReused { old_id } => Err(request_id_reused(old_id)),
+                RotateOutcome::NotFound => Err(Error::NotFound(format!("token {id} not found"))),
+                RotateOutcome::NotActive(record) => {
+                    Self::rotatable(&record, now)?;
+                    Err(Error::Internal)
+                }
+            };
+        }
+        Err(Error::Internal)
+    }
+
+    /// The answer to a retried rotation: the tokens of the first attempt, no secret.
+    async fn replayed(&self, id: Uuid, old_id: Uuid, new_id: Uuid) -> Result<Rotated, Error> {
+        if old_id != id {
+            return Err(request_id_reused(old_id));
+        }
+        let (Some(old), Some(new)) = (self.store.get(old_id).await?, self.store.get(new_id).await?)
+        else {
+            tracing::error!(token.id = %old_id, new_token.id = %new_id, "a recorded rotation names a missing token");
+            return Err(Error::Internal);
+        };
+        Ok(Rotated {
+            old,
+            new,
+            token: None,
+        })
+    }
+
+    /// Whether `record` may be rotated at `now`: active, and not inside an overlap.
+    fn rotatable(record: &TokenRecord, now: DateTime<Utc>) -> Result<(), Error> {
+        let id = record.id;
+        match record.status_at(now) {
+            TokenStatus::Revoked => Err(Error::FailedPrecondition(format!(
+                "token {id} is revoked; only an active token can be rotated"
+            ))),
+            TokenStatus::Expired => Err(Error::FailedPrecondition(format!(
+                "token {id} has expired; only an active token can be rotated"
+            ))),
+            TokenStatus::Active => match (record.revoked_at, record.replaced_by) {
+                (None, _) => Ok(()),
+                (Some(_), Some(replaced_by)) => Err(Error::AlreadyRotated { id, replaced_by }),
+                (Some(at), None) => Err(Error::FailedPrecondition(format!(
+                    "token {id} is revoked from {}; it cannot be rotated",
+                    at.to_rfc3339()
+                ))),
+            },
+        }
+    }
+
+    /// Revokes every working token of one user (or, with user_id `-`, of a whole
+    /// organisation) in one transaction; returns how many. Service tokens are left alone
+    /// unless the caller holds tokens:issue (or is the CLI).
+    #[tracing::instrument(name = "revoke_tokens", skip_all)]
+    pub async fn revoke_all(
+        &self,
+        caller: &Caller,
+        origin: &Origin,
+        org_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<TokenRecord>, Error> {
+        let mut bad = Vec::new();
+        let own = caller.owner();
+        let org = owner_id("org_id", org_id.trim(), own.map(|o| &o.org_id), &mut bad);
+        let user = match user_id.trim() {
+            "-" => None,
+            "" => {
+                bad.push(FieldViolation::new(
+                    "user_id",
+                    "must be a user id, or - for every user of the organisation",
+                ));
+                None
+            }
+            raw => OwnerId::parse(raw)
+                .map_err(|e| bad.push(FieldViolation::new("user_id", e)))
+                .ok(),
+        };
+        let (Some(org), true) = (org, bad.is_empty()) else {
+            return Err(Error::InvalidArgument(bad));
+        };
+        let mut except_scopes = Vec::new();
+        if let Caller::Token(p) = caller {
+            match permission::may_revoke_all(p, &org) {
+                Access::Allowed => {}
+                Access::Denied => {
+                    return Err(Error::PermissionDenied(
+                        "revoking every token of a user or organisation needs admin:write".into(),
+                    ));
+                }
+                Access::Hidden => {
+                    return Err(Error::PermissionDenied(format!(
+                        "revoking tokens of another organisation needs {TOKENS_ISSUE}"
+                    )));
+                }
+            }
+            if !p.has(TOKENS_ISSUE) {
+                except_scopes = self.service_scopes();
+            }
+        }
+        // The caller's own tokens (a user offboarding itself) name it as a token; anyone
+        // else's, as an organisation admin (or the service token, or the CLI).
+        let actor = match (caller, &user) {
+            (Caller::Token(_), Some(user)) => caller.actor_on(&Owner {
+                org_id: org.clone(),
+                user_id: user.clone(),
+            }),
+            (Caller::Token(p), None) if !p.has(TOKENS_ISSUE) => Actor::OrgAdmin(p.token_id),
+            (Caller::Token(p), None) => Actor::Token(p.token_id),
+            (Caller::Operator, _) => Actor::Cli,
+        };
+        let ctx = EventContext::from_origin(actor, origin);
+        let which = OwnedTokens {
+            org_id: org,
+            user_id: user,
+            except_scopes,
+        };
+        let revoked = self
+            .store
+            .revoke_owned(&which, now_micros(), RevocationReason::Offboarded, &ctx)
+            .await?;
+        for record in &revoked {
+            self.cache.revoked(record.lookup_id.clone());
+        }
+        tracing::info!(org.id = %which.org_id, user.id = which.user_id.as_ref().map_or("-", OwnerId::as_str), count = revoked.len(), "tokens revoked (offboarding)");
+        Ok(revoked)
+    }
+
+    /// The catalog's scopes that grant tokens:issue (directly or through implications).
+    fn service_scopes(&self) -> Vec<String> {
+        self.catalog
+            .categories()
+            .iter()
+            .flat_map(|c| c.scopes.iter())
+            .filter(|s| {
+                self.catalog
+                    .expand(&self.catalog.from_stored(std::slice::from_ref(&s.name)))
+                    .contains(TOKENS_ISSUE)
+            })
+            .map(|s| s.name.clone())
+            .chain(std::iter::once(TOKENS_ISSUE.to_owned()))
+            .collect()
+    }
+
+    /// Accepts a report of exposed tokens: checks its shape, then revokes each valid token
+    /// in the background, so that neither the answer nor its timing depends on which of
+    /// the strings were valid tokens. Returns how many strings were received. The strings
+    /// are never logged or stored.
+    #[tracing::instrument(name = "report_exposed_tokens", skip_all)]
+    pub fn report_exposed(
+        &self,
+        origin: &Origin,
+        tokens: Vec<String>,
+        source_url: &str,
+    ) -> Result<usize, Error> {
+        let mut bad = Vec::new();
+        if tokens.len() > MAX_REPORTED_TOKENS {
+            bad.push(FieldViolation::new(
+                "tokens",
+                format!(
+                    "at most {MAX_REPORTED_TOKENS} tokens per report, got {}",
+                    tokens.len()
+                ),
+            ));
+        }
+        let url_chars = source_url.chars().count();
+        if url_chars > MAX_SOURCE_URL_CHARS {
+            bad.push(FieldViolation::new(
+                "source_url",
+                format!("must be at most {MAX_SOURCE_URL_CHARS} characters, is {url_chars}"),
+            ));
+        } else if source_url.chars().any(char::is_control) {
+            bad.push(FieldViolation::new(
+                "source_url",
+                "must not contain control characters",
+            ));
+        }
+        if !bad.is_empty() {
+            return Err(Error::InvalidArgument(bad));
+        }
+        let received = tokens.len();
+        let Ok(permit) = self.reports.clone().try_acquire_owned() else {
+            return Err(Error::ResourceExhausted(
+                "too many exposure reports in progress; retry later",
+            ));
+        };
+        // Only well-formed tokens go on; what is not one is dropped here, unlooked-at.
+        let mut parsed: Vec<PlainToken> = tokens
+            .iter()
+            .filter_map(|t| PlainToken::parse(t.trim()).ok())
+            .collect();
+        drop(tokens);
+        parsed.sort_by(|a, b| a.expose().cmp(b.expose()));
+        parsed.dedup_by(|a, b| a.expose() == b.expose());
+        let this = self.clone();
+        let ctx = EventContext::from_origin(Actor::Anonymous, origin);
+        // A source URL may hold a pasted token: logged redacted.
+        let source = redact(source_url).into_owned();
+        tokio::spawn(async move {
+            let revoked = this.revoke_exposed(parsed, &ctx).await;
+            tracing::info!(received, revoked, source_url = %source, "exposure report processed");
+            drop(permit);
+        });
+        Ok(received)
+    }
+
+    /// Revokes each of `tokens` that is a valid token; returns how many were.
+    async fn revoke_exposed(&self, tokens: Vec<PlainToken>, ctx: &EventContext) -> usize {
+        let mut revoked = 0;
+        for token in tokens {
+            match self.revoke_if_valid(token, ctx).await {
+                Ok(true) => revoked += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "an exposed token could not be checked"),
+            }
+        }
+        revoked
+    }
+
+    async fn revoke_if_valid(&self, token: PlainToken, ctx: &EventContext) -> Result<bool, Error> {
+        let Some(record) = self.store.find_by_lookup_id(token.lookup_id()).await? else {
+            return Ok(false);
+        };
+        let now = now_micros();
+        // Revoked for good already: nothing to do. A token inside a rotation overlap still
+        // works, so it is revoked now.
+        if record.status_at(now) != TokenStatus::Active {
+            return Ok(false);
+        }
+        if !self.verified(token, record.secret_hash.clone()).await? {
+            return Ok(false);
+        }
+        let record = self
+            .store
+            .revoke_for(record.id, now, RevocationReason::Exposed, ctx)
+            .await?;
+        if let Some(record) = record {
+            self.cache.revoked(record.lookup_id.clone());
+            tracing::warn!(token.id = %record.id, "token revoked: reported as exposed");
+        }
+        Ok(true)
+    }
+
+    /// Whether `token` matches `stored`, on the argon2 pool; a full pool is waited out
+    /// (briefly, a bounded number of times) rather than dropping the report.
+    async fn verified(&self, token: PlainToken, stored: SecretHash) -> Result<bool, Error> {
+        let token = Arc::new(token);
+        for attempt in 0..50 {
+            let (hasher, t, s) = (self.hasher.clone(), token.clone(), stored.clone());
+            match self.pool.run(move || hasher.verify(&t, &s)).await {
+                Ok(verification) => {
+                    return Ok(matches!(verification, Ok(Verification::Match { .. })));
+                }
+                Err(Error::ResourceExhausted(_)) if attempt < 49 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::ResourceExhausted("verify pool full"))
+    }
+
     /// Changes name and/or description.
     pub async fn update(
         &self,
@@ -662,7 +1128,8 @@ impl TokenManager {
             return Err(Error::InvalidArgument(bad));
         };
         let current = self.visible(caller, id, Action::Update).await?;
-        if current.revoked_at.is_some() {
+        // A token inside a rotation overlap still works, and may still be renamed.
+        if current.status_at(now_micros()) == TokenStatus::Revoked {
             return Err(Error::FailedPrecondition(format!(
                 "token {id} is revoked; a revoked token cannot be changed"
             )));

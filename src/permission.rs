@@ -3,6 +3,10 @@
 //! - own tokens: read with user:read (or admin:read), create/update/revoke with user:write
 //!   (revoke also with admin:write);
 //! - the caller's organisation: admin:read reads every token, admin:write revokes any;
+//! - rotate: whoever may revoke the token (and the copy may not outlive the caller, nor
+//!   carry scopes the caller lacks);
+//! - offboarding (revoke every token of a user or organisation): admin:write within the
+//!   caller's organisation, tokens:issue anywhere;
 //! - tokens:issue (the dashboard backend): everything, for any owner;
 //! - organisation-wide listings (every token, the audit trail, expiring tokens): admin:read
 //!   in the caller's own organisation, tokens:issue in any or across all;
@@ -31,6 +35,8 @@ pub enum Action {
     Update,
     /// Revoke.
     Revoke,
+    /// Replace with a copy (RotateToken): allowed exactly where Revoke is.
+    Rotate,
 }
 
 /// The answer of [`access`].
@@ -54,9 +60,11 @@ pub fn access(caller: &Principal, action: Action, owner: &Owner) -> Access {
     let allowed = match (action, own) {
         (Action::Read, true) => caller.has(USER_READ) || caller.has(ADMIN_READ),
         (Action::Create | Action::Update, true) => caller.has(USER_WRITE),
-        (Action::Revoke, true) => caller.has(USER_WRITE) || caller.has(ADMIN_WRITE),
+        (Action::Revoke | Action::Rotate, true) => {
+            caller.has(USER_WRITE) || caller.has(ADMIN_WRITE)
+        }
         (Action::Read, false) => same_org && caller.has(ADMIN_READ),
-        (Action::Revoke, false) => same_org && caller.has(ADMIN_WRITE),
+        (Action::Revoke | Action::Rotate, false) => same_org && caller.has(ADMIN_WRITE),
         (Action::Create | Action::Update, false) => false,
     };
     if allowed {
@@ -108,6 +116,39 @@ pub enum GrantError {
     OutlivesCaller(DateTime<Utc>),
 }
 
+/// May `caller` revoke every token of organisation `org_id` (one user's, or all of them)?
+/// admin:write within its own organisation, tokens:issue anywhere. Service tokens are left
+/// out for callers without tokens:issue (see [`access_token`]).
+pub fn may_revoke_all(caller: &Principal, org_id: &OwnerId) -> Access {
+    if caller.has(TOKENS_ISSUE) || (caller.owner.org_id == *org_id && caller.has(ADMIN_WRITE)) {
+        Access::Allowed
+    } else if caller.owner.org_id == *org_id {
+        Access::Denied
+    } else {
+        Access::Hidden
+    }
+}
+
+/// Checks that `caller` may receive a copy of a token with these (expanded) scopes and
+/// expiry (RotateToken). As [`may_grant`], except that tokens:issue is no obstacle: the
+/// caller can only reach a service token if it holds tokens:issue itself
+/// ([`access_token`]), and the copy grants nothing the old token did not.
+pub fn may_copy(
+    caller: &Principal,
+    scopes: &ScopeSet,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), GrantError> {
+    match may_grant(caller, scopes, expires_at) {
+        Err(GrantError::Reserved) if caller.has(TOKENS_ISSUE) => match caller.expires_at {
+            Some(limit) if expires_at.is_none_or(|e| e > limit) => {
+                Err(GrantError::OutlivesCaller(limit))
+            }
+            _ => Ok(()),
+        },
+        other => other,
+    }
+}
+
 /// Checks that `caller` may mint a token with these (expanded) scopes and expiry.
 pub fn may_grant(
     caller: &Principal,
@@ -155,7 +196,7 @@ mod tests {
     }
 
     use Access::{Allowed as A, Denied as D, Hidden as H};
-    use Action::{Create, Read, Revoke, Update};
+    use Action::{Create, Read, Revoke, Rotate, Update};
 
     /// Every single-scope caller x every action x every kind of owner.
     #[test]
@@ -169,26 +210,32 @@ mod tests {
             (&[], Create, D, H, H),
             (&[], Update, D, H, H),
             (&[], Revoke, D, H, H),
+            (&[], Rotate, D, H, H),
             (&[USER_READ], Read, A, H, H),
             (&[USER_READ], Create, D, H, H),
             (&[USER_READ], Update, D, H, H),
             (&[USER_READ], Revoke, D, H, H),
+            (&[USER_READ], Rotate, D, H, H),
             (&[USER_WRITE], Read, A, H, H),
             (&[USER_WRITE], Create, A, H, H),
             (&[USER_WRITE], Update, A, H, H),
             (&[USER_WRITE], Revoke, A, H, H),
+            (&[USER_WRITE], Rotate, A, H, H),
             (&[ADMIN_READ], Read, A, A, H),
             (&[ADMIN_READ], Create, D, D, H),
             (&[ADMIN_READ], Update, D, D, H),
             (&[ADMIN_READ], Revoke, D, D, H),
+            (&[ADMIN_READ], Rotate, D, D, H),
             (&[ADMIN_WRITE], Read, A, A, H),
             (&[ADMIN_WRITE], Create, D, D, H),
             (&[ADMIN_WRITE], Update, D, D, H),
             (&[ADMIN_WRITE], Revoke, A, A, H),
+            (&[ADMIN_WRITE], Rotate, A, A, H),
             (&[TOKENS_ISSUE], Read, A, A, A),
             (&[TOKENS_ISSUE], Create, A, A, A),
             (&[TOKENS_ISSUE], Update, A, A, A),
             (&[TOKENS_ISSUE], Revoke, A, A, A),
+            (&[TOKENS_ISSUE], Rotate, A, A, A),
         ];
         for &(scopes, action, want_own, want_colleague, want_stranger) in table {
             let c = caller(scopes);
@@ -233,7 +280,7 @@ mod tests {
         ];
         for &(scopes, want) in table {
             let c = caller(scopes);
-            for action in [Read, Update, Revoke] {
+            for action in [Read, Update, Revoke, Rotate] {
                 for o in &owners {
                     let target = Target {
                         owner: o,
@@ -261,7 +308,7 @@ mod tests {
             &[TOKENS_ISSUE],
         ] {
             let c = caller(scopes);
-            for action in [Read, Update, Revoke] {
+            for action in [Read, Update, Revoke, Rotate] {
                 let target = Target {
                     owner: &colleague,
                     service: false,
@@ -272,6 +319,84 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Rotating is allowed exactly where revoking is, for every caller and owner.
+    #[test]
+    fn whoever_may_revoke_a_token_may_rotate_it() {
+        let owners = [
+            owner("acme", "alice"),
+            owner("acme", "bob"),
+            owner("globex", "carol"),
+        ];
+        for scopes in [
+            &[][..],
+            &[USER_READ],
+            &[USER_WRITE],
+            &[ADMIN_READ],
+            &[ADMIN_WRITE],
+            &[TOKENS_ISSUE],
+        ] {
+            let c = caller(scopes);
+            for o in &owners {
+                assert_eq!(
+                    access(&c, Rotate, o),
+                    access(&c, Revoke, o),
+                    "{scopes:?} {o:?}"
+                );
+            }
+        }
+    }
+
+    /// Offboarding: every single-scope caller, its own organisation and another.
+    #[test]
+    fn offboarding_needs_admin_write_in_the_organisation_or_tokens_issue() {
+        let acme = OwnerId::parse("acme").unwrap();
+        let globex = OwnerId::parse("globex").unwrap();
+        //  scope,          own org, other org
+        let table: &[(&[&str], Access, Access)] = &[
+            (&[], D, H),
+            (&[USER_READ], D, H),
+            (&[USER_WRITE], D, H),
+            (&[ADMIN_READ], D, H),
+            (&[ADMIN_WRITE], A, H),
+            (&[TOKENS_ISSUE], A, A),
+        ];
+        for &(scopes, want_own, want_other) in table {
+            let c = caller(scopes);
+            assert_eq!(may_revoke_all(&c, &acme), want_own, "{scopes:?} own org");
+            assert_eq!(
+                may_revoke_all(&c, &globex),
+                want_other,
+                "{scopes:?} other org"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rotated_copy_may_carry_tokens_issue_only_for_a_token_issuer_and_never_outlives_it() {
+        let now = Utc::now();
+        let service = expanded(&[TOKENS_ISSUE]);
+        assert_eq!(may_copy(&caller(&[TOKENS_ISSUE]), &service, None), Ok(()));
+        assert_eq!(
+            may_copy(&caller(&[ADMIN_WRITE]), &service, None),
+            Err(GrantError::Reserved)
+        );
+        let mut issuer = caller(&[TOKENS_ISSUE]);
+        issuer.expires_at = Some(now + chrono::Duration::days(1));
+        assert_eq!(
+            may_copy(&issuer, &service, None),
+            Err(GrantError::OutlivesCaller(issuer.expires_at.unwrap()))
+        );
+        let admin = caller(&[ADMIN_WRITE]);
+        assert_eq!(
+            may_copy(&admin, &expanded(&[USER_WRITE]), None),
+            Err(GrantError::NotHeld(vec![
+                USER_READ.into(),
+                USER_WRITE.into()
+            ]))
+        );
+        assert_eq!(may_copy(&admin, &expanded(&[ADMIN_READ]), None), Ok(()));
     }
 
     /// Organisation-wide listings: every single-scope caller x its own organisation,

@@ -203,6 +203,7 @@ impl Services {
         );
         let manager =
             TokenManager::new(store.clone(), catalog, hasher, create_pool, cache, fairness)
+                .with_report_slots(config.reports.max_in_progress)
                 .with_expires_soon(config.expiry.soon());
         Ok(Self {
             store,
@@ -406,8 +407,11 @@ fn grpc_router(
 
     let max = config.max_message_bytes;
     let token_service = CallerAuthLayer::new(services.authorizer.clone()).layer(
-        TokenServiceServer::new(TokenApi::new(services.manager.clone()))
-            .max_decoding_message_size(max),
+        TokenServiceServer::new(TokenApi::new(
+            services.manager.clone(),
+            config.reports.clone(),
+        ))
+        .max_decoding_message_size(max),
     );
     let authorization_service = AuthorizationServiceServer::new(
         AuthorizationApi::new(services.authorizer.clone()).with_expires_soon(config.expiry.soon()),

@@ -83,8 +83,10 @@ pub struct Entry {
     pub scopes: Arc<ScopeSet>,
     /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Whether the row was revoked when read.
-    pub revoked: bool,
+    /// The row's revocation time when read. It may lie in the future (a rotation overlap):
+    /// the entry is judged against the clock on every use, so the old token stops working
+    /// at that instant on every replica that read the row, with no timer anywhere.
+    pub revoked_at: Option<DateTime<Utc>>,
     /// A digest of the stored hash the secret was proven against: a refresh that finds
     /// another hash (a rotated secret) must not keep the old proof.
     hash_tag: u64,
@@ -117,13 +119,7 @@ impl Entry {
 
     /// Status at `now`, from the entry alone.
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
-        if self.revoked {
-            TokenStatus::Revoked
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            TokenStatus::Expired
-        } else {
-            TokenStatus::Active
-        }
+        TokenStatus::at(now, self.expires_at, self.revoked_at)
     }
 
     /// Whether this entry was built from a row with this hash.
@@ -383,7 +379,7 @@ impl TokenCache {
             org_len: u32::try_from(org.len()).expect("owner ids are short"),
             scopes,
             expires_at: record.expires_at,
-            revoked: record.revoked_at.is_some(),
+            revoked_at: record.revoked_at,
             hash_tag: hash_tag(record),
             stamp,
             last_used: AtomicU32::new(self.seconds()),
@@ -542,6 +538,8 @@ mod tests {
             expires_at: Some(Utc::now() + chrono::Duration::days(30)),
             last_used_at: None,
             revoked_at: None,
+            replaced_by: None,
+            revocation_reason: None,
         }
     }
 
@@ -643,6 +641,21 @@ mod tests {
         assert!(cache.is_fresh());
         cache.listener_disconnected();
         assert!(!cache.is_fresh());
+    }
+
+    /// A rotated token's entry keeps the end of its overlap as a time: it answers ACTIVE
+    /// before it and REVOKED from it on, with no refresh and no timer.
+    #[test]
+    fn an_entry_read_during_an_overlap_turns_revoked_at_its_end() {
+        let cache = TokenCache::new(config(), true);
+        let now = Utc::now();
+        let ends = now + chrono::Duration::seconds(2);
+        let mut row = record(1);
+        row.revoked_at = Some(ends);
+        let entry = cache.entry(&row, cache.stamp(), scopes);
+        assert_eq!(entry.status_at(now), TokenStatus::Active);
+        assert_eq!(entry.status_at(ends), TokenStatus::Revoked);
+        assert_eq!(entry.principal().token_id, row.id);
     }
 
     /// RSS per cached token. Not a test of speed and not run by default:

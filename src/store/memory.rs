@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    ExpiringQuery, ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord,
-    TokenStore, events, now_micros,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore, events,
+    now_micros,
 };
 use crate::{
     event::{EventContext, EventFilter, EventKind, EventQuery, NewEvent, TokenEvent},
-    token::{LookupId, hash::SecretHash},
+    token::{LookupId, hash::SecretHash, status::TokenStatus},
 };
 
 #[derive(Default)]
@@ -26,6 +27,8 @@ struct Tables {
     /// The change log; position = index + 1. Written under the same lock as the change,
     /// so positions are visible in order (the contract the Postgres store keeps too).
     changes: Vec<TokenChange>,
+    /// Rotations made with a request id: (caller, request id) -> (old id, new id).
+    rotations: HashMap<(String, String), (Uuid, Uuid)>,
     /// The audit trail; event id = index + 1. Appended under the same lock as the change
     /// it describes: the memory store's transaction.
     events: Vec<TokenEvent>,
@@ -34,6 +37,61 @@ struct Tables {
 }
 
 impl Tables {
+    /// Revokes at `at` as the Postgres trigger allows: an unset revocation is set, a future
+    /// one moves earlier. Returns whether anything changed (then it is logged, with its
+    /// event).
+    fn revoke_at(
+        &mut self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> bool {
+        let Some(record) = self.tokens.get_mut(&id) else {
+            return false;
+        };
+        match record.revoked_at {
+            None => {
+                record.revoked_at = Some(at);
+                record.revocation_reason = Some(reason);
+            }
+            Some(set) if set > at => record.revoked_at = Some(at),
+            Some(_) => return false,
+        }
+        let event = events::revoked_for(record, at, reason, ctx);
+        self.log_change(id);
+        self.append_event(event);
+        true
+    }
+
+    fn insert(&mut self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        if self.tokens.contains_key(&token.id) {
+            return Err(StoreError::Conflict("token id exists".into()));
+        }
+        if self.by_lookup.contains_key(&token.lookup_id) {
+            return Err(StoreError::Conflict("lookup id exists".into()));
+        }
+        let record = TokenRecord {
+            id: token.id,
+            lookup_id: token.lookup_id,
+            secret_hash: token.secret_hash,
+            name: token.name.as_str().to_owned(),
+            description: token.description.as_str().to_owned(),
+            scopes: token.scopes,
+            owner: token.owner,
+            created_at: token.created_at,
+            created_by: token.created_by,
+            expires_at: token.expires_at,
+            last_used_at: None,
+            revoked_at: None,
+            replaced_by: None,
+            revocation_reason: None,
+        };
+        self.by_lookup.insert(record.lookup_id.clone(), record.id);
+        self.tokens.insert(record.id, record.clone());
+        Ok(record)
+    }
+
     /// Appends an event, unless it is a once-per-token kind (`created`, `first_used`,
     /// `expired`) the token already has: the Postgres store's unique index does the same.
     pub fn append_event(&mut self, event: NewEvent) {
@@ -89,28 +147,7 @@ impl TokenStore for MemoryStore {
 
     async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
         let mut t = self.write();
-        if t.tokens.contains_key(&token.id) {
-            return Err(StoreError::Conflict("token id exists".into()));
-        }
-        if t.by_lookup.contains_key(&token.lookup_id) {
-            return Err(StoreError::Conflict("lookup id exists".into()));
-        }
-        let record = TokenRecord {
-            id: token.id,
-            lookup_id: token.lookup_id,
-            secret_hash: token.secret_hash,
-            name: token.name.as_str().to_owned(),
-            description: token.description.as_str().to_owned(),
-            scopes: token.scopes,
-            owner: token.owner,
-            created_at: token.created_at,
-            created_by: token.created_by,
-            expires_at: token.expires_at,
-            last_used_at: None,
-            revoked_at: None,
-        };
-        t.by_lookup.insert(record.lookup_id.clone(), record.id);
-        t.tokens.insert(record.id, record.clone());
+        let record = t.insert(token)?;
         t.append_event(events::created(&record, ctx));
         Ok(record)
     }
@@ -140,13 +177,14 @@ impl TokenStore for MemoryStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        let now = Utc::now();
         let t = self.read();
         let mut rows: Vec<_> = t
             .tokens
             .values()
             .filter(|r| r.owner.org_id == q.org_id)
             .filter(|r| q.user_id.as_ref().is_none_or(|u| r.owner.user_id == *u))
-            .filter(|r| q.include_revoked || r.revoked_at.is_none())
+            .filter(|r| q.include_revoked || r.revoked_at.is_none_or(|at| at > now))
             .filter(|r| {
                 q.after
                     .is_none_or(|c| (r.created_at, r.id) < (c.created_at, c.id))
@@ -182,24 +220,95 @@ impl TokenStore for MemoryStore {
         Ok(Some(record))
     }
 
-    async fn revoke(
+    async fn revoke_for(
         &self,
         id: Uuid,
         at: DateTime<Utc>,
+        reason: RevocationReason,
         ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut t = self.write();
-        let Some(record) = t.tokens.get_mut(&id) else {
-            return Ok(None);
-        };
-        let newly = record.revoked_at.is_none();
-        record.revoked_at.get_or_insert(at);
-        let record = record.clone();
-        if newly {
-            t.log_change(id);
-            t.append_event(events::revoked(&record, at, ctx));
+        t.revoke_at(id, at, reason, ctx);
+        Ok(t.tokens.get(&id).cloned())
+    }
+
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut t = self.write();
+        let key = rotation
+            .request
+            .as_ref()
+            .map(|r| (r.requested_by.clone(), r.request_id.clone()));
+        if let Some(&(old_id, new_id)) = key.as_ref().and_then(|k| t.rotations.get(k)) {
+            if old_id != rotation.old_id {
+                return Ok(RotateOutcome::RequestIdReused { old_id });
+            }
+            let (Some(old), Some(new)) = (t.tokens.get(&old_id), t.tokens.get(&new_id)) else {
+                return Err(StoreError::Internal(
+                    "a rotation names a missing token".into(),
+                ));
+            };
+            return Ok(RotateOutcome::Replayed {
+                old: old.clone(),
+                new: new.clone(),
+            });
         }
-        Ok(Some(record))
+        let Some(old) = t.tokens.get(&rotation.old_id) else {
+            return Ok(RotateOutcome::NotFound);
+        };
+        if old.revoked_at.is_some() || old.status_at(rotation.now) != TokenStatus::Active {
+            return Ok(RotateOutcome::NotActive(old.clone()));
+        }
+        let new = t.insert(rotation.new)?;
+        let old = t.tokens.get_mut(&rotation.old_id).expect("looked up above");
+        old.revoked_at = Some(rotation.old_ends_at);
+        old.revocation_reason = Some(RevocationReason::Rotated);
+        old.replaced_by = Some(new.id);
+        let old = old.clone();
+        t.log_change(old.id);
+        for event in events::rotated(&old, &new, rotation.old_ends_at, ctx) {
+            t.append_event(event);
+        }
+        if let Some(key) = key {
+            t.rotations.insert(key, (old.id, new.id));
+        }
+        Ok(RotateOutcome::Rotated { old, new })
+    }
+
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let key = (request.requested_by.clone(), request.request_id.clone());
+        Ok(self.read().rotations.get(&key).copied())
+    }
+
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut t = self.write();
+        let ids: Vec<Uuid> = t
+            .tokens
+            .values()
+            .filter(|r| r.owner.org_id == which.org_id)
+            .filter(|r| which.user_id.as_ref().is_none_or(|u| r.owner.user_id == *u))
+            .filter(|r| r.status_at(at) == TokenStatus::Active)
+            .filter(|r| !r.scopes.iter().any(|s| which.except_scopes.contains(s)))
+            .map(|r| r.id)
+            .collect();
+        let mut revoked = Vec::with_capacity(ids.len());
+        for id in ids {
+            t.revoke_at(id, at, reason, ctx);
+            revoked.extend(t.tokens.get(&id).cloned());
+        }
+        Ok(revoked)
     }
 
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {

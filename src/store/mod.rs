@@ -46,8 +46,13 @@ pub struct TokenRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// Last successful authentication (written behind).
     pub last_used_at: Option<DateTime<Utc>>,
-    /// Revocation time, if revoked.
+    /// Revocation time, if set: the token is revoked from this instant on (in the future
+    /// while a rotation overlap runs).
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The token that replaced this one in a rotation.
+    pub replaced_by: Option<Uuid>,
+    /// Why `revoked_at` is set.
+    pub revocation_reason: Option<RevocationReason>,
 }
 
 impl TokenRecord {
@@ -61,6 +66,108 @@ impl TokenRecord {
         self.status_at(now) == TokenStatus::Active
             && self.expires_at.is_some_and(|e| e <= now + window)
     }
+}
+
+/// Why a token was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationReason {
+    /// RevokeToken, the CLI, or by hand in SQL.
+    Revoked,
+    /// Replaced in a rotation; revoked at the end of the overlap.
+    Rotated,
+    /// Reported as exposed (ReportExposedTokens).
+    Exposed,
+    /// Revoked with every token of its user or organisation (RevokeTokens).
+    Offboarded,
+}
+
+impl RevocationReason {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+            Self::Exposed => "exposed",
+            Self::Offboarded => "offboarded",
+        }
+    }
+
+    /// The reason of a stored name; an unknown one reads as `revoked`.
+    pub fn from_stored(name: &str) -> Self {
+        match name {
+            "rotated" => Self::Rotated,
+            "exposed" => Self::Exposed,
+            "offboarded" => Self::Offboarded,
+            _ => Self::Revoked,
+        }
+    }
+}
+
+/// A rotation to make: the new token (a copy of the old one with a fresh secret), when
+/// the old one stops working, and the caller's idempotency key.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The token being replaced.
+    pub old_id: Uuid,
+    /// The replacement.
+    pub new: NewToken,
+    /// The time of the rotation: the old token must be active then.
+    pub now: DateTime<Utc>,
+    /// The end of the overlap: the old token's revocation time (`now` for no overlap).
+    pub old_ends_at: DateTime<Utc>,
+    /// The caller's idempotency key, if any.
+    pub request: Option<RotationRequest>,
+}
+
+/// An idempotency key of a rotation, unique per caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRequest {
+    /// `token:<id>` or `cli`.
+    pub requested_by: String,
+    /// The caller's request id.
+    pub request_id: String,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// Rotated now: the old token (revoked at the end of the overlap) and the new one.
+    Rotated {
+        /// The replaced token.
+        old: TokenRecord,
+        /// Its replacement.
+        new: TokenRecord,
+    },
+    /// The request id was used before by this caller, for the same token: that rotation's
+    /// tokens, unchanged.
+    Replayed {
+        /// The replaced token.
+        old: TokenRecord,
+        /// Its replacement.
+        new: TokenRecord,
+    },
+    /// The request id was used before by this caller for another token.
+    RequestIdReused {
+        /// The token that rotation replaced.
+        old_id: Uuid,
+    },
+    /// No such token.
+    NotFound,
+    /// The token was revoked or expired at `now`, or is already inside an overlap (then
+    /// `replaced_by` says by which token).
+    NotActive(TokenRecord),
+}
+
+/// Which tokens to revoke when offboarding.
+#[derive(Debug, Clone)]
+pub struct OwnedTokens {
+    /// The organisation.
+    pub org_id: OwnerId,
+    /// One user, or every user of the organisation.
+    pub user_id: Option<OwnerId>,
+    /// Tokens granted any of these scopes are left alone (service tokens, for callers who
+    /// may not touch them).
+    pub except_scopes: Vec<String>,
 }
 
 /// A token to insert.
@@ -191,7 +298,44 @@ pub trait TokenStore: Send + Sync + 'static {
         id: Uuid,
         at: DateTime<Utc>,
         ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.revoke_for(id, at, RevocationReason::Revoked, ctx)
+            .await
+    }
+    /// As [`TokenStore::revoke`], with a reason (the event's kind follows it). A token
+    /// whose revocation time is still in the future (a rotation overlap) is revoked at `at`
+    /// instead, keeping its reason.
+    async fn revoke_for(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Replaces a token in one transaction: inserts the new one, sets the old one's
+    /// revocation time to the end of the overlap and its `replaced_by`, records the
+    /// request id, the `rotated` event of the old token and the `created` event of the new
+    /// one, and announces the change to every replica.
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError>;
+    /// The rotation this caller made with this request id: `(old id, new id)`.
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
+    /// Revokes at `at`, in one transaction, every token of `which` that works at `at`
+    /// (tokens inside a rotation overlap included), records one event per token, and
+    /// announces it to every replica. Returns the revoked tokens.
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Replaces the stored hash (rehash after a parameter change).
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError>;
     /// Records last-used times in one write; a time never moves backwards. A token whose
@@ -239,7 +383,7 @@ pub mod events {
     use chrono::{DateTime, Utc};
     use serde_json::json;
 
-    use super::{TokenPatch, TokenRecord};
+    use super::{RevocationReason, TokenPatch, TokenRecord};
     use crate::event::{EventContext, EventKind, NewEvent};
 
     /// `created`: the granted scopes and the expiry (never the name or description: they
@@ -283,6 +427,55 @@ pub mod events {
     /// `revoked`, at the revocation time.
     pub fn revoked(record: &TokenRecord, at: DateTime<Utc>, ctx: &EventContext) -> NewEvent {
         ctx.event(EventKind::Revoked, record.id, &record.owner, at, json!({}))
+    }
+
+    /// The event of a revocation for `reason`: `revoked`, `exposed`, `offboarded` (or
+    /// `revoked` for a rotated token revoked before its overlap ended).
+    pub fn revoked_for(
+        record: &TokenRecord,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> NewEvent {
+        let kind = match reason {
+            RevocationReason::Revoked | RevocationReason::Rotated => EventKind::Revoked,
+            RevocationReason::Exposed => EventKind::Exposed,
+            RevocationReason::Offboarded => EventKind::Offboarded,
+        };
+        ctx.event(kind, record.id, &record.owner, at, json!({}))
+    }
+
+    /// The two events of a rotation: `rotated` on the old token (its replacement and the
+    /// end of the overlap) and `created` on the new one (the token it replaces).
+    pub fn rotated(
+        old: &TokenRecord,
+        new: &TokenRecord,
+        ends_at: DateTime<Utc>,
+        ctx: &EventContext,
+    ) -> [NewEvent; 2] {
+        [
+            ctx.event(
+                EventKind::Rotated,
+                old.id,
+                &old.owner,
+                new.created_at,
+                json!({
+                    "replaced_by": new.id.to_string(),
+                    "overlap_ends_at": ends_at.to_rfc3339(),
+                }),
+            ),
+            ctx.event(
+                EventKind::Created,
+                new.id,
+                &new.owner,
+                new.created_at,
+                json!({
+                    "scopes": new.scopes,
+                    "expires_at": new.expires_at.map(|t| t.to_rfc3339()),
+                    "replaces": old.id.to_string(),
+                }),
+            ),
+        ]
     }
 
     /// `first_used`, by the service, at the first recorded use.

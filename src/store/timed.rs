@@ -14,8 +14,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
-    ExpiringQuery, ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord,
-    TokenStore,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore,
 };
 use crate::{
     event::{EventContext, EventQuery, TokenEvent},
@@ -124,6 +124,48 @@ impl TokenStore for TimedStore {
         self.observe("revoke", self.inner.revoke(id, at, ctx)).await
     }
 
+    async fn revoke_for(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.observe("revoke", self.inner.revoke_for(id, at, reason, ctx))
+            .await
+    }
+
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
+        self.observe("rotate", self.inner.rotate(rotation, ctx))
+            .await
+    }
+
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        self.observe("find_rotation", self.inner.find_rotation(request))
+            .await
+    }
+
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        self.observe(
+            "revoke_owned",
+            self.inner.revoke_owned(which, at, reason, ctx),
+        )
+        .await
+    }
+
     async fn replace_hash(&self, id: Uuid, hash: &SecretHash) -> Result<(), StoreError> {
         self.observe("replace_hash", self.inner.replace_hash(id, hash))
             .await
@@ -212,12 +254,31 @@ mod tests {
         ) -> Result<Option<TokenRecord>, StoreError> {
             unreachable!()
         }
-        async fn revoke(
+        async fn revoke_for(
             &self,
             _: Uuid,
             _: DateTime<Utc>,
+            _: RevocationReason,
             _: &EventContext,
         ) -> Result<Option<TokenRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn rotate(&self, _: Rotation, _: &EventContext) -> Result<RotateOutcome, StoreError> {
+            unreachable!()
+        }
+        async fn find_rotation(
+            &self,
+            _: &RotationRequest,
+        ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+            unreachable!()
+        }
+        async fn revoke_owned(
+            &self,
+            _: &OwnedTokens,
+            _: DateTime<Utc>,
+            _: RevocationReason,
+            _: &EventContext,
+        ) -> Result<Vec<TokenRecord>, StoreError> {
             unreachable!()
         }
         async fn replace_hash(&self, _: Uuid, _: &SecretHash) -> Result<(), StoreError> {

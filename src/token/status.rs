@@ -19,13 +19,14 @@ pub enum TokenStatus {
 
 impl TokenStatus {
     /// The status at `now` of a token with these times. A token stops working exactly at
-    /// `expires_at`.
+    /// `expires_at`, or at `revoked_at` (which is in the future while a rotation overlap
+    /// runs).
     pub fn at(
         now: DateTime<Utc>,
         expires_at: Option<DateTime<Utc>>,
         revoked_at: Option<DateTime<Utc>>,
     ) -> Self {
-        if revoked_at.is_some() {
+        if revoked_at.is_some_and(|r| now >= r) {
             Self::Revoked
         } else if expires_at.is_some_and(|e| now >= e) {
             Self::Expired
@@ -67,6 +68,12 @@ mod tests {
         );
         assert_eq!(
             TokenStatus::at(now, Some(now), Some(now)),
+            TokenStatus::Revoked
+        );
+        let later = now + Duration::seconds(1);
+        assert_eq!(TokenStatus::at(now, None, Some(later)), TokenStatus::Active);
+        assert_eq!(
+            TokenStatus::at(later, None, Some(later)),
             TokenStatus::Revoked
         );
     }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod observability;
 mod overload;
 mod postgres_tls;
+mod rotation;
 mod security;
 mod store_conformance;
 mod support;

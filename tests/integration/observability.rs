@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use casola_auth::{
     proto::{
-        CreateTokenRequest, Decision, DenyReason, RevokeTokenRequest,
-        authorization_service_client::AuthorizationServiceClient,
+        CreateTokenRequest, Decision, DenyReason, ReportExposedTokensRequest, RevokeTokenRequest,
+        RotateTokenRequest, authorization_service_client::AuthorizationServiceClient,
         token_service_client::TokenServiceClient,
     },
     token::{LOOKUP_ID_LEN, PlainToken, SECRET_LEN, TOKEN_PREFIX},
@@ -657,6 +657,45 @@ async fn a_full_lifecycle_with_every_log_level_on_leaves_no_secret_anywhere() {
         .unwrap()
         .into_inner();
     assert_eq!(checked.status.unwrap().code, 0);
+    // A rotation, then a report of the new token (also pasted into the source URL): neither
+    // secret may reach a log line, a span or a metric.
+    let rotated = tokens
+        .rotate_token(bearer(
+            &admin,
+            RotateTokenRequest {
+                id: id.clone(),
+                overlap_seconds: 60,
+                request_id: "observability-1".into(),
+            },
+        ))
+        .await
+        .expect("rotate")
+        .into_inner();
+    let rotated_secret = rotated.secret.clone();
+    tokens
+        .report_exposed_tokens(ReportExposedTokensRequest {
+            tokens: vec![rotated_secret.clone(), "not a token".into()],
+            source_url: format!("https://example.com/leak?t={rotated_secret}"),
+        })
+        .await
+        .expect("report");
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the reported token is revoked",
+        || {
+            let (mut authz, t) = (authz.clone(), rotated_secret.clone());
+            async move {
+                authz
+                    .authorize(authorize(&t, &[]))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .deny_reason()
+                    == DenyReason::Revoked
+            }
+        },
+    )
+    .await;
     // A well-formed token that does not exist, as a caller of TokenService.
     let stranger = PlainToken::generate().expose().to_owned();
     let refused = tokens
@@ -720,7 +759,7 @@ async fn a_full_lifecycle_with_every_log_level_on_leaves_no_secret_anywhere() {
     assert!(spans.iter().any(|s| s.contains("\"authenticate\"")));
     assert!(metrics.contains("casola_auth_decisions_total"));
 
-    let secrets: Vec<String> = [&admin, &secret, &stranger]
+    let secrets: Vec<String> = [&admin, &secret, &stranger, &rotated_secret]
         .into_iter()
         .flat_map(|t| secret_forms(t))
         .collect();

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use casola_auth::{
     event::{Actor, EventContext, EventFilter, EventKind, EventQuery, RequestId},
     store::{
-        Cursor, ExpiringQuery, ListQuery, NewToken, StoreError, TokenPatch, TokenStore,
+        Cursor, ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome,
+        Rotation, RotationRequest, StoreError, TokenPatch, TokenStore,
         memory::MemoryStore,
         now_micros,
         postgres::{PgStore, PoolOptions},
@@ -422,7 +423,7 @@ mod cases {
         assert_eq!(store.latest_change().await.unwrap(), start);
     }
 
-    fn events_of(id: Uuid) -> EventQuery {
+    pub fn events_of(id: Uuid) -> EventQuery {
         EventQuery {
             filter: EventFilter::Token(id),
             before: None,
@@ -723,6 +724,236 @@ mod cases {
     }
 }
 
+mod lifecycle {
+    use super::{cases::events_of, *};
+
+    fn rotation(old: Uuid, now: chrono::DateTime<chrono::Utc>, overlap: i64) -> Rotation {
+        Rotation {
+            old_id: old,
+            new: new_token(&owner("acme", "alice"), 0),
+            now,
+            old_ends_at: now + Duration::seconds(overlap),
+            request: Some(RotationRequest {
+                requested_by: "cli".into(),
+                request_id: format!("req-{old}"),
+            }),
+        }
+    }
+
+    pub async fn a_rotation_sets_the_old_tokens_end_and_replacement_in_one_logged_change(
+        store: &dyn TokenStore,
+    ) {
+        let old = store
+            .insert(new_token(&owner("acme", "alice"), 1), &ctx())
+            .await
+            .unwrap();
+        let start = store.latest_change().await.unwrap();
+        let now = now_micros();
+        let r = rotation(old.id, now, 60);
+        let RotateOutcome::Rotated { old: o, new: n } =
+            store.rotate(r.clone(), &ctx()).await.unwrap()
+        else {
+            panic!("not rotated");
+        };
+        assert_eq!(n.id, r.new.id);
+        assert_eq!(o.replaced_by, Some(n.id));
+        assert_eq!(o.revoked_at, Some(now + Duration::seconds(60)));
+        assert_eq!(o.revocation_reason, Some(RevocationReason::Rotated));
+        // Still working during the overlap, revoked from its end on.
+        assert_eq!(o.status_at(now).as_str(), "active");
+        assert_eq!(o.status_at(now + Duration::seconds(60)).as_str(), "revoked");
+        // Listed among the working tokens while the overlap runs.
+        let listed = store
+            .list(&ListQuery {
+                org_id: OwnerId::parse("acme").unwrap(),
+                user_id: None,
+                include_revoked: false,
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+        let changes = store.changes_after(start, 100).await.unwrap();
+        assert_eq!(
+            changes.iter().map(|c| c.token_id).collect::<Vec<_>>(),
+            [old.id],
+            "the rotation is one change of the old token"
+        );
+        let kinds = |events: Vec<casola_auth::event::TokenEvent>| {
+            events.into_iter().map(|e| e.event.kind).collect::<Vec<_>>()
+        };
+        let old_events = store.list_events(&events_of(old.id)).await.unwrap();
+        assert_eq!(old_events[0].event.detail["replaced_by"], n.id.to_string());
+        assert_eq!(kinds(old_events), [EventKind::Rotated, EventKind::Created]);
+        assert_eq!(
+            kinds(store.list_events(&events_of(n.id)).await.unwrap()),
+            [EventKind::Created]
+        );
+        // The same request again: the same tokens, nothing new.
+        let again = store
+            .rotate(rotation(old.id, now, 60), &ctx())
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            RotateOutcome::Replayed {
+                old: store.get(old.id).await.unwrap().unwrap(),
+                new: store.get(n.id).await.unwrap().unwrap(),
+            }
+        );
+        assert_eq!(
+            store
+                .find_rotation(r.request.as_ref().unwrap())
+                .await
+                .unwrap(),
+            Some((old.id, n.id))
+        );
+        // Another request for a token inside its overlap: refused, naming nothing new.
+        let mut other = rotation(old.id, now, 60);
+        other.request = None;
+        let RotateOutcome::NotActive(record) = store.rotate(other, &ctx()).await.unwrap() else {
+            panic!("rotated twice");
+        };
+        assert_eq!(record.replaced_by, Some(n.id));
+        // The request id used for another token.
+        let mut reused = rotation(n.id, now, 0);
+        reused.request = r.request.clone();
+        assert_eq!(
+            store.rotate(reused, &ctx()).await.unwrap(),
+            RotateOutcome::RequestIdReused { old_id: old.id }
+        );
+        assert_eq!(
+            store
+                .rotate(rotation(Uuid::new_v4(), now, 0), &ctx())
+                .await
+                .unwrap(),
+            RotateOutcome::NotFound
+        );
+    }
+
+    pub async fn revoking_inside_an_overlap_moves_its_end_earlier_and_never_later(
+        store: &dyn TokenStore,
+    ) {
+        let old = store
+            .insert(new_token(&owner("acme", "alice"), 1), &ctx())
+            .await
+            .unwrap();
+        let now = now_micros();
+        store
+            .rotate(rotation(old.id, now, 3600), &ctx())
+            .await
+            .unwrap();
+        let revoked = store
+            .revoke_for(old.id, now, RevocationReason::Exposed, &ctx())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revoked.revoked_at, Some(now));
+        assert_eq!(revoked.revocation_reason, Some(RevocationReason::Rotated));
+        let later = store
+            .revoke(old.id, now + Duration::minutes(5), &ctx())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(later.revoked_at, Some(now), "never later");
+        let revoked_token = store
+            .insert(new_token(&owner("acme", "alice"), 1), &ctx())
+            .await
+            .unwrap();
+        store.revoke(revoked_token.id, now, &ctx()).await.unwrap();
+        let RotateOutcome::NotActive(_) = store
+            .rotate(rotation(revoked_token.id, now_micros(), 0), &ctx())
+            .await
+            .unwrap()
+        else {
+            panic!("a revoked token was rotated");
+        };
+        let exposed = store
+            .insert(new_token(&owner("acme", "alice"), 1), &ctx())
+            .await
+            .unwrap();
+        let r = store
+            .revoke_for(exposed.id, now, RevocationReason::Exposed, &ctx())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.revocation_reason, Some(RevocationReason::Exposed));
+        let events = store.list_events(&events_of(exposed.id)).await.unwrap();
+        assert_eq!(events[0].event.kind, EventKind::Exposed);
+    }
+
+    pub async fn offboarding_revokes_every_working_token_of_the_owner_and_nothing_else(
+        store: &dyn TokenStore,
+    ) {
+        let alice = owner("acme", "alice");
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(store.insert(new_token(&alice, 1), &ctx()).await.unwrap().id);
+        }
+        let mut service = new_token(&alice, 1);
+        service.scopes = vec!["tokens:issue".into()];
+        let service = store.insert(service, &ctx()).await.unwrap();
+        let mut expired = new_token(&alice, 10);
+        expired.expires_at = Some(now_micros() - Duration::minutes(1));
+        store.insert(expired, &ctx()).await.unwrap();
+        store.revoke(ids[0], now_micros(), &ctx()).await.unwrap();
+        let bob = store
+            .insert(new_token(&owner("acme", "bob"), 1), &ctx())
+            .await
+            .unwrap();
+        let other_org = store
+            .insert(new_token(&owner("globex", "alice"), 1), &ctx())
+            .await
+            .unwrap();
+        let start = store.latest_change().await.unwrap();
+        let at = now_micros();
+        let which = OwnedTokens {
+            org_id: OwnerId::parse("acme").unwrap(),
+            user_id: Some(OwnerId::parse("alice").unwrap()),
+            except_scopes: vec!["tokens:issue".into()],
+        };
+        let revoked = store
+            .revoke_owned(&which, at, RevocationReason::Offboarded, &ctx())
+            .await
+            .unwrap();
+        let mut got: Vec<Uuid> = revoked.iter().map(|r| r.id).collect();
+        got.sort();
+        let mut want = ids[1..].to_vec();
+        want.sort();
+        assert_eq!(got, want, "the four working ordinary tokens of alice");
+        assert!(revoked.iter().all(|r| r.revoked_at == Some(at)
+            && r.revocation_reason == Some(RevocationReason::Offboarded)));
+        let changes = store.changes_after(start, 100).await.unwrap();
+        assert_eq!(
+            changes.len(),
+            4,
+            "each revocation is logged for the replicas"
+        );
+        for untouched in [service.id, bob.id, other_org.id] {
+            assert_eq!(
+                store.get(untouched).await.unwrap().unwrap().revoked_at,
+                None
+            );
+        }
+        // The whole organisation, service tokens included (an operator or tokens:issue).
+        let all = OwnedTokens {
+            org_id: OwnerId::parse("acme").unwrap(),
+            user_id: None,
+            except_scopes: Vec::new(),
+        };
+        let revoked = store
+            .revoke_owned(&all, now_micros(), RevocationReason::Offboarded, &ctx())
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 2, "bob's token and the service token");
+        assert_eq!(
+            store.get(other_org.id).await.unwrap().unwrap().revoked_at,
+            None
+        );
+    }
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -746,7 +977,21 @@ macro_rules! conformance {
                 expiry_is_recorded_once_at_the_expiry_instant,
                 expiring_tokens_are_listed_soonest_first_active_only_and_paged,
             );
+            conformance!(@lifecycle $make;
+                a_rotation_sets_the_old_tokens_end_and_replacement_in_one_logged_change,
+                revoking_inside_an_overlap_moves_its_end_earlier_and_never_later,
+                offboarding_revokes_every_working_token_of_the_owner_and_nothing_else,
+            );
         }
+    };
+    (@lifecycle $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let subject = $make().await;
+                lifecycle::$case(subject.store.as_ref()).await;
+            }
+        )*
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
@@ -808,6 +1053,75 @@ async fn postgres_refuses_to_unrevoke_even_by_hand() {
         .unwrap_err();
     assert!(format!("{err:?}").contains("irreversible"), "{err:?}");
     assert!(store.get(t.id).await.unwrap().unwrap().revoked_at.is_some());
+}
+
+#[tokio::test]
+async fn postgres_refuses_to_move_a_reached_revocation_or_an_overlap_end_later() {
+    let db = TestDb::new().await;
+    let store = PgStore::new(&db.url, PoolOptions::default()).unwrap();
+    let t = store
+        .insert(new_token(&owner("acme", "alice"), 0), &ctx())
+        .await
+        .unwrap();
+    let now = now_micros();
+    let RotateOutcome::Rotated { .. } = store
+        .rotate(
+            Rotation {
+                old_id: t.id,
+                new: new_token(&owner("acme", "alice"), 0),
+                now,
+                old_ends_at: now + Duration::hours(1),
+                request: None,
+            },
+            &ctx(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("not rotated");
+    };
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        "update api_tokens set revoked_at = revoked_at + interval '1 day' where id = '{}'",
+        "update api_tokens set revoked_at = null where id = '{}'",
+    ] {
+        let err = client
+            .batch_execute(&sql.replace("{}", &t.id.to_string()))
+            .await
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("irreversible"), "{err:?}");
+    }
+    // Earlier is allowed while the end is in the future; a revocation by hand gets a reason.
+    client
+        .batch_execute(&format!(
+            "update api_tokens set revoked_at = now() where id = '{}'",
+            t.id
+        ))
+        .await
+        .unwrap();
+    let other = store
+        .insert(new_token(&owner("acme", "alice"), 0), &ctx())
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "update api_tokens set revoked_at = now() where id = '{}'",
+            other.id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get(other.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revocation_reason,
+        Some(RevocationReason::Revoked)
+    );
 }
 
 #[tokio::test]

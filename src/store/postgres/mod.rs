@@ -28,10 +28,11 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
-use self::schema::api_tokens;
+use self::schema::{api_tokens, token_rotations};
 use super::{
-    ExpiringQuery, ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord,
-    TokenStore, events, now_micros,
+    ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
+    RotationRequest, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore, events,
+    now_micros,
 };
 use crate::{
     event::{EventContext, EventFilter, EventQuery, NewEvent, RequestId, TokenEvent},
@@ -264,6 +265,8 @@ struct TokenRow {
     expires_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    replaced_by: Option<Uuid>,
+    revocation_reason: Option<String>,
 }
 
 impl From<TokenRow> for TokenRecord {
@@ -284,8 +287,81 @@ impl From<TokenRow> for TokenRecord {
             expires_at: row.expires_at,
             last_used_at: row.last_used_at,
             revoked_at: row.revoked_at,
+            replaced_by: row.replaced_by,
+            revocation_reason: row
+                .revocation_reason
+                .as_deref()
+                .map(RevocationReason::from_stored),
         }
     }
+}
+
+impl<'a> NewTokenRow<'a> {
+    fn of(token: &'a NewToken) -> Self {
+        Self {
+            id: token.id,
+            lookup_id: token.lookup_id.as_str(),
+            secret_hash: token.secret_hash.as_str(),
+            name: token.name.as_str(),
+            description: token.description.as_str(),
+            scopes: &token.scopes,
+            org_id: token.owner.org_id.as_str(),
+            user_id: token.owner.user_id.as_str(),
+            created_at: token.created_at,
+            created_by: &token.created_by,
+            expires_at: token.expires_at,
+        }
+    }
+}
+
+/// Announces a change of these tokens to every replica's listener (delivered at commit).
+async fn notify(conn: &mut AsyncPgConnection, lookup_ids: &[String]) -> Result<(), DieselError> {
+    if lookup_ids.is_empty() {
+        return Ok(());
+    }
+    // One statement however many tokens: offboarding sends thousands.
+    diesel::sql_query("select pg_notify($1, l) from unnest($2) as l")
+        .bind::<Text, _>(REVOCATION_CHANNEL)
+        .bind::<Array<Text>, _>(lookup_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Reads one token, locked until the transaction ends.
+async fn get_for_update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<TokenRow>, DieselError> {
+    api_tokens::table
+        .find(id)
+        .select(TokenRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+async fn get_row(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Option<TokenRow>, DieselError> {
+    api_tokens::table
+        .find(id)
+        .select(TokenRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The rotation made with this request id: `(old id, new id)`.
+async fn find_rotation(
+    conn: &mut AsyncPgConnection,
+    request: &RotationRequest,
+) -> Result<Option<(Uuid, Uuid)>, DieselError> {
+    token_rotations::table
+        .find((&request.requested_by, &request.request_id))
+        .select((token_rotations::old_token_id, token_rotations::new_token_id))
+        .first(conn)
+        .await
+        .optional()
 }
 
 #[derive(Insertable)]
@@ -447,19 +523,7 @@ impl TokenStore for PgStore {
 
     async fn insert(&self, token: NewToken, ctx: &EventContext) -> Result<TokenRecord, StoreError> {
         let mut conn = self.conn().await?;
-        let row = NewTokenRow {
-            id: token.id,
-            lookup_id: token.lookup_id.as_str(),
-            secret_hash: token.secret_hash.as_str(),
-            name: token.name.as_str(),
-            description: token.description.as_str(),
-            scopes: &token.scopes,
-            org_id: token.owner.org_id.as_str(),
-            user_id: token.owner.user_id.as_str(),
-            created_at: token.created_at,
-            created_by: &token.created_by,
-            expires_at: token.expires_at,
-        };
+        let row = NewTokenRow::of(&token);
         conn.transaction(async |conn| {
             let record: TokenRecord = diesel::insert_into(api_tokens::table)
                 .values(&row)
@@ -527,7 +591,12 @@ impl TokenStore for PgStore {
             query = query.filter(api_tokens::user_id.eq(user.as_str().to_owned()));
         }
         if !q.include_revoked {
-            query = query.filter(api_tokens::revoked_at.is_null());
+            // A token inside a rotation overlap still works: it is listed.
+            query = query.filter(
+                api_tokens::revoked_at
+                    .is_null()
+                    .or(api_tokens::revoked_at.gt(diesel::dsl::now)),
+            );
         }
         if let Some(after) = q.after {
             query = query.filter(
@@ -572,44 +641,187 @@ impl TokenStore for PgStore {
         .map_err(map_err)
     }
 
-    async fn revoke(
+    async fn revoke_for(
         &self,
         id: Uuid,
         at: DateTime<Utc>,
+        reason: RevocationReason,
         ctx: &EventContext,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let mut conn = self.conn().await?;
         conn.transaction(async |conn| {
-            let row: Option<TokenRow> = diesel::update(
-                api_tokens::table
-                    .find(id)
-                    .filter(api_tokens::revoked_at.is_null()),
-            )
-            .set(api_tokens::revoked_at.eq(at))
-            .returning(TokenRow::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?;
-            match row {
-                Some(row) => {
-                    diesel::sql_query("select pg_notify($1, $2)")
-                        .bind::<Text, _>(REVOCATION_CHANNEL)
-                        .bind::<Text, _>(&row.lookup_id)
-                        .execute(conn)
-                        .await?;
-                    let record = TokenRecord::from(row);
-                    append_events(conn, &[events::revoked(&record, at, ctx)]).await?;
-                    Ok(Some(record))
+            let Some(row) = get_for_update(conn, id).await? else {
+                return Ok(None);
+            };
+            let row = match row.revoked_at {
+                None => {
+                    diesel::update(api_tokens::table.find(id))
+                        .set((
+                            api_tokens::revoked_at.eq(at),
+                            api_tokens::revocation_reason.eq(reason.as_str()),
+                        ))
+                        .returning(TokenRow::as_returning())
+                        .get_result(conn)
+                        .await?
                 }
-                // Already revoked (unchanged) or no such token.
-                None => api_tokens::table
-                    .find(id)
-                    .select(TokenRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()
-                    .map(|row| row.map(Into::into)),
+                // Inside a rotation overlap: the end moves to now (the reason stays
+                // `rotated`).
+                Some(set) if set > at => {
+                    diesel::update(api_tokens::table.find(id))
+                        .set(api_tokens::revoked_at.eq(at))
+                        .returning(TokenRow::as_returning())
+                        .get_result(conn)
+                        .await?
+                }
+                // Already revoked: unchanged.
+                Some(_) => return Ok(Some(row.into())),
+            };
+            notify(conn, std::slice::from_ref(&row.lookup_id)).await?;
+            let record = TokenRecord::from(row);
+            append_events(conn, &[events::revoked_for(&record, at, reason, ctx)]).await?;
+            Ok(Some(record))
+        })
+        .await
+        .map_err(map_err)
+    }
+
+    async fn rotate(
+        &self,
+        rotation: Rotation,
+        ctx: &EventContext,
+    ) -> Result<RotateOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| {
+            if let Some(request) = &rotation.request
+                && let Some((old_id, new_id)) = find_rotation(conn, request).await?
+            {
+                if old_id != rotation.old_id {
+                    return Ok(RotateOutcome::RequestIdReused { old_id });
+                }
+                let (Some(old), Some(new)) =
+                    (get_row(conn, old_id).await?, get_row(conn, new_id).await?)
+                else {
+                    return Err(DieselError::NotFound);
+                };
+                return Ok(RotateOutcome::Replayed {
+                    old: old.into(),
+                    new: new.into(),
+                });
             }
+            // Locked: two rotations of one token wait for each other, and the second sees
+            // the first's overlap.
+            let Some(old) = get_for_update(conn, rotation.old_id).await? else {
+                return Ok(RotateOutcome::NotFound);
+            };
+            let old: TokenRecord = old.into();
+            if old.revoked_at.is_some()
+                || old.status_at(rotation.now) != crate::token::status::TokenStatus::Active
+            {
+                return Ok(RotateOutcome::NotActive(old));
+            }
+            let new: TokenRow = diesel::insert_into(api_tokens::table)
+                .values(&NewTokenRow::of(&rotation.new))
+                .returning(TokenRow::as_returning())
+                .get_result(conn)
+                .await?;
+            // The change-log trigger logs this in the same transaction: every replica
+            // re-reads the old token and learns when it stops working.
+            let old: TokenRow = diesel::update(api_tokens::table.find(old.id))
+                .set((
+                    api_tokens::revoked_at.eq(rotation.old_ends_at),
+                    api_tokens::revocation_reason.eq(RevocationReason::Rotated.as_str()),
+                    api_tokens::replaced_by.eq(new.id),
+                ))
+                .returning(TokenRow::as_returning())
+                .get_result(conn)
+                .await?;
+            if let Some(request) = &rotation.request {
+                diesel::insert_into(token_rotations::table)
+                    .values((
+                        token_rotations::requested_by.eq(&request.requested_by),
+                        token_rotations::request_id.eq(&request.request_id),
+                        token_rotations::old_token_id.eq(old.id),
+                        token_rotations::new_token_id.eq(new.id),
+                        token_rotations::created_at.eq(rotation.now),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            notify(conn, std::slice::from_ref(&old.lookup_id)).await?;
+            let (old, new) = (TokenRecord::from(old), TokenRecord::from(new));
+            append_events(
+                conn,
+                &events::rotated(&old, &new, rotation.old_ends_at, ctx),
+            )
+            .await?;
+            Ok(RotateOutcome::Rotated { old, new })
+        })
+        .await
+        .map_err(map_err)
+    }
+
+    async fn find_rotation(
+        &self,
+        request: &RotationRequest,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let mut conn = self.conn().await?;
+        find_rotation(&mut conn, request).await.map_err(map_err)
+    }
+
+    async fn revoke_owned(
+        &self,
+        which: &OwnedTokens,
+        at: DateTime<Utc>,
+        reason: RevocationReason,
+        ctx: &EventContext,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.transaction(async |conn| {
+            // One statement for all of them. A token inside a rotation overlap is revoked
+            // now and keeps its reason (`rotated`); the others get `reason`.
+            let mut query = diesel::update(api_tokens::table)
+                .filter(api_tokens::org_id.eq(which.org_id.as_str()))
+                .filter(
+                    api_tokens::revoked_at
+                        .is_null()
+                        .or(api_tokens::revoked_at.gt(at)),
+                )
+                .filter(
+                    api_tokens::expires_at
+                        .is_null()
+                        .or(api_tokens::expires_at.gt(at)),
+                )
+                .filter(diesel::dsl::not(
+                    api_tokens::scopes.overlaps_with(&which.except_scopes),
+                ))
+                .into_boxed();
+            if let Some(user) = &which.user_id {
+                query = query.filter(api_tokens::user_id.eq(user.as_str()));
+            }
+            let rows: Vec<TokenRow> = query
+                .set((
+                    api_tokens::revoked_at.eq(at),
+                    api_tokens::revocation_reason.eq(diesel::dsl::sql::<
+                        diesel::sql_types::Nullable<Text>,
+                    >(
+                        "coalesce(revocation_reason, "
+                    )
+                    .bind::<Text, _>(reason.as_str())
+                    .sql(")")),
+                ))
+                .returning(TokenRow::as_returning())
+                .get_results(conn)
+                .await?;
+            let lookup_ids: Vec<String> = rows.iter().map(|r| r.lookup_id.clone()).collect();
+            notify(conn, &lookup_ids).await?;
+            let records: Vec<TokenRecord> = rows.into_iter().map(Into::into).collect();
+            // One event per token, in one statement.
+            let events: Vec<NewEvent> = records
+                .iter()
+                .map(|r| events::revoked_for(r, at, reason, ctx))
+                .collect();
+            append_events(conn, &events).await?;
+            Ok(records)
         })
         .await
         .map_err(map_err)

@@ -15,5 +15,17 @@ diesel::table! {
         expires_at -> Nullable<Timestamptz>,
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+        replaced_by -> Nullable<Uuid>,
+        revocation_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    token_rotations (requested_by, request_id) {
+        requested_by -> Text,
+        request_id -> Text,
+        old_token_id -> Uuid,
+        new_token_id -> Uuid,
+        created_at -> Timestamptz,
     }
 }

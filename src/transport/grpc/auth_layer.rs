@@ -1,6 +1,8 @@
 //! TokenService caller authentication as a tower layer: the check needs I/O (a store read
 //! and an argon2 verify), so it is not an interceptor. The principal goes into the request
-//! extensions; health and reflection are not wrapped and pass untouched.
+//! extensions; health and reflection are not wrapped and pass untouched. One TokenService
+//! call needs no caller token: ReportExposedTokens, where possession of the reported token
+//! is the proof (it is rate limited per source address instead).
 
 use std::{
     pin::Pin,
@@ -19,6 +21,9 @@ use crate::{
     telemetry::{Verdict, metrics::reasons},
     transport::verdict::{self, Entry},
 };
+
+/// The one TokenService method callable without a caller token.
+pub const REPORT_EXPOSED_PATH: &str = "/casola.auth.v1.TokenService/ReportExposedTokens";
 
 /// Wraps a service with caller authentication.
 #[derive(Clone)]
@@ -78,6 +83,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authorizer = self.authorizer.clone();
         Box::pin(async move {
+            if req.uri().path() == REPORT_EXPOSED_PATH {
+                // Any `authorization` header is ignored, not checked: the call must answer
+                // the same whoever sends it.
+                return inner.call(req).await;
+            }
             let Some(credential) = req
                 .headers()
                 .get(http::header::AUTHORIZATION)

@@ -46,6 +46,14 @@ pub fn token_to_proto(
         last_used_at: record.last_used_at.map(timestamp),
         revoked_at: record.revoked_at.map(timestamp),
         status: status.into(),
+        replaced_by: record
+            .replaced_by
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        revocation_reason: record
+            .revocation_reason
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
         expires_soon: record.expires_soon(now, soon),
     }
 }

@@ -75,6 +75,22 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(echo(&message)),
             Error::NotFound(message) => Status::not_found(echo(&message)),
             Error::FailedPrecondition(message) => Status::failed_precondition(echo(&message)),
+            Error::AlreadyRotated { id, replaced_by } => {
+                let message = Error::AlreadyRotated { id, replaced_by }.to_string();
+                let mut details = ErrorDetails::with_precondition_failure_violation(
+                    "ROTATED",
+                    format!("tokens/{id}"),
+                    format!("replaced by token {replaced_by}"),
+                );
+                details.set_error_info(
+                    "TOKEN_ALREADY_ROTATED",
+                    ERROR_DOMAIN,
+                    [("replaced_by".to_owned(), replaced_by.to_string())]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                );
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
             Error::Unavailable => Status::unavailable("token store unavailable, try again"),
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             // google.rpc.RetryInfo: gRPC clients and the console read when to come back.
@@ -89,6 +105,14 @@ impl From<Error> for Status {
             Error::Internal => Status::internal("internal error"),
         }
     }
+}
+
+/// The `domain` of our `google.rpc.ErrorInfo` details.
+pub const ERROR_DOMAIN: &str = "auth.casola";
+
+/// A report refused because its source sent too many (ReportExposedTokens).
+pub fn reports_rate_limited() -> Status {
+    Status::resource_exhausted("too many reports from this address; retry later")
 }
 
 /// A call refused at admission: too many calls in flight. Retryable, and answered at once.
@@ -189,6 +213,20 @@ mod tests {
             status.message(),
             "name: must be at most 100 characters, is 101; preset: unknown preset \"nope\""
         );
+    }
+
+    #[test]
+    fn an_already_rotated_token_names_its_replacement_in_the_details() {
+        let (id, replaced_by) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let status = Status::from(Error::AlreadyRotated { id, replaced_by });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains(&replaced_by.to_string()));
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "TOKEN_ALREADY_ROTATED");
+        assert_eq!(info.metadata["replaced_by"], replaced_by.to_string());
+        let violation = &details.precondition_failure().unwrap().violations[0];
+        assert_eq!(violation.subject, format!("tokens/{id}"));
     }
 
     #[test]

@@ -1,30 +1,87 @@
 //! `casola.auth.v1.TokenService`: thin handlers over [`TokenManager`].
 
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::Arc,
+};
+
 use chrono::Utc;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Request, Response, Status};
 
-use super::convert::{catalog_to_proto, event_to_proto, token_to_proto};
+use super::{
+    convert::{catalog_to_proto, event_to_proto, token_to_proto},
+    status,
+};
 use crate::{
+    config::ReportsConfig,
     error::Error,
     event::{Origin, RequestId},
     manage::{
-        Caller, CreateRequest, EventsRequest, ExpiringRequest, ListRequest, TokenManager,
-        UpdateRequest,
+        Caller, CreateRequest, EventsRequest, ExpiringRequest, ListRequest, RotateRequest,
+        TokenManager, UpdateRequest,
     },
     principal::Principal,
     proto::{self, token_service_server::TokenService},
 };
 
-/// The TokenService implementation; runs behind [`super::CallerAuthLayer`].
+/// Source addresses tracked by the report limiter before idle ones are forgotten.
+const REPORT_SOURCES_KEPT: usize = 10_000;
+
+/// The TokenService implementation; runs behind [`super::CallerAuthLayer`], which lets
+/// ReportExposedTokens through without a caller token.
 #[derive(Clone)]
 pub struct TokenApi {
     manager: TokenManager,
+    /// ReportExposedTokens calls per source address.
+    reports: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Peers whose `x-forwarded-for` names the source.
+    trusted_proxies: Arc<[IpAddr]>,
 }
 
 impl TokenApi {
-    /// Handlers over `manager`.
-    pub fn new(manager: TokenManager) -> Self {
-        Self { manager }
+    /// Handlers over `manager`, reports limited per `reports`.
+    pub fn new(manager: TokenManager, reports: ReportsConfig) -> Self {
+        let per_minute = NonZeroU32::new(reports.per_source_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(reports.burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            manager,
+            reports: Arc::new(RateLimiter::keyed(
+                Quota::per_minute(per_minute).allow_burst(burst),
+            )),
+            trusted_proxies: reports.trusted_proxies.into(),
+        }
+    }
+
+    /// The source a report is counted against: the peer address, or, for a call through a
+    /// trusted proxy, the last `x-forwarded-for` address (the one the proxy appended; any
+    /// before it came from the client and prove nothing). Without a peer address (an
+    /// in-process transport) all such calls share one source.
+    fn source<T>(&self, request: &Request<T>) -> IpAddr {
+        let peer = request
+            .remote_addr()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        if !self.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        request
+            .metadata()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok())
+            .map_or(peer, |ip| ip.to_canonical())
+    }
+
+    /// Spends one report of `source`'s quota; false when it is spent.
+    fn report_allowed(&self, source: IpAddr) -> bool {
+        if self.reports.len() > REPORT_SOURCES_KEPT {
+            // Forget sources whose quota has refilled: the map stays bounded under a
+            // spray of addresses, and a forgotten source has lost nothing.
+            self.reports.retain_recent();
+        }
+        self.reports.check_key(&source).is_ok()
     }
 }
 
@@ -244,6 +301,74 @@ impl TokenService for TokenApi {
                 .map(|t| token_to_proto(t, now, soon))
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<proto::RotateTokenRequest>,
+    ) -> Result<Response<proto::RotateTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        let origin = origin(&request);
+        let r = request.into_inner();
+        let rotated = self
+            .manager
+            .rotate(
+                &caller,
+                &origin,
+                RotateRequest {
+                    id: r.id,
+                    overlap_seconds: r.overlap_seconds.into(),
+                    request_id: r.request_id,
+                },
+            )
+            .await?;
+        let (now, soon) = (Utc::now(), self.manager.expires_soon_window());
+        Ok(Response::new(proto::RotateTokenResponse {
+            token: Some(token_to_proto(&rotated.new, now, soon)),
+            secret_shown: rotated.token.is_some(),
+            secret: rotated
+                .token
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
+            old_token: Some(token_to_proto(&rotated.old, now, soon)),
+        }))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        request: Request<proto::RevokeTokensRequest>,
+    ) -> Result<Response<proto::RevokeTokensResponse>, Status> {
+        let caller = caller(&request)?;
+        let origin = origin(&request);
+        let r = request.get_ref();
+        let revoked = self
+            .manager
+            .revoke_all(&caller, &origin, &r.org_id, &r.user_id)
+            .await?;
+        Ok(Response::new(proto::RevokeTokensResponse {
+            revoked_count: u32::try_from(revoked.len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn report_exposed_tokens(
+        &self,
+        request: Request<proto::ReportExposedTokensRequest>,
+    ) -> Result<Response<proto::ReportExposedTokensResponse>, Status> {
+        // No caller token here (the auth layer lets this call through): the limit is per
+        // source address.
+        let source = self.source(&request);
+        if !self.report_allowed(source) {
+            tracing::info!(source = %source, "exposure report refused: rate limit");
+            return Err(status::reports_rate_limited());
+        }
+        let origin = origin(&request);
+        let r = request.into_inner();
+        let received = self
+            .manager
+            .report_exposed(&origin, r.tokens, &r.source_url)?;
+        Ok(Response::new(proto::ReportExposedTokensResponse {
+            received: u32::try_from(received).unwrap_or(u32::MAX),
         }))
     }
 
