@@ -5,6 +5,7 @@
 mod bad_input;
 mod client_garbage;
 mod console;
+mod faults;
 mod grpc_api;
 mod harness;
 mod hot_path;
