@@ -115,7 +115,13 @@ def main() -> int:
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
         rep = Replica("overload", pg.url).start()  # the default configuration
-        bench.load(rep.target, "authorize", 600, tokens=warm, extra=("--once", "--concurrency", "8"))
+        # First uses past the decision deadline are answered DEADLINE_EXCEEDED (their lookups
+        # still fill the cache): passes until every token is allowed, so the run is warm.
+        for _ in range(5):
+            r = bench.load(rep.target, "authorize", 600, tokens=warm, extra=("--once", "--concurrency", "2"))
+            if r["ok"] == r["requests"]:
+                break
+        res["warm_pass"] = r
         frame = WORK / "authorize.frame"
         run([BENCH, "frame", "--mode", "authorize", "--tokens", warm, "--out", frame])
         bench.probe(rep.target, "authorize", warm)

@@ -236,8 +236,13 @@ async fn sigterm_under_load_fails_no_call_sent_before_it_and_flushes_last_used()
         .await
         .expect("health watch")
         .into_inner();
-    let first = watch.message().await.unwrap().expect("a first status");
-    assert_eq!(first.status(), ServingStatus::Serving);
+    // Serving once the store has answered its first health ping.
+    loop {
+        let update = watch.message().await.unwrap().expect("a status");
+        if update.status() == ServingStatus::Serving {
+            break;
+        }
+    }
     let not_serving = tokio::spawn(async move {
         while let Ok(Some(update)) = watch.message().await {
             if update.status() == ServingStatus::NotServing {
