@@ -64,6 +64,18 @@ def codes_of(rep: Replica, rpc: str) -> dict[str, float]:
     return codes
 
 
+def duration_buckets(rep: Replica, rpc: str) -> dict[str, float]:
+    """The replica's own histogram of call durations of `rpc`: cumulative count per bucket
+    bound (`le`), from when the call reached the service to the end of its answer."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{rep.admin}/metrics")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("casola_auth_request_duration_seconds_bucket{") and f'rpc="{rpc}"' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
@@ -133,6 +145,7 @@ def main() -> int:
 
         res["rss_before_kib"] = rep.rss_kib()
         codes0 = codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize")
+        buckets0 = duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize")
         sampler = RssSampler(rep)
         sampler.start()
         h2 = subprocess.Popen(
@@ -153,6 +166,8 @@ def main() -> int:
         time.sleep(2)
         res["rss_after_kib"] = rep.rss_kib()
         res["server_codes"] = diff(codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize"), codes0)
+        res["server_duration_buckets"] = diff(duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize"),
+                                              buckets0)
         log(f"loaded: {res['loaded']}")
         log(f"h2load: {res['h2load']}")
         log(f"server: {res['server_codes']}; RSS {res['rss_before_kib']} -> peak {res['rss_peak_kib']} -> "
