@@ -341,22 +341,30 @@ def perf_top(data: Path, children: bool) -> list[tuple[float, str]]:
     return rows
 
 
+def start_envoy(casola_port: int, noop_port: int, *, base_id: int = 4242, work: Path = WORK) -> tuple[subprocess.Popen, dict[str, int]]:
+    """Envoy from scripts/bench/envoy.yaml on free ports, its ext_authz pointed at casola-auth
+    and the no-op server; returns the process and its ports (plain, noop, casola, admin) once
+    it is ready. scripts/soak.py uses it too."""
+    ports = {"plain": free_port(), "noop": free_port(), "casola": free_port(), "admin": free_port()}
+    text = ENVOY_CONFIG.read_text()
+    for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (19901, ports["admin"]),
+                     (50051, casola_port), (50061, noop_port)):
+        text = re.sub(rf"port_value: {old}\b", f"port_value: {new}", text)
+    cfg = work / f"envoy-{base_id}.yaml"
+    cfg.write_text(text)
+    # One worker thread: Envoy, the ext_authz server and h2load then share 2 cores about evenly.
+    envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", str(base_id), "-l", "warning", "--concurrency", "1"])
+    wait_until("envoy", lambda: harness.http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200, 60, envoy)
+    return envoy, ports
+
+
 def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -> dict:
     """Envoy with no ext_authz, with noop-ext-authz, and with casola-auth: h2load over h2c."""
     noop_port = free_port()
     noop = spawn("noop-ext-authz", [NOOP, "--listen", f"127.0.0.1:{noop_port}"])
-    ports = {"plain": free_port(), "noop": free_port(), "casola": free_port()}
-    admin = free_port()
-    text = ENVOY_CONFIG.read_text()
-    for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (19901, admin),
-                     (50051, rep.port), (50061, noop_port)):
-        text = re.sub(rf"port_value: {old}\b", f"port_value: {new}", text)
-    cfg = WORK / "envoy.yaml"
-    cfg.write_text(text)
-    # One worker thread: Envoy, the ext_authz server and h2load then share 2 cores about evenly.
-    envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", "4242", "-l", "warning", "--concurrency", "1"])
+    envoy, ports = start_envoy(rep.port, noop_port)
+    del ports["admin"]
     try:
-        wait_until("envoy", lambda: harness.http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200, 60, envoy)
         token = warm.read_text().split()[1]
         auth = f"authorization: Bearer {token}"
         path = "/openai/v1/models"

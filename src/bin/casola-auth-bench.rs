@@ -4,7 +4,8 @@
 //!   JSON line: requests/s, p50/p90/p99/max latency, errors. Modes: `baseline` (grpc.health
 //!   Check, the no-op RPC of the same server build), `authorize`, `authorize-wrong` (the
 //!   tokens with a wrong secret), `authorize-unknown` (well-formed tokens of no row: the
-//!   store lookup alone), `check` (Envoy ext_authz Check).
+//!   store lookup alone), `check` (Envoy ext_authz Check), `create` (TokenService
+//!   CreateToken with `--issuer`, one new token per call).
 //! - `frame`: writes one request of a mode as a length-prefixed gRPC frame, the body that
 //!   `h2load -d` sends, so the ratios can be measured with a load generator that is not ours.
 //! - `probe`: one call through the real generated client, printing its gRPC status and
@@ -14,6 +15,10 @@
 //!   optional filler rows, and prints `id token` lines.
 //! - `argon2`: the time of one verify at given parameters on this machine.
 //! - `revoke-latency`: revokes through one replica and measures until the other denies.
+//! - `deadline`: closed-loop Authorize or Check with a `grpc-timeout` on every call, through
+//!   a plain HTTP/2 client that does not enforce the deadline itself, recording each answer's
+//!   status and latency: how many OKs arrived after their deadline, the admitted calls'
+//!   latency, the shed calls' latency (`scripts/overload.py`).
 //!
 //! It is a benchmark tool, not a test: it asserts nothing about speed.
 
@@ -29,7 +34,7 @@ use std::{
 
 use casola_auth::{
     proto::{
-        AuthorizeRequest, Decision, DenyReason, RevokeTokenRequest,
+        AuthorizeRequest, CreateTokenRequest, Decision, DenyReason, RevokeTokenRequest,
         authorization_service_client::AuthorizationServiceClient,
         token_service_client::TokenServiceClient,
     },
@@ -71,6 +76,8 @@ enum Mode {
     /// Well-formed tokens whose lookup id is in no row: one store read, no verify.
     AuthorizeUnknown,
     Check,
+    /// CreateToken as `--issuer` (a token holding tokens:issue).
+    Create,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +94,8 @@ enum Cmd {
     Argon2(Argon2Args),
     /// Revoke through replica A, measure until replica B denies.
     RevokeLatency(RevokeArgs),
+    /// Load with a deadline on every call, each answer's status and latency recorded.
+    Deadline(DeadlineArgs),
 }
 
 #[derive(Args)]
@@ -124,6 +133,33 @@ struct LoadArgs {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// The caller of `create` (a token holding tokens:issue).
+    #[arg(long, default_value = "")]
+    issuer: String,
+}
+
+#[derive(Args)]
+struct DeadlineArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// `authorize` or `check`.
+    #[arg(long, value_enum, default_value = "authorize")]
+    mode: Mode,
+    /// Token file (`id token` per line); its tokens are cycled.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// The `grpc-timeout` of every call, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    deadline_ms: u64,
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value = "user:read")]
+    scope: String,
 }
 
 #[derive(Args)]
@@ -222,6 +258,7 @@ async fn main() {
         Cmd::Mint(args) => mint(&args).await,
         Cmd::Argon2(args) => argon2(&args),
         Cmd::RevokeLatency(args) => revoke_latency(&args).await,
+        Cmd::Deadline(args) => deadline_load(args).await,
     }
 }
 
@@ -295,6 +332,9 @@ struct Clients {
     health: HealthClient<Channel>,
     authz: AuthorizationServiceClient<Channel>,
     check: AuthorizationClient<Channel>,
+    tokens: TokenServiceClient<Channel>,
+    /// `Bearer <issuer>` for `create`.
+    issuer: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Clients {
@@ -302,8 +342,18 @@ impl Clients {
         Self {
             health: HealthClient::new(channel.clone()),
             authz: AuthorizationServiceClient::new(channel.clone()),
-            check: AuthorizationClient::new(channel),
+            check: AuthorizationClient::new(channel.clone()),
+            tokens: TokenServiceClient::new(channel),
+            issuer: None,
         }
+    }
+
+    fn with_issuer(mut self, issuer: &str) -> Self {
+        if !issuer.is_empty() {
+            self.issuer =
+                Some(MetadataValue::try_from(format!("Bearer {issuer}")).expect("header"));
+        }
+        self
     }
 
     /// One call of `mode`: `Ok(true)` when allowed (or served, for the baseline).
@@ -329,6 +379,24 @@ impl Clients {
                 .check(check_request(&token, scope))
                 .await
                 .map(|r| r.into_inner().status.is_some_and(|s| s.code == 0)),
+            Mode::Create => {
+                let mut request = Request::new(CreateTokenRequest {
+                    name: "bench".into(),
+                    preset: "user-read".into(),
+                    org_id: "bench".into(),
+                    user_id: format!("created-{}", uuid::Uuid::new_v4()),
+                    ..Default::default()
+                });
+                if let Some(issuer) = &self.issuer {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", issuer.clone());
+                }
+                self.tokens
+                    .create_token(request)
+                    .await
+                    .map(|r| !r.into_inner().secret.is_empty())
+            }
         }
     }
 }
@@ -338,6 +406,7 @@ fn frame(args: &FrameArgs) {
     let message = match args.mode {
         Mode::Baseline => HealthCheckRequest::default().encode_to_vec(),
         Mode::Check => check_request(&token, &args.scope).encode_to_vec(),
+        Mode::Create => panic!("no frame for create"),
         Mode::Authorize | Mode::AuthorizeWrong | Mode::AuthorizeUnknown => {
             authorize_request(token, &args.scope).encode_to_vec()
         }
@@ -372,8 +441,12 @@ async fn probe(args: &ProbeArgs) {
 struct Tally {
     ok: u64,
     denied: u64,
+    /// Errors other than the two below.
     errors: u64,
+    /// RESOURCE_EXHAUSTED.
     shed: u64,
+    /// DEADLINE_EXCEEDED.
+    expired: u64,
 }
 
 impl Tally {
@@ -382,10 +455,11 @@ impl Tally {
         self.denied += other.denied;
         self.errors += other.errors;
         self.shed += other.shed;
+        self.expired += other.expired;
     }
 
     fn requests(&self) -> u64 {
-        self.ok + self.denied + self.errors + self.shed
+        self.ok + self.denied + self.errors + self.shed + self.expired
     }
 }
 
@@ -405,6 +479,7 @@ struct Plan {
     scope: String,
     deadline: Instant,
     per_worker: Option<Duration>,
+    issuer: String,
 }
 
 impl Plan {
@@ -412,7 +487,7 @@ impl Plan {
     /// when `--once` ran out of tokens.
     fn token(&self, n: usize) -> Option<String> {
         let token = match (self.mode, self.once) {
-            (Mode::Baseline, _) => return Some(String::new()),
+            (Mode::Baseline | Mode::Create, _) => return Some(String::new()),
             (_, true) => self
                 .list
                 .get(self.next.fetch_add(1, Ordering::Relaxed))?
@@ -444,7 +519,7 @@ fn load_tokens(args: &LoadArgs) -> Vec<String> {
     if let Some(n) = args.token_count {
         list.truncate(n);
     }
-    if args.mode != Mode::Baseline && list.is_empty() {
+    if !matches!(args.mode, Mode::Baseline | Mode::Create) && list.is_empty() {
         panic!("--tokens is needed for {:?}", args.mode);
     }
     list
@@ -468,6 +543,7 @@ async fn load(args: LoadArgs) {
         per_worker: args
             .rate
             .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r)),
+        issuer: args.issuer.clone(),
     });
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
@@ -496,7 +572,7 @@ async fn load(args: LoadArgs) {
 async fn worker(plan: Arc<Plan>, channel: Channel, w: usize) -> (Histogram<u64>, Tally) {
     let mut hist = histogram();
     let mut tally = Tally::default();
-    let mut clients = Clients::new(channel);
+    let mut clients = Clients::new(channel).with_issuer(&plan.issuer);
     let mut pace = plan.per_worker.map(|p| {
         let mut i = tokio::time::interval(p);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -517,6 +593,7 @@ async fn worker(plan: Arc<Plan>, channel: Channel, w: usize) -> (Histogram<u64>,
             Ok(true) => tally.ok += 1,
             Ok(false) => tally.denied += 1,
             Err(s) if s.code() == tonic::Code::ResourceExhausted => tally.shed += 1,
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => tally.expired += 1,
             Err(_) => tally.errors += 1,
         }
     }
@@ -533,7 +610,8 @@ fn report(args: &LoadArgs, distinct: usize, elapsed: f64, hist: &Histogram<u64>,
             "connections": args.connections, "concurrency": args.concurrency, "rate": args.rate,
             "distinct_tokens": distinct, "requests": requests, "seconds": elapsed,
             "rps": requests as f64 / elapsed, "ok": total.ok, "denied": total.denied,
-            "errors": total.errors, "shed": total.shed, "p50_ms": ms(0.5), "p90_ms": ms(0.9),
+            "errors": total.errors, "shed": total.shed, "deadline_exceeded": total.expired,
+            "p50_ms": ms(0.5), "p90_ms": ms(0.9),
             "p99_ms": ms(0.99), "max_ms": hist.max() as f64 / 1000.0,
         })
     );
@@ -631,20 +709,37 @@ async fn insert_filler(client: &tokio_postgres::Client, filler: usize) {
         .expect("analyze");
 }
 
-/// The decision and deny reason of one Authorize of `token` (no scopes) on `watcher`.
+/// The decision and deny reason of one Authorize of `token` (no scopes) on `watcher`. A
+/// call shed or past its deadline (a busy replica's first use) is tried again, for up to
+/// 30 s: this measures revocations, not the cold path.
 async fn decide(
     watcher: &mut AuthorizationServiceClient<Channel>,
     token: &str,
 ) -> (Decision, DenyReason) {
-    let r = watcher
-        .authorize(AuthorizeRequest {
-            token: token.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .expect("authorize on B")
-        .into_inner();
-    (r.decision(), r.deny_reason())
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = watcher
+            .authorize(AuthorizeRequest {
+                token: token.to_owned(),
+                ..Default::default()
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                let r = r.into_inner();
+                return (r.decision(), r.deny_reason());
+            }
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted
+                ) && Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("authorize on B: {s:?}"),
+        }
+    }
 }
 
 async fn revoke_latency(args: &RevokeArgs) {
@@ -687,4 +782,177 @@ async fn revoke_latency(args: &RevokeArgs) {
             "revoke_call_p50_ms": ms(&revoke_calls, 0.5), "revoke_call_p99_ms": ms(&revoke_calls, 0.99),
         })
     );
+}
+
+/// A plain HTTP/2 (prior knowledge) client. tonic's `Channel` enforces a request's
+/// `grpc-timeout` itself and turns a late answer into its own timeout error; this one sends
+/// the header and waits, so a late answer is seen with its real status.
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
+fn raw_client() -> RawClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(connector)
+}
+
+/// What the deadline workers share.
+struct DeadlinePlan {
+    mode: Mode,
+    origin: http::Uri,
+    tokens: Vec<String>,
+    scope: String,
+    deadline: Duration,
+    concurrency: usize,
+    end: Instant,
+}
+
+/// Each answer of a deadline run, by status.
+struct Outcomes {
+    /// OK answers (allowed or denied: a decision), all of them.
+    ok: Histogram<u64>,
+    /// OK answers that arrived after their deadline.
+    late_ok: u64,
+    /// RESOURCE_EXHAUSTED.
+    shed: Histogram<u64>,
+    /// DEADLINE_EXCEEDED.
+    expired: Histogram<u64>,
+    /// Any answer after its deadline, whatever its status.
+    late_any: u64,
+    /// Other statuses, by code.
+    other: HashMap<String, u64>,
+}
+
+impl Outcomes {
+    fn new() -> Self {
+        Self {
+            ok: histogram(),
+            late_ok: 0,
+            shed: histogram(),
+            expired: histogram(),
+            late_any: 0,
+            other: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, other: Outcomes) {
+        self.ok.add(&other.ok).expect("merge");
+        self.shed.add(&other.shed).expect("merge");
+        self.expired.add(&other.expired).expect("merge");
+        self.late_ok += other.late_ok;
+        self.late_any += other.late_any;
+        for (code, n) in other.other {
+            *self.other.entry(code).or_default() += n;
+        }
+    }
+}
+
+async fn deadline_load(args: DeadlineArgs) {
+    assert!(
+        matches!(args.mode, Mode::Authorize | Mode::Check),
+        "deadline runs drive authorize or check"
+    );
+    let tokens: Vec<String> = read_tokens(&args.tokens)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert!(!tokens.is_empty(), "no tokens in {}", args.tokens.display());
+    let plan = Arc::new(DeadlinePlan {
+        mode: args.mode,
+        origin: args.target.parse().expect("target URL"),
+        tokens,
+        scope: args.scope.clone(),
+        deadline: Duration::from_millis(args.deadline_ms),
+        concurrency: args.concurrency,
+        end: Instant::now() + Duration::from_secs_f64(args.duration),
+    });
+    // One client per connection: the legacy client keeps one HTTP/2 connection per origin.
+    let clients: Vec<RawClient> = (0..args.connections.max(1)).map(|_| raw_client()).collect();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            tokio::spawn(deadline_worker(
+                plan.clone(),
+                clients[w % clients.len()].clone(),
+                w,
+            ))
+        })
+        .collect();
+    let mut all = Outcomes::new();
+    for w in workers {
+        all.add(w.await.expect("worker"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let max = |h: &Histogram<u64>| h.max() as f64 / 1000.0;
+    let others: u64 = all.other.values().sum();
+    let requests = all.ok.len() + all.shed.len() + all.expired.len() + others;
+    println!(
+        "{}",
+        json!({
+            "mode": format!("{:?}", args.mode).to_lowercase(), "deadline_ms": args.deadline_ms,
+            "connections": args.connections, "concurrency": args.concurrency, "seconds": elapsed,
+            "requests": requests, "rps": requests as f64 / elapsed,
+            "ok": all.ok.len(), "ok_late": all.late_ok, "late_any": all.late_any,
+            "ok_p50_ms": ms(&all.ok, 0.5), "ok_p99_ms": ms(&all.ok, 0.99), "ok_max_ms": max(&all.ok),
+            "shed": all.shed.len(), "shed_p50_ms": ms(&all.shed, 0.5), "shed_p99_ms": ms(&all.shed, 0.99),
+            "shed_max_ms": max(&all.shed),
+            "deadline_exceeded": all.expired.len(), "deadline_exceeded_p50_ms": ms(&all.expired, 0.5),
+            "deadline_exceeded_p99_ms": ms(&all.expired, 0.99), "deadline_exceeded_max_ms": max(&all.expired),
+            "other": all.other,
+        })
+    );
+}
+
+/// One closed-loop caller of a deadline run.
+async fn deadline_worker(plan: Arc<DeadlinePlan>, client: RawClient, w: usize) -> Outcomes {
+    let mut authz = AuthorizationServiceClient::with_origin(client.clone(), plan.origin.clone());
+    let mut check = AuthorizationClient::with_origin(client, plan.origin.clone());
+    let timeout = MetadataValue::try_from(format!("{}m", plan.deadline.as_millis()))
+        .expect("grpc-timeout value");
+    let mut out = Outcomes::new();
+    let mut n = w;
+    while Instant::now() < plan.end {
+        let token = plan.tokens[n % plan.tokens.len()].clone();
+        n += plan.concurrency;
+        let t0 = Instant::now();
+        let answer = match plan.mode {
+            Mode::Check => {
+                let mut request = Request::new(check_request(&token, &plan.scope));
+                request
+                    .metadata_mut()
+                    .insert("grpc-timeout", timeout.clone());
+                check.check(request).await.map(drop)
+            }
+            _ => {
+                let mut request = Request::new(authorize_request(token, &plan.scope));
+                request
+                    .metadata_mut()
+                    .insert("grpc-timeout", timeout.clone());
+                authz.authorize(request).await.map(drop)
+            }
+        };
+        let took = t0.elapsed();
+        let micros = (took.as_micros().max(1) as u64).min(60_000_000);
+        let late = took > plan.deadline;
+        out.late_any += u64::from(late);
+        match answer {
+            Ok(()) => {
+                let _ = out.ok.record(micros);
+                out.late_ok += u64::from(late);
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                let _ = out.shed.record(micros);
+            }
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                let _ = out.expired.record(micros);
+            }
+            Err(s) => *out.other.entry(format!("{:?}", s.code())).or_default() += 1,
+        }
+    }
+    out
 }

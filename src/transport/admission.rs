@@ -126,17 +126,22 @@ where
             (Some(asked), Some(ceiling)) => Some(asked.min(ceiling)),
             (asked, ceiling) => asked.or(ceiling),
         };
+        // The clock starts here, when the call is made, not when its future is first polled.
+        let expires = deadline.map(|d| (d, tokio::time::Instant::now() + d));
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(req);
         Box::pin(async move {
             let _permit = permit;
-            match deadline {
+            match expires {
                 None => future.await,
-                Some(deadline) => match tokio::time::timeout(deadline, future).await {
-                    Ok(answer) => answer,
-                    Err(_) => Ok(status::deadline_exceeded(deadline).into_http()),
+                Some((deadline, at)) => match tokio::time::timeout_at(at, future).await {
+                    // `timeout_at` polls the call before its timer: an answer that became
+                    // ready only after the deadline (a starved task, a long poll) would
+                    // still be sent. The caller has given up on it: never a late OK.
+                    Ok(answer) if tokio::time::Instant::now() <= at => answer,
+                    _ => Ok(status::deadline_exceeded(deadline).into_http()),
                 },
             }
         })
@@ -205,6 +210,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code(&answer), None, "the inner service's own answer");
+    }
+
+    #[tokio::test]
+    async fn an_answer_ready_only_after_the_deadline_is_deadline_exceeded_not_a_late_ok() {
+        let layer = AdmissionLayer::new(Admission {
+            max_in_flight: 8,
+            decision_deadline: Duration::from_millis(150),
+        });
+        // A call whose work blocks its thread past the caller's deadline and is then ready
+        // at its first poll (as a warm answer is when its task is polled late): the timer
+        // never got a chance to fire first.
+        let blocking = service_fn(|_req: http::Request<()>| async {
+            std::thread::sleep(Duration::from_millis(30));
+            Ok::<_, Infallible>(http::Response::new(Body::empty()))
+        });
+        let answer = layer
+            .layer(blocking)
+            .oneshot(request(
+                "/casola.auth.v1.AuthorizationService/Authorize",
+                Some("5m"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), Some(Code::DeadlineExceeded));
     }
 
     fn timeout(value: &str) -> Option<Duration> {

@@ -6,6 +6,7 @@ mod bad_input;
 mod client_garbage;
 mod console;
 mod fairness;
+mod faults;
 mod grpc_api;
 mod harness;
 mod hot_path;

@@ -268,9 +268,25 @@ fn make_certificates(
     Ok((ca_crt, crt, key))
 }
 
+/// A cluster this process started: where it lives and how it was started, so that it can
+/// be stopped and started again.
+struct Started {
+    server: Server,
+    ca: Option<PathBuf>,
+    root: PathBuf,
+    data: PathBuf,
+    port: u16,
+    who: Option<(u32, u32)>,
+    settings: Vec<String>,
+}
+
 /// Starts a cluster; with `tls`, one that offers TLS with a certificate of a throwaway CA,
 /// whose path is returned.
 fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
+    start_cluster_at(tls).map(|s| (s.server, s.ca))
+}
+
+fn start_cluster_at(tls: bool) -> Result<Started, String> {
     let bin = bin_dir()?;
     let who = run_as()?;
     // A folder of their own, so that only this harness's sweep looks at them.
@@ -326,10 +342,35 @@ fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
         ca = Some(ca_crt);
     }
     let port = free_port();
+    spawn_postmaster(&bin, who, &root, &data, port, &tls_settings)?;
+    Ok(Started {
+        server: Server {
+            base: format!("postgres://postgres@127.0.0.1:{port}"),
+            bin_dir: Some(bin),
+        },
+        ca,
+        root,
+        data,
+        port,
+        who,
+        settings: tls_settings,
+    })
+}
+
+/// Runs the postmaster of the cluster in `data` on `port` (with extra `settings`) and waits
+/// until it accepts connections.
+fn spawn_postmaster(
+    bin: &Path,
+    who: Option<(u32, u32)>,
+    root: &Path,
+    data: &Path,
+    port: u16,
+    settings: &[String],
+) -> Result<(), String> {
     let mut postgres = Command::new(bin.join("postgres"));
     postgres
         .arg("-D")
-        .arg(&data)
+        .arg(data)
         .args(["-p", &port.to_string()])
         .args(["-c", "listen_addresses=127.0.0.1"])
         .arg("-c")
@@ -343,14 +384,13 @@ fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
             "full_page_writes=off",
         ])
         .args(["-c", "max_connections=300", "-c", "shared_buffers=64MB"])
-        .args(
-            tls_settings
-                .iter()
-                .flat_map(|s| ["-c".to_owned(), s.clone()]),
-        )
+        .args(settings.iter().flat_map(|s| ["-c".to_owned(), s.clone()]))
         .stdout(Stdio::null())
         .stderr(
-            std::fs::File::create(root.join("postgres.log"))
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(root.join("postgres.log"))
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
         );
@@ -374,7 +414,6 @@ fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
         .map_err(|e| e.to_string())?;
     rx.recv().map_err(|e| e.to_string())??;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let base = format!("postgres://postgres@127.0.0.1:{port}");
     loop {
         let ready = Command::new(bin.join("pg_isready"))
             .args([
@@ -397,13 +436,7 @@ fn start_cluster(tls: bool) -> Result<(Server, Option<PathBuf>), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok((
-        Server {
-            base,
-            bin_dir: Some(bin),
-        },
-        ca,
-    ))
+    Ok(())
 }
 
 fn server() -> &'static Server {
@@ -585,4 +618,68 @@ pub fn dump(db: &TestDb) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 dump")
+}
+
+/// A cluster of a test's own, which the test may stop and start again (a database outage)
+/// without disturbing the shared cluster other tests use. Its postmaster dies with the test
+/// process like the shared one's.
+pub struct OwnCluster {
+    started: Started,
+    bin: PathBuf,
+}
+
+impl OwnCluster {
+    /// Starts a new cluster and creates a migrated database `casola` on it.
+    pub async fn start() -> Self {
+        let started = tokio::task::spawn_blocking(|| start_cluster_at(false))
+            .await
+            .unwrap()
+            .expect("a PostgreSQL cluster of the test's own");
+        let bin = started
+            .server
+            .bin_dir
+            .clone()
+            .expect("a started cluster knows its binaries");
+        let cluster = Self { started, bin };
+        with_client(&cluster.url("postgres"), async |c| {
+            c.batch_execute("create database casola").await
+        })
+        .await
+        .expect("create the database");
+        casola_auth::store::postgres::run_migrations(&cluster.url("casola"), None)
+            .await
+            .expect("migrate");
+        cluster
+    }
+
+    /// The superuser URL of database `name` on this cluster.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.started.server.base)
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend is killed at once, no shutdown checkpoint,
+    /// like a crash; the server is gone when this returns.
+    pub fn stop_immediate(&self) {
+        let mut pg_ctl = Command::new(self.bin.join("pg_ctl"));
+        pg_ctl
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(&self.started.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        as_user(&mut pg_ctl, self.started.who);
+        let out = pg_ctl.output().expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped cluster again on the same port (crash recovery runs first); returns
+    /// when it accepts connections.
+    pub fn restart(&self) {
+        let s = &self.started;
+        spawn_postmaster(&self.bin, s.who, &s.root, &s.data, s.port, &s.settings)
+            .expect("PostgreSQL starts again");
+    }
 }

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""The overload run of casola-auth (issue 11), written up in docs/reliability.md.
+
+    python3 scripts/overload.py [--seconds 20] [--connections 40] [--streams 256] [--no-build]
+
+Starts a throwaway PostgreSQL and one replica of the release binary with the default
+configuration (limits.max_in_flight 2048, limits.decision_deadline_ms 150), warms a set of
+tokens on it, then holds far more warm Authorize streams in flight than it can serve:
+
+- h2load (an independent HTTP/2 load generator) with --connections x --streams streams open
+  at once (10,240 by default), each a pre-encoded Authorize frame with `grpc-timeout: 200m`
+  (Envoy's default ext_authz deadline). h2load sees HTTP statuses only (gRPC answers are
+  HTTP 200 whatever their grpc-status), so it supplies the pressure;
+- beside it, `casola-auth-bench deadline`: closed-loop Authorize calls with the same
+  `grpc-timeout: 200m` through a plain HTTP/2 client that does not enforce the deadline
+  itself, recording each answer's gRPC status and latency: OKs delivered after their
+  deadline (must be 0), the admitted calls' p99, the shed calls' latency;
+- the replica's RSS (VmRSS) before, its peak during (sampled every 0.2 s) and after, and
+  its own count of answers by status (casola_auth_requests_total).
+
+The same client runs alone first (no pressure), for comparison. Prints one JSON document
+and writes it to .tmp/overload/results.json. A tool, not a test: it asserts nothing.
+Needs what scripts/bench.py needs, less Envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402  (scripts/bench.py: replicas, minting, frames)
+from bench import BENCH, BIN, GRPC_HEADERS, PATHS, REPO, Replica, log, mint  # noqa: E402
+from harness import Postgres, clean_env, run  # noqa: E402
+
+WORK = REPO / ".tmp/overload"
+
+
+def deadline_run(rep: Replica, tokens: Path, seconds: float, deadline_ms: int, concurrency: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BENCH), "deadline", "--target", rep.target, "--tokens", str(tokens), "--deadline-ms", str(deadline_ms),
+         "--concurrency", str(concurrency), "--connections", "2", "--duration", str(seconds)],
+        stdout=subprocess.PIPE, text=True, env=clean_env(),
+    )
+
+
+def codes_of(rep: Replica, rpc: str) -> dict[str, float]:
+    """The replica's own count of finished calls of `rpc`, by gRPC status."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{rep.admin}/metrics")
+    codes: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("casola_auth_requests_total{") and f'rpc="{rpc}"' in line:
+            code = line.split('code="', 1)[1].split('"', 1)[0]
+            codes[code] = codes.get(code, 0) + float(line.rsplit(" ", 1)[1])
+    return codes
+
+
+def duration_buckets(rep: Replica, rpc: str) -> dict[str, float]:
+    """The replica's own histogram of call durations of `rpc`: cumulative count per bucket
+    bound (`le`), from when the call reached the service to the end of its answer."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{rep.admin}/metrics")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("casola_auth_request_duration_seconds_bucket{") and f'rpc="{rpc}"' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, rep: Replica) -> None:
+        super().__init__(daemon=True)
+        self.rep, self.peak, self.done = rep, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.rep.rss_kib())
+            time.sleep(0.2)
+
+
+def parse_h2load(out: str) -> dict:
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                    r"(\d+) timeout", out)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    t = re.search(r"time for request:\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
+    return {
+        "rps": float(rps.group(1)) if rps else None,
+        "done": int(req.group(3)) if req else None, "succeeded": int(req.group(4)) if req else None,
+        "failed": int(req.group(5)) if req else None, "errored": int(req.group(6)) if req else None,
+        "time_for_request": dict(zip(("min", "max", "mean", "sd"), t.groups())) if t else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--connections", type=int, default=40, help="h2load connections")
+    ap.add_argument("--streams", type=int, default=256, help="h2load streams in flight per connection")
+    ap.add_argument("--deadline-ms", type=int, default=200, help="grpc-timeout of every call")
+    ap.add_argument("--probe-concurrency", type=int, default=64, help="calls in flight of the recording client")
+    ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    command = "python3 scripts/overload.py " + " ".join(shlex.quote(x) for x in sys.argv[1:] if x != "--no-build")
+    if not a.no_build:
+        log("cargo build --release --locked --bins --features bench")
+        subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--features", "bench"], cwd=REPO, check=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    res: dict = {"command": command, "machine": bench.machine(), "in_flight": a.connections * a.streams,
+                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    pg = Postgres("overload", settings={"max_connections": "100"}).start()
+    rep = None
+    try:
+        run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
+        warm = mint(pg, a.tokens, WORK / "warm.txt")
+        rep = Replica("overload", pg.url).start()  # the default configuration
+        # First uses past the decision deadline are answered DEADLINE_EXCEEDED (their lookups
+        # still fill the cache): passes until every token is allowed, so the run is warm.
+        for _ in range(5):
+            r = bench.load(rep.target, "authorize", 600, tokens=warm, extra=("--once", "--concurrency", "2"))
+            if r["ok"] == r["requests"]:
+                break
+        res["warm_pass"] = r
+        frame = WORK / "authorize.frame"
+        run([BENCH, "frame", "--mode", "authorize", "--tokens", warm, "--out", frame])
+        bench.probe(rep.target, "authorize", warm)
+
+        # Unloaded: the recording client alone.
+        quiet = deadline_run(rep, warm, min(a.seconds, 10), a.deadline_ms, a.probe_concurrency)
+        res["unloaded"] = json.loads(quiet.communicate(timeout=120)[0].strip().splitlines()[-1])
+        log(f"unloaded: {res['unloaded']}")
+
+        res["rss_before_kib"] = rep.rss_kib()
+        codes0 = codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize")
+        buckets0 = duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize")
+        sampler = RssSampler(rep)
+        sampler.start()
+        h2 = subprocess.Popen(
+            ["h2load", "-D", str(round(a.seconds)), "-t", "1", "-c", str(a.connections), "-m", str(a.streams),
+             "-d", str(frame), *[x for h in (*GRPC_HEADERS, f"grpc-timeout: {a.deadline_ms}m") for x in ("-H", h)],
+             rep.target + PATHS["authorize"]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
+        )
+        time.sleep(2)  # h2load's streams open first
+        probe = deadline_run(rep, warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency)
+        res["loaded"] = json.loads(probe.communicate(timeout=a.seconds + 120)[0].strip().splitlines()[-1])
+        h2out = h2.communicate(timeout=a.seconds + 120)[0]
+        sampler.done.set()
+        sampler.join()
+        res["h2load"] = parse_h2load(h2out)
+        res["h2load_tail"] = h2out.strip().splitlines()[-12:]
+        res["rss_peak_kib"] = sampler.peak
+        time.sleep(2)
+        res["rss_after_kib"] = rep.rss_kib()
+        res["server_codes"] = diff(codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize"), codes0)
+        res["server_duration_buckets"] = diff(duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize"),
+                                              buckets0)
+        log(f"loaded: {res['loaded']}")
+        log(f"h2load: {res['h2load']}")
+        log(f"server: {res['server_codes']}; RSS {res['rss_before_kib']} -> peak {res['rss_peak_kib']} -> "
+            f"{res['rss_after_kib']} KiB")
+    finally:
+        if rep is not None:
+            rep.stop()
+        pg.stop()
+    (WORK / "results.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
