@@ -190,6 +190,15 @@ async fn without_notify_a_revocation_by_hand_is_denied_through_the_change_log() 
         ],
     );
     let mut on_b = AuthorizationServiceClient::new(b.channel().await);
+    // The poller's first read only takes the newest position (and drops the cache); on a
+    // loaded machine it can come late, after the first revocation, which would then never be
+    // counted as a change. Start once it has polled.
+    eventually(Duration::from_secs(30), "the change log polled", || async {
+        b.metric("casola_auth_change_log_last_poll_timestamp_seconds")
+            .await
+            > 0.0
+    })
+    .await;
     for round in 0..3 {
         let token = cli_token(&db.url, &format!("user{round}"), "user-read");
         let hits = b.metric("casola_auth_cache_hits_total").await;

@@ -641,8 +641,14 @@ impl OwnCluster {
             .clone()
             .expect("a started cluster knows its binaries");
         let cluster = Self { started, bin };
+        // The shared clusters trade durability for speed (synchronous_commit=off); this one
+        // is crashed on purpose, and a commit acknowledged before the crash must survive it,
+        // as in production: a token created just before `stop_immediate` was otherwise lost
+        // with the unwritten WAL and came back "unknown".
         with_client(&cluster.url("postgres"), async |c| {
-            c.batch_execute("create database casola").await
+            c.batch_execute("create database casola").await?;
+            c.batch_execute("alter database casola set synchronous_commit = on")
+                .await
         })
         .await
         .expect("create the database");
