@@ -2,7 +2,7 @@
 //!
 //! The crate is laid out by concept:
 //! - domain: [`token`] (format, hashing, fields), [`scope`] (catalog, presets, expansion),
-//!   [`principal`], [`permission`] (who may do what), [`authorize`] (the decision path) and
+//!   [`principal`], [`restriction`] (allowed networks and models), [`permission`] (who may do what), [`authorize`] (the decision path) and
 //!   [`manage`] (token lifecycle use cases), [`pagination`]. None of these know tonic or
 //!   diesel.
 //! - [`store`]: one trait, a Postgres and an in-memory implementation.
@@ -21,6 +21,7 @@ pub mod pagination;
 pub mod permission;
 pub mod principal;
 pub mod proto;
+pub mod restriction;
 pub mod scope;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ use crate::{
     pagination::{Cursor, PageSize},
     permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
+    restriction::Restrictions,
     scope::{ADMIN_READ, Catalog, ScopeSet, TOKENS_ISSUE},
     store::{ListQuery, NewToken, StoreError, TokenPatch, TokenRecord, TokenStore, now_micros},
     token::{
@@ -61,6 +62,10 @@ pub struct CreateRequest {
     pub org_id: String,
     /// Owner user, or empty for the caller's.
     pub user_id: String,
+    /// CIDR blocks the token may be used from; empty: any network.
+    pub allowed_networks: Vec<String>,
+    /// Model names or trailing-wildcard patterns; empty: any model.
+    pub allowed_models: Vec<String>,
 }
 
 /// A created token: its row and the plain token, shown once.
@@ -117,6 +122,7 @@ struct ValidCreate {
     scopes: ScopeSet,
     expires: Option<ExpiresInDays>,
     owner: Owner,
+    restrictions: Restrictions,
 }
 
 /// The token lifecycle. Cheap to clone.
@@ -176,12 +182,17 @@ impl TokenManager {
         let valid = self.validate_create(caller, req)?;
         let now = now_micros();
         let expires_at = valid.expires.map(|d| now + d.duration());
-        let created_by = match caller {
+        let (created_by, restrictions) = match caller {
             Caller::Token(principal) => {
                 self.may_create(principal, &valid.owner, &valid.scopes, expires_at)?;
-                principal.as_creator()
+                let restrictions = valid
+                    .restrictions
+                    .clone()
+                    .within(principal.restrictions())
+                    .map_err(Error::InvalidArgument)?;
+                (principal.as_creator(), restrictions)
             }
-            Caller::Operator => "cli".to_owned(),
+            Caller::Operator => ("cli".to_owned(), valid.restrictions.clone()),
         };
         // A lookup-id collision is a 1 in 62^12 event; one retry covers it.
         for _ in 0..2 {
@@ -197,6 +208,7 @@ impl TokenManager {
                 created_at: now,
                 created_by: created_by.clone(),
                 expires_at,
+                restrictions: restrictions.clone(),
             };
             match self.store.insert(new).await {
                 Ok(record) => {
@@ -228,6 +240,8 @@ impl TokenManager {
             .ok()
             .flatten();
         let owner = self.owner_for(caller, &req.org_id, &req.user_id, &mut bad);
+        let restrictions =
+            Restrictions::parse(&req.allowed_networks, &req.allowed_models, &mut bad);
         match (name, description, owner, bad.is_empty()) {
             (Some(name), Some(description), Some(owner), true) => Ok(ValidCreate {
                 name,
@@ -235,6 +249,7 @@ impl TokenManager {
                 scopes,
                 expires,
                 owner,
+                restrictions,
             }),
             _ => Err(Error::InvalidArgument(bad)),
         }

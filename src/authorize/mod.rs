@@ -4,10 +4,11 @@
 //! A cached token whose row changed is refreshed by a store read, never a second verify.
 
 pub mod cache;
+pub mod explain;
 pub mod last_used;
 mod verify_pool;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
@@ -20,6 +21,7 @@ use self::{
 use crate::{
     error::Error,
     principal::Principal,
+    restriction::{BodyProblem, ModelOf, Restriction},
     scope::{Catalog, ScopeMatch, ScopeSet},
     store::{TokenRecord, TokenStore},
     telemetry::{
@@ -66,6 +68,27 @@ pub enum Denial {
         /// The required scopes it lacks.
         missing: Vec<String>,
     },
+    /// Valid, used from outside its allowed networks (or without a client address).
+    Network {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// The client address the gate saw, if any.
+        client_ip: Option<IpAddr>,
+    },
+    /// Valid, naming a model outside its allowed models.
+    Model {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// The model named.
+        model: String,
+    },
+    /// Valid and model-restricted, but the model could not be read from the request.
+    ModelUnreadable {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// Why.
+        problem: BodyProblem,
+    },
 }
 
 impl Denial {
@@ -77,6 +100,61 @@ impl Denial {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Network { .. } => "network",
+            Self::Model { .. } => "model",
+            Self::ModelUnreadable { problem, .. } => problem.as_str(),
+        }
+    }
+
+    /// The principal, for a denial of a valid token.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Self::InsufficientScope { principal, .. }
+            | Self::Network { principal, .. }
+            | Self::Model { principal, .. }
+            | Self::ModelUnreadable { principal, .. } => Some(principal),
+            _ => None,
+        }
+    }
+
+    /// The restriction that refused the request, if one did.
+    pub fn restriction(&self) -> Option<Restriction> {
+        match self {
+            Self::Network { .. } => Some(Restriction::Network),
+            Self::Model { .. } | Self::ModelUnreadable { .. } => Some(Restriction::Model),
+            _ => None,
+        }
+    }
+}
+
+/// What the gate knows of a request beyond its token, for the restrictions.
+pub trait RequestFacts: Sync {
+    /// The client address, if known.
+    fn client_ip(&self) -> Option<IpAddr>;
+    /// The model the request names. Asked only for a model-restricted token, so that every
+    /// other token's request never pays for reading it (through the gateway: parsing the
+    /// body).
+    fn model(&self) -> ModelOf<'_>;
+}
+
+/// Facts stated outright by the caller (Authorize's `client_ip` and `model`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatedFacts<'a> {
+    /// The client address.
+    pub client_ip: Option<IpAddr>,
+    /// The model; `None`: the request names none.
+    pub model: Option<&'a str>,
+}
+
+impl RequestFacts for StatedFacts<'_> {
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn model(&self) -> ModelOf<'_> {
+        match self.model {
+            Some(model) => ModelOf::Named(model.into()),
+            None => ModelOf::NotNamed,
         }
     }
 }
@@ -356,24 +434,68 @@ impl Authorizer {
         Ok(self.store.get(id).await?)
     }
 
-    /// The whole decision: authenticate, then match the required scopes.
+    /// The whole decision: authenticate, then the network list, the required scopes, and
+    /// the model list (last: reading the model may mean parsing a body).
     pub async fn authorize(
         &self,
         credential: &str,
         required: &ScopeSet,
         mode: ScopeMatch,
+        facts: &dyn RequestFacts,
     ) -> Result<Decision, Error> {
         Ok(match self.authenticate(credential).await? {
             Err(denial) => Decision::Deny(denial),
-            Ok(Authenticated { principal, .. }) => {
-                match Catalog::check(&principal.scopes, required, mode) {
-                    Ok(()) => Decision::Allow(principal),
-                    Err(missing) => Decision::Deny(Denial::InsufficientScope {
-                        principal: Box::new(principal),
-                        missing,
-                    }),
-                }
-            }
+            Ok(Authenticated { principal, .. }) => judge_request(principal, required, mode, facts),
         })
     }
+}
+
+/// The decision on an authenticated token's request: networks, scopes, models. Pure.
+pub fn judge_request(
+    principal: Principal,
+    required: &ScopeSet,
+    mode: ScopeMatch,
+    facts: &dyn RequestFacts,
+) -> Decision {
+    // The unrestricted majority skips both lists with one branch.
+    if let Some(restrictions) = principal.restrictions.as_deref() {
+        let client_ip = facts.client_ip();
+        if !restrictions.allows_client(client_ip) {
+            return Decision::Deny(Denial::Network {
+                principal: Box::new(principal),
+                client_ip,
+            });
+        }
+    }
+    if let Err(missing) = Catalog::check(&principal.scopes, required, mode) {
+        return Decision::Deny(Denial::InsufficientScope {
+            principal: Box::new(principal),
+            missing,
+        });
+    }
+    if principal
+        .restrictions
+        .as_deref()
+        .is_some_and(|r| r.models().is_some())
+    {
+        match facts.model() {
+            ModelOf::NotNamed => {}
+            ModelOf::Named(model) => {
+                if !principal.restrictions().allows_model(&model) {
+                    let model = model.into_owned();
+                    return Decision::Deny(Denial::Model {
+                        principal: Box::new(principal),
+                        model,
+                    });
+                }
+            }
+            ModelOf::Unreadable(problem) => {
+                return Decision::Deny(Denial::ModelUnreadable {
+                    principal: Box::new(principal),
+                    problem,
+                });
+            }
+        }
+    }
+    Decision::Allow(principal)
 }

@@ -124,6 +124,12 @@ struct LoadArgs {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Send what restrictions are checked against with every request: a client address
+    /// (Authorize `client_ip`, Check's source address) and a model (Authorize `model`, a
+    /// JSON chat body in Check), so that restricted and unrestricted tokens are compared on
+    /// the same requests.
+    #[arg(long)]
+    with_facts: bool,
 }
 
 #[derive(Args)]
@@ -152,6 +158,9 @@ struct ProbeArgs {
     tokens: Option<PathBuf>,
     #[arg(long, default_value = "user:read")]
     scope: String,
+    /// As `load --with-facts`.
+    #[arg(long)]
+    with_facts: bool,
 }
 
 #[derive(Args)]
@@ -263,23 +272,66 @@ async fn connect(target: &str) -> Channel {
         .expect("connect")
 }
 
+/// Whether requests carry a client address and a model (`--with-facts`); set once at start.
+static WITH_FACTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The client address and model sent with `--with-facts`.
+const FACT_IP: &str = "127.0.0.1";
+const FACT_MODEL: &str = "llama-4-scout";
+
+fn with_facts() -> bool {
+    WITH_FACTS.load(Ordering::Relaxed)
+}
+
 fn authorize_request(token: String, scope: &str) -> AuthorizeRequest {
+    let facts = with_facts();
     AuthorizeRequest {
         token,
         required_scopes: vec![scope.to_owned()],
-        r#match: 0,
+        client_ip: if facts { FACT_IP.into() } else { String::new() },
+        model: if facts {
+            FACT_MODEL.into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
     }
 }
 
 fn check_request(token: &str, scope: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
     let headers = HashMap::from([("authorization".to_owned(), format!("Bearer {token}"))]);
+    let facts = with_facts();
+    // A chat request as the OpenAI SDK sends it: the model after the messages.
+    let body = if facts {
+        json!({
+            "messages": [{"role": "user", "content": "Say hello in one short sentence, please."}],
+            "model": FACT_MODEL,
+            "max_tokens": 64,
+        })
+        .to_string()
+        .into_bytes()
+    } else {
+        Vec::new()
+    };
+    let source = facts.then(|| attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: FACT_IP.into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
     CheckRequest {
         attributes: Some(AttributeContext {
+            source,
             request: Some(attribute_context::Request {
                 http: Some(attribute_context::HttpRequest {
                     method: "POST".into(),
                     path: "/openai/v1/chat/completions".into(),
                     headers,
+                    size: i64::try_from(body.len()).unwrap_or(-1),
+                    raw_body: body,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -352,6 +404,7 @@ fn frame(args: &FrameArgs) {
 }
 
 async fn probe(args: &ProbeArgs) {
+    WITH_FACTS.store(args.with_facts, Ordering::Relaxed);
     let token = first_token(args.tokens.as_ref());
     let mut clients = Clients::new(connect(&args.target).await);
     let outcome = clients.call(args.mode, token, &args.scope).await;
@@ -451,6 +504,7 @@ fn load_tokens(args: &LoadArgs) -> Vec<String> {
 }
 
 async fn load(args: LoadArgs) {
+    WITH_FACTS.store(args.with_facts, Ordering::Relaxed);
     let list = load_tokens(&args);
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {

@@ -47,6 +47,10 @@ pub struct TokenView {
     pub revoked_at: Option<String>,
     /// `active`, `expired` or `revoked`, as of the command's clock.
     pub status: String,
+    /// CIDR blocks it may be used from; empty: any network.
+    pub allowed_networks: Vec<String>,
+    /// Model names or patterns it may name; empty: any model.
+    pub allowed_models: Vec<String>,
 }
 
 impl TokenView {
@@ -65,6 +69,8 @@ impl TokenView {
             last_used_at: record.last_used_at.map(rfc3339),
             revoked_at: record.revoked_at.map(rfc3339),
             status: status(record, now),
+            allowed_networks: record.restrictions.networks_as_text(),
+            allowed_models: record.restrictions.models_as_text(),
         }
     }
 }
@@ -161,6 +167,8 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
         "SCOPES",
         "EXPIRES",
         "LAST USED",
+        "NETWORKS",
+        "MODELS",
     ]);
     for t in tokens {
         table.row(vec![
@@ -176,6 +184,8 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
                 .as_deref()
                 .map(short_time)
                 .unwrap_or_default(),
+            t.allowed_networks.join(","),
+            t.allowed_models.join(","),
         ]);
     }
     table
@@ -198,6 +208,8 @@ pub fn token_detail(t: &TokenView) -> Table {
         ("last_used_at", optional(&t.last_used_at)),
         ("revoked_at", optional(&t.revoked_at)),
         ("status", t.status.clone()),
+        ("allowed_networks", t.allowed_networks.join(",")),
+        ("allowed_models", t.allowed_models.join(",")),
     ] {
         table.row(vec![field.to_owned(), value]);
     }
@@ -378,6 +390,8 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
             status: "active".into(),
+            allowed_networks: Vec::new(),
+            allowed_models: vec!["llama-4-*".into()],
         };
         let v: serde_json::Value = serde_json::from_str(&json(&t)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -394,6 +408,8 @@ mod tests {
             "last_used_at",
             "revoked_at",
             "status",
+            "allowed_networks",
+            "allowed_models",
         ];
         want.sort_unstable();
         let mut keys_sorted = keys.clone();

@@ -80,6 +80,7 @@ impl TokenStore for MemoryStore {
             expires_at: token.expires_at,
             last_used_at: None,
             revoked_at: None,
+            restrictions: token.restrictions,
         };
         t.by_lookup.insert(record.lookup_id.clone(), record.id);
         t.tokens.insert(record.id, record.clone());

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use crate::pagination::Cursor;
+use crate::restriction::Restrictions;
 use crate::token::{
     LookupId,
     fields::{Description, Owner, OwnerId, TokenName},
@@ -47,6 +48,8 @@ pub struct TokenRecord {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Revocation time, if revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Allowed networks and models (none: unrestricted). A rotation copies this field.
+    pub restrictions: Restrictions,
 }
 
 impl TokenRecord {
@@ -79,6 +82,8 @@ pub struct NewToken {
     pub created_by: String,
     /// Expiry, if any (microsecond precision).
     pub expires_at: Option<DateTime<Utc>>,
+    /// Allowed networks and models (validated); a rotation copies the old token's.
+    pub restrictions: Restrictions,
 }
 
 /// Which tokens to list: newest first, `(created_at, id)` descending.

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use self::schema::api_tokens;
 use super::{ListQuery, NewToken, StoreError, TokenChange, TokenPatch, TokenRecord, TokenStore};
+use crate::restriction::Restrictions;
 use crate::token::{
     LookupId,
     fields::{Owner, OwnerId},
@@ -258,6 +259,8 @@ struct TokenRow {
     expires_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    allowed_networks: Vec<String>,
+    allowed_models: Vec<String>,
 }
 
 impl From<TokenRow> for TokenRecord {
@@ -278,6 +281,7 @@ impl From<TokenRow> for TokenRecord {
             expires_at: row.expires_at,
             last_used_at: row.last_used_at,
             revoked_at: row.revoked_at,
+            restrictions: Restrictions::from_stored(&row.allowed_networks, &row.allowed_models),
         }
     }
 }
@@ -296,6 +300,8 @@ struct NewTokenRow<'a> {
     created_at: DateTime<Utc>,
     created_by: &'a str,
     expires_at: Option<DateTime<Utc>>,
+    allowed_networks: Vec<String>,
+    allowed_models: Vec<String>,
 }
 
 #[derive(AsChangeset)]
@@ -346,6 +352,8 @@ impl TokenStore for PgStore {
             created_at: token.created_at,
             created_by: &token.created_by,
             expires_at: token.expires_at,
+            allowed_networks: token.restrictions.networks_as_text(),
+            allowed_models: token.restrictions.models_as_text(),
         };
         diesel::insert_into(api_tokens::table)
             .values(&row)

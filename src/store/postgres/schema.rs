@@ -15,5 +15,7 @@ diesel::table! {
         expires_at -> Nullable<Timestamptz>,
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+        allowed_networks -> Array<Text>,
+        allowed_models -> Array<Text>,
     }
 }
