@@ -499,3 +499,114 @@ pub fn judge_request(
     }
     Decision::Allow(principal)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::{
+        error::FieldViolation,
+        restriction::Restrictions,
+        token::fields::{Owner, OwnerId},
+    };
+
+    /// Facts that count how often the model was asked for.
+    struct Counting<'a> {
+        client_ip: Option<IpAddr>,
+        model: ModelOf<'a>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RequestFacts for Counting<'_> {
+        fn client_ip(&self) -> Option<IpAddr> {
+            self.client_ip
+        }
+
+        fn model(&self) -> ModelOf<'_> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.model.clone()
+        }
+    }
+
+    fn principal(networks: &[&str], models: &[&str]) -> Principal {
+        let mut bad: Vec<FieldViolation> = Vec::new();
+        let r = Restrictions::parse(networks, models, &mut bad);
+        assert!(bad.is_empty());
+        let catalog = Catalog::default();
+        Principal {
+            token_id: uuid::Uuid::new_v4(),
+            owner: Owner {
+                org_id: OwnerId::parse("acme").unwrap(),
+                user_id: OwnerId::parse("alice").unwrap(),
+            },
+            scopes: catalog.expand(&catalog.resolve(&["user:write"]).unwrap()),
+            expires_at: None,
+            restrictions: (!r.is_empty()).then(|| Arc::new(r)),
+        }
+    }
+
+    fn facts<'a>(ip: &str, model: ModelOf<'a>) -> Counting<'a> {
+        Counting {
+            client_ip: ip.parse().ok(),
+            model,
+            asked: Default::default(),
+        }
+    }
+
+    fn judged(p: Principal, required: &[&str], facts: &Counting<'_>) -> &'static str {
+        let required = Catalog::default().resolve(required).unwrap();
+        match judge_request(p, &required, ScopeMatch::All, facts) {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(d) => d.as_str(),
+        }
+    }
+
+    #[test]
+    fn an_unrestricted_token_never_has_its_model_read() {
+        let f = facts("", ModelOf::Unreadable(BodyProblem::NotJson));
+        assert_eq!(judged(principal(&[], &[]), &["user:read"], &f), "allow");
+        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let network_only = principal(&["127.0.0.0/8"], &[]);
+        let f = facts("127.0.0.1", ModelOf::Unreadable(BodyProblem::NotJson));
+        assert_eq!(judged(network_only, &[], &f), "allow");
+        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn restrictions_are_judged_network_then_scopes_then_model() {
+        let p = || principal(&["10.0.0.0/8"], &["llama-4-*"]);
+        let llama = || ModelOf::Named(Cow::Borrowed("llama-4-scout"));
+        let gpt = || ModelOf::Named(Cow::Borrowed("gpt-4o"));
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("10.1.1.1", llama())),
+            "allow"
+        );
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("127.0.0.1", llama())),
+            "network"
+        );
+        assert_eq!(judged(p(), &["user:read"], &facts("", llama())), "network");
+        assert_eq!(
+            judged(p(), &["admin:read"], &facts("10.1.1.1", gpt())),
+            "insufficient_scope"
+        );
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("10.1.1.1", gpt())),
+            "model"
+        );
+        assert_eq!(
+            judged(p(), &[], &facts("10.1.1.1", ModelOf::NotNamed)),
+            "allow"
+        );
+        assert_eq!(
+            judged(
+                p(),
+                &[],
+                &facts("10.1.1.1", ModelOf::Unreadable(BodyProblem::TooLarge))
+            ),
+            "body_too_large"
+        );
+    }
+}

@@ -1247,6 +1247,121 @@ mod tests {
         }
     }
 
+    fn http(method: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: method.into(),
+            raw_body: body.to_vec(),
+            size: i64::try_from(body.len()).unwrap(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_model_comes_from_a_whole_json_body_or_the_request_is_refused() {
+        let named = |m: &'static str| ModelOf::Named(m.into());
+        let chat = br#"{"messages":[{"role":"user","content":"hi"}],"model":"llama-4-scout"}"#;
+        assert_eq!(
+            model_of(Some(&http("POST", chat, &[]))),
+            named("llama-4-scout")
+        );
+        let as_text = HttpRequest {
+            body: r#"{"model":"gpt-4o"}"#.into(),
+            ..http("POST", b"", &[])
+        };
+        assert_eq!(model_of(Some(&as_text)), named("gpt-4o"));
+        let escaped = br#"{"model":"llama-4"}"#;
+        assert_eq!(
+            model_of(Some(&http("POST", escaped, &[]))),
+            named("llama-4")
+        );
+        let unreadable = |p| ModelOf::Unreadable(p);
+        assert_eq!(
+            model_of(Some(&http("POST", b"", &[]))),
+            unreadable(BodyProblem::Missing)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", b"model=llama", &[]))),
+            unreadable(BodyProblem::NotJson)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", br#"{"model": 4}"#, &[]))),
+            unreadable(BodyProblem::NotJson)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", br#"{"messages":[]}"#, &[]))),
+            unreadable(BodyProblem::NoModel)
+        );
+        assert_eq!(
+            model_of(Some(&http(
+                "POST",
+                br#"{"model":"a"}"#,
+                &[(PARTIAL_BODY_HEADER, "true")]
+            ))),
+            unreadable(BodyProblem::TooLarge),
+            "a cut body is never read as whole"
+        );
+        let cut = HttpRequest {
+            size: 100_000,
+            ..http("POST", br#"{"model":"a"}"#, &[])
+        };
+        assert_eq!(model_of(Some(&cut)), unreadable(BodyProblem::TooLarge));
+        assert_eq!(model_of(Some(&http("GET", b"", &[]))), ModelOf::NotNamed);
+        assert_eq!(
+            model_of(Some(&http("GET", br#"{"model":"x"}"#, &[]))),
+            named("x"),
+            "a body is read whatever the method"
+        );
+    }
+
+    fn from(source: Option<&str>, xff: Option<&str>) -> CheckRequest {
+        use envoy_types::pb::envoy::{
+            config::core::v3::{Address, SocketAddress, address},
+            service::auth::v3::{AttributeContext, attribute_context},
+        };
+        let headers: Vec<(&str, &str)> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: source.map(|ip| attribute_context::Peer {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip.into(),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request {
+                    http: Some(http("GET", b"", &headers)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_source_address_unless_trusted_hops_are_configured() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let req = from(Some("127.0.0.1"), Some("203.0.113.9, 10.0.0.2"));
+        assert_eq!(
+            client_ip_of(&req, 0),
+            ip("127.0.0.1"),
+            "x-forwarded-for ignored"
+        );
+        assert_eq!(client_ip_of(&req, 1), ip("203.0.113.9"));
+        assert_eq!(client_ip_of(&req, 2), None, "too few entries: no address");
+        assert_eq!(client_ip_of(&from(None, None), 0), None);
+        assert_eq!(
+            client_ip_of(&from(Some("::ffff:10.0.0.1"), None), 0),
+            ip("10.0.0.1")
+        );
+        assert_eq!(client_ip_of(&from(Some("127.0.0.1"), None), 1), None);
+    }
+
     #[test]
     fn context_extension_scopes_split_on_spaces_and_commas() {
         assert_eq!(

@@ -11,6 +11,7 @@ mod hot_path;
 mod observability;
 mod overload;
 mod postgres_tls;
+mod restrictions;
 mod security;
 mod store_conformance;
 mod support;
