@@ -105,6 +105,9 @@ pub fn parse_network(raw: &str) -> Result<IpNet, String> {
 pub struct Restrictions {
     networks: Option<Vec<IpNet>>,
     models: Option<Vec<ModelPattern>>,
+    /// The networks as text, made once: every allowed Authorize of a restricted token shows
+    /// them in its principal, and formatting addresses per answer cost more than the check.
+    network_text: Vec<String>,
 }
 
 /// Which restriction refused a request.
@@ -172,7 +175,17 @@ impl Restrictions {
             }
             out.models = Some(list);
         }
-        out
+        out.with_text()
+    }
+
+    fn with_text(mut self) -> Self {
+        self.network_text = self
+            .networks
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        self
     }
 
     /// Lists read back from the store (validated when written). An entry that no longer
@@ -199,7 +212,12 @@ impl Restrictions {
                 })
                 .collect()
         });
-        Self { networks, models }
+        Self {
+            networks,
+            models,
+            network_text: Vec::new(),
+        }
+        .with_text()
     }
 
     /// Whether neither list is present.
@@ -219,11 +237,7 @@ impl Restrictions {
 
     /// The networks as stored and shown (canonical CIDR text); empty when unrestricted.
     pub fn networks_as_text(&self) -> Vec<String> {
-        self.networks
-            .iter()
-            .flatten()
-            .map(ToString::to_string)
-            .collect()
+        self.network_text.clone()
     }
 
     /// The model patterns as stored and shown; empty when unrestricted.
@@ -271,7 +285,11 @@ impl Restrictions {
                 }
             }
         }
-        if bad.is_empty() { Ok(self) } else { Err(bad) }
+        if bad.is_empty() {
+            Ok(self.with_text())
+        } else {
+            Err(bad)
+        }
     }
 
     /// Whether a request from `client` passes the network list (no list: always; a list and
