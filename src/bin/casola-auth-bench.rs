@@ -14,6 +14,7 @@
 //!   optional filler rows, and prints `id token` lines.
 //! - `argon2`: the time of one verify at given parameters on this machine.
 //! - `revoke-latency`: revokes through one replica and measures until the other denies.
+//! - `decision-ids`: the time to make a decision id, and its text.
 //!
 //! It is a benchmark tool, not a test: it asserts nothing about speed.
 
@@ -87,6 +88,14 @@ enum Cmd {
     Argon2(Argon2Args),
     /// Revoke through replica A, measure until replica B denies.
     RevokeLatency(RevokeArgs),
+    /// Time making decision ids (and their text), one thread.
+    DecisionIds(DecisionIdArgs),
+}
+
+#[derive(Args)]
+struct DecisionIdArgs {
+    #[arg(long, default_value_t = 2_000_000)]
+    count: u32,
 }
 
 #[derive(Args)]
@@ -231,7 +240,28 @@ async fn main() {
         Cmd::Mint(args) => mint(&args).await,
         Cmd::Argon2(args) => argon2(&args),
         Cmd::RevokeLatency(args) => revoke_latency(&args).await,
+        Cmd::DecisionIds(args) => decision_ids(&args),
     }
+}
+
+/// The cost of a decision id: making one, and making one and its text (what every answer
+/// carries), in nanoseconds.
+fn decision_ids(args: &DecisionIdArgs) {
+    let n = args.count.max(1);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(casola_auth::telemetry::call::new_decision_id());
+    }
+    let make = start.elapsed().as_nanos() as f64 / f64::from(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(casola_auth::telemetry::call::new_decision_id().to_string());
+    }
+    let with_text = start.elapsed().as_nanos() as f64 / f64::from(n);
+    println!(
+        "{}",
+        json!({"count": n, "ns_per_id": make, "ns_per_id_and_text": with_text})
+    );
 }
 
 fn read_tokens(path: &PathBuf) -> Vec<(String, String)> {
