@@ -14,7 +14,10 @@ throwaway PostgreSQL (with pg_stat_statements) and casola-auth replicas on it, a
   ext_authz, noop-ext-authz, casola-auth), driven by h2load over h2c;
 - a CPU profile (perf) of warm Check and of the no-op RPC;
 - an active set with the default configuration, a replica cold start, RSS per cached token;
-- the matrix of issue 4 (cold verifies, flood, revocation latency, last-used writes, lookups).
+- the matrix of issue 4 (cold verifies, flood, revocation latency, last-used writes, lookups);
+- `--only restrictions` (alone, about 2 minutes): warm Authorize and Check for a token with
+  network and model lists against an unrestricted one; it rewrites only its own section of
+  docs/benchmarks.md.
 
 Every speed figure is a ratio against a baseline measured in the same run (alternating
 rounds, median of 3), because these machines are noisy. Load generators, servers, Envoy and
@@ -262,7 +265,7 @@ def machine() -> dict:
     mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip() if shutil.which("h2load") else "absent"
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(int(mem) / 1024 / 1024, 1), "kernel": platform.release(),
             "rustc": rustc, "git": rev, "h2load": h2}
 
@@ -603,6 +606,120 @@ def issue4_matrix(pg: Postgres, a_: Replica, b_: Replica, warm: Path, issuer: st
     return r
 
 
+RESTRICTED = ("--allow-network", "127.0.0.0/8", "--allow-network", "10.0.0.0/8", "--allow-network", "2001:db8::/32",
+              "--allow-model", "gpt-4o", "--allow-model", "llama-4-*")
+RESTRICTIONS_BEGIN = "<!-- bench.py --only restrictions: begin -->"
+RESTRICTIONS_END = "<!-- bench.py --only restrictions: end -->"
+
+
+def restriction_tokens(pg: Postgres, kind: str, count: int) -> Path:
+    """`count` tokens made with the CLI (user-full), restricted or not, as an `id token` file."""
+    lines = []
+    for i in range(count):
+        cp = run([BIN, "token", "create", "--org", "bench", "--user", f"{kind}-{i}", "--name", f"{kind} {i}",
+                  "--preset", "user-full", *(RESTRICTED if kind == "restricted" else ()), "--output", "json"],
+                 env=clean_env(DATABASE_URL=pg.url))
+        made = json.loads(cp.stdout)
+        lines.append(f"{made['id']} {made['token']}")
+    path = WORK / f"{kind}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def restrictions(pg: Postgres, s: float, rounds: int) -> dict:
+    """Warm Authorize and warm Check for tokens with a network list (3 blocks) and a model list
+    (a name and a pattern) against unrestricted tokens, on the same requests: every request
+    carries a client address and a model (Authorize `client_ip`/`model`; Check a source address
+    and a JSON chat body), so the only difference is the token. One replica, alternating
+    rounds (the order flips each round), median of the per-round ratios."""
+    files = {kind: restriction_tokens(pg, kind, 8) for kind in ("plain", "restricted")}
+    rep = Replica("restrictions", pg.url).start()
+    try:
+        for kind, path in files.items():
+            for mode in ("authorize", "check"):
+                # Every token proven (and cached) before anything is timed; allowed, or stop.
+                load(rep.target, mode, 2, tokens=path, extra=("--with-facts",))
+                run([BENCH, "probe", "--target", rep.target, "--mode", mode, "--tokens", path, "--with-facts"])
+        out: dict = {"rounds": []}
+        for r in range(rounds):
+            one: dict = {}
+            for mode in ("authorize", "check"):
+                order = ("plain", "restricted") if r % 2 == 0 else ("restricted", "plain")
+                for kind in order:
+                    cpu = rep.cpu_seconds()
+                    res = load(rep.target, mode, s, tokens=files[kind], extra=("--with-facts", "--label", kind))
+                    res["server_cpu_us_per_request"] = (rep.cpu_seconds() - cpu) * 1e6 / max(res["requests"], 1)
+                    one[f"{mode}_{kind}"] = res
+            out["rounds"].append(one)
+        for mode in ("authorize", "check"):
+            ratios = [x[f"{mode}_restricted"]["rps"] / x[f"{mode}_plain"]["rps"] for x in out["rounds"]]
+            out[f"{mode}_ratio"] = statistics.median(ratios)
+            out[f"{mode}_ratios"] = ratios
+            for kind in ("plain", "restricted"):
+                xs = [x[f"{mode}_{kind}"] for x in out["rounds"]]
+                out[f"{mode}_{kind}_rps"] = statistics.median(x["rps"] for x in xs)
+                out[f"{mode}_{kind}_p50_ms"] = statistics.median(x["p50_ms"] for x in xs)
+                out[f"{mode}_{kind}_p99_ms"] = statistics.median(x["p99_ms"] for x in xs)
+                out[f"{mode}_{kind}_cpu_us"] = statistics.median(x["server_cpu_us_per_request"] for x in xs)
+                out[f"{mode}_{kind}_errors"] = sum(x["errors"] for x in xs)
+        return out
+    finally:
+        rep.stop()
+
+
+def restrictions_section(r: dict, meta: dict) -> str:
+    """The docs/benchmarks.md section of a `--only restrictions` run."""
+    rows = []
+    for mode, name in (("authorize", "Authorize"), ("check", "Check")):
+        for kind, label in (("plain", "unrestricted"), ("restricted", "3 networks + 2 models")):
+            rows.append(f"| {name} | {label} | {r[f'{mode}_{kind}_rps']:,.0f} | {r[f'{mode}_{kind}_p50_ms']:.3f} | "
+                        f"{r[f'{mode}_{kind}_p99_ms']:.3f} | {r[f'{mode}_{kind}_cpu_us']:.1f} | {r[f'{mode}_{kind}_errors']} |")
+    ratio = lambda m: f"{r[m + '_ratio']:.3f} (rounds: {', '.join(f'{x:.3f}' for x in r[m + '_ratios'])})"
+    return "\n".join([
+        RESTRICTIONS_BEGIN,
+        "## Restrictions on the hot path (issue 13)",
+        "",
+        f"`{meta['command']}`, {meta['date']}, on {meta['machine']['cpu']} ({meta['machine']['cores']} cores); "
+        f"{meta['rounds']} alternating rounds of {meta['seconds']:g} s per figure, one release replica on Postgres, "
+        "casola-auth-bench (tonic client, 4 connections x 32 in flight) on the same machine.",
+        "",
+        "Warm Authorize and warm Check (8 cached tokens each, user-full, route requiring user:read) for tokens "
+        "with an allowed-networks list (`127.0.0.0/8`, `10.0.0.0/8`, `2001:db8::/32`) and an allowed-models list "
+        "(`gpt-4o`, `llama-4-*`) against unrestricted tokens, on identical requests: every request carries a client "
+        "address and a model (Authorize `client_ip` and `model`; Check a source address and a 123-byte JSON chat "
+        "body with `model` after `messages`). The restricted token's requests pass both "
+        "lists, so they pay for the address parse, the CIDR scan, the body's JSON parse and the pattern match; the "
+        "unrestricted token's never read the address or the body.",
+        "",
+        "| RPC | token | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Restricted / unrestricted throughput, median of the per-round ratios: Authorize {ratio('authorize')}, "
+        f"Check {ratio('check')}. The issue's bound is within 5 % (a ratio of at least 0.95). Server CPU per "
+        f"request, restricted / unrestricted (medians): Authorize "
+        f"{r['authorize_restricted_cpu_us'] / r['authorize_plain_cpu_us']:.3f}, "
+        f"Check {r['check_restricted_cpu_us'] / r['check_plain_cpu_us']:.3f}.",
+        "",
+        "Both columns make a decision id (UUIDv7) on every call, so its cost is in both; it is measured alone "
+        "below.",
+        RESTRICTIONS_END,
+    ])
+
+
+def write_restrictions_section(section: str, out: Path) -> None:
+    """Puts the section into `out` between its markers (appended the first time), leaving the
+    rest of the document as it is."""
+    text = out.read_text() if out.exists() else ""
+    if RESTRICTIONS_BEGIN in text and RESTRICTIONS_END in text:
+        head, rest = text.split(RESTRICTIONS_BEGIN, 1)
+        tail = rest.split(RESTRICTIONS_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    out.write_text(text)
+
+
 def write_report(results: dict, out: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts/bench"))
     import report  # scripts/bench/report.py: the Markdown write-up
@@ -628,6 +745,8 @@ def main() -> int:
     ap.add_argument("--base-bin", help="the server built before a change, for --parts ab")
     ap.add_argument("--json", default=str(WORK / "results.json"), help="where the raw results go")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite --out from a saved results.json")
+    ap.add_argument("--only", choices=["restrictions"],
+                    help="run one part alone and update only its section of --out (restrictions: about 2 minutes)")
     a = ap.parse_args()
     if a.render:
         write_report(json.loads(Path(a.render).read_text()), Path(a.out))
@@ -641,6 +760,18 @@ def main() -> int:
     started = time.monotonic()
     results: dict = {"machine": machine(), "command": command, "seconds": s, "rounds": a.rounds,
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    if a.only == "restrictions":
+        pg = Postgres("bench-restrictions").start()
+        try:
+            run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
+            results["restrictions"] = restrictions(pg, s, a.rounds)
+        finally:
+            pg.stop()
+        (WORK / "restrictions.json").write_text(json.dumps(results, indent=2))
+        write_restrictions_section(restrictions_section(results["restrictions"], results), Path(a.out))
+        log(f"updated the restrictions section of {a.out}; figures in {WORK / 'restrictions.json'}")
+        return 0
 
     pg = Postgres("bench", settings={"shared_preload_libraries": "pg_stat_statements", "max_connections": "200"}).start()
     try:

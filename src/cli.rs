@@ -260,6 +260,14 @@ pub struct CreateArgs {
     // Negative numbers must reach the validator, not read as an unknown flag.
     #[arg(long, value_name = "DAYS", allow_negative_numbers = true)]
     pub expires_in_days: Option<i32>,
+    /// A network the token may be used from, CIDR or address (repeatable, at most 32);
+    /// without it, any network.
+    #[arg(long = "allow-network", value_name = "CIDR")]
+    pub allowed_networks: Vec<String>,
+    /// A model the token may name, or a trailing-wildcard pattern like `llama-4-*`
+    /// (repeatable, at most 32); without it, any model.
+    #[arg(long = "allow-model", value_name = "MODEL")]
+    pub allowed_models: Vec<String>,
     /// The format.
     #[command(flatten)]
     pub output: Output,
@@ -634,6 +642,8 @@ async fn token_create(manager: &TokenManager, args: CreateArgs) -> Outcome {
         expires_in_days: args.expires_in_days,
         org_id: args.org,
         user_id: args.user,
+        allowed_networks: args.allowed_networks,
+        allowed_models: args.allowed_models,
     };
     let created = manager
         .create(&Caller::Operator, &Origin::default(), request)
@@ -763,6 +773,8 @@ fn flag_of(field: &str) -> &str {
         "id" => "ID",
         "token_id" => "--token",
         f if f.starts_with("scopes[") => "--scope",
+        f if f.starts_with("allowed_networks") => "--allow-network",
+        f if f.starts_with("allowed_models") => "--allow-model",
         other => other,
     }
 }

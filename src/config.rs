@@ -363,6 +363,37 @@ pub struct EnvoyConfig {
     pub allow_unmatched: bool,
     /// Fallback route table for routes without `casola.scopes` context extensions.
     pub routes: Vec<RouteRule>,
+    /// How many proxies of our own stand in front of Envoy: the client address for allowed
+    /// networks is then the `x-forwarded-for` entry that many places left of the last one.
+    /// 0 (the default) uses Envoy's source address and ignores `x-forwarded-for`, which any
+    /// client can write (docs/security.md).
+    pub trusted_hops: u32,
+    /// A request header that asks Check for an explanation of its decision (e.g.
+    /// `x-casola-explain`); off by default. Honoured only for tokens holding
+    /// `explain_scope` (docs/security.md).
+    pub explain_header: Option<String>,
+    /// The scope a token needs for its requests to be explained through the gateway;
+    /// required when `explain_header` is set.
+    pub explain_scope: Option<String>,
+}
+
+impl EnvoyConfig {
+    /// Start-up checks of the explain keys: a header needs a known scope to guard it.
+    pub fn check_explain(&self, catalog: &Catalog) -> Result<(), String> {
+        match (&self.explain_header, &self.explain_scope) {
+            (None, _) => Ok(()),
+            (Some(header), _) if header.trim().is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                Err("envoy.explain_header must be a header name (letters, digits, '-')".into())
+            }
+            (Some(_), None) => Err(
+                "envoy.explain_header is set without envoy.explain_scope: name the scope a token needs to ask for explanations".into(),
+            ),
+            (Some(_), Some(scope)) if !catalog.knows(scope) => Err(format!(
+                "envoy.explain_scope names the unknown scope {scope:?}"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The web console (the API Tokens page, docs/console.md).
@@ -1097,7 +1128,7 @@ mod tests {
     }
 
     /// Keys of every section, a few unknown ones, and dotted forms TOML allows.
-    const KEYS: [&str; 30] = [
+    const KEYS: [&str; 33] = [
         "listen",
         "admin_listen",
         "database_url",
@@ -1126,6 +1157,9 @@ mod tests {
         "envoy.routes",
         "expiry.soon_days",
         "expiry.sweep_interval_ms",
+        "envoy.trusted_hops",
+        "envoy.explain_header",
+        "envoy.explain_scope",
         "lisen",
         "cache.size",
     ];

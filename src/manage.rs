@@ -16,6 +16,7 @@ use crate::{
     pagination::{Cursor, PageSize, SeqCursor},
     permission::{self, Access, Action, GrantError, Target},
     principal::Principal,
+    restriction::Restrictions,
     scope::{Catalog, ScopeSet, TOKENS_ISSUE},
     store::{
         ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome, Rotation,
@@ -94,6 +95,10 @@ pub struct CreateRequest {
     pub org_id: String,
     /// Owner user, or empty for the caller's.
     pub user_id: String,
+    /// CIDR blocks the token may be used from; empty: any network.
+    pub allowed_networks: Vec<String>,
+    /// Model names or trailing-wildcard patterns; empty: any model.
+    pub allowed_models: Vec<String>,
 }
 
 /// A created token: its row and the plain token, shown once.
@@ -211,6 +216,7 @@ struct ValidCreate {
     scopes: ScopeSet,
     expires: Option<ExpiresInDays>,
     owner: Owner,
+    restrictions: Restrictions,
 }
 
 /// The token lifecycle. Cheap to clone.
@@ -329,9 +335,14 @@ impl TokenManager {
         let ctx = EventContext::from_origin(caller.actor_on(&valid.owner), origin);
         let now = now_micros();
         let expires_at = valid.expires.map(|d| now + d.duration());
-        let created_by = match caller {
+        let (created_by, restrictions) = match caller {
             Caller::Token(principal) => {
                 self.may_create(principal, &valid.owner, &valid.scopes, expires_at)?;
+                let restrictions = valid
+                    .restrictions
+                    .clone()
+                    .within(principal.restrictions())
+                    .map_err(Error::InvalidArgument)?;
                 // Per calling token, before any hashing: one caller's flood is refused here
                 // instead of filling the create pool's queue for everyone.
                 self.fairness
@@ -340,9 +351,9 @@ impl TokenManager {
                         message: "too many tokens created by this caller",
                         retry_after: limited.retry_after,
                     })?;
-                principal.as_creator()
+                (principal.as_creator(), restrictions)
             }
-            Caller::Operator => "cli".to_owned(),
+            Caller::Operator => ("cli".to_owned(), valid.restrictions.clone()),
         };
         // A lookup-id collision is a 1 in 62^12 event; one retry covers it.
         for _ in 0..2 {
@@ -358,6 +369,7 @@ impl TokenManager {
                 created_at: now,
                 created_by: created_by.clone(),
                 expires_at,
+                restrictions: restrictions.clone(),
             };
             match self.store.insert(new, &ctx).await {
                 Ok(record) => {
@@ -389,6 +401,8 @@ impl TokenManager {
             .ok()
             .flatten();
         let owner = self.owner_for(caller, &req.org_id, &req.user_id, &mut bad);
+        let restrictions =
+            Restrictions::parse(&req.allowed_networks, &req.allowed_models, &mut bad);
         match (name, description, owner, bad.is_empty()) {
             (Some(name), Some(description), Some(owner), true) => Ok(ValidCreate {
                 name,
@@ -396,6 +410,7 @@ impl TokenManager {
                 scopes,
                 expires,
                 owner,
+                restrictions,
             }),
             _ => Err(Error::InvalidArgument(bad)),
         }
@@ -783,6 +798,8 @@ impl TokenManager {
                     created_by: created_by.clone(),
                     // Never later than the old one's: the same.
                     expires_at: old.expires_at,
+                    // Never wider: the same networks and models.
+                    restrictions: old.restrictions.clone(),
                 },
                 now,
                 old_ends_at,
@@ -1405,6 +1422,7 @@ mod tests {
             owner: owner("acme", "alice"),
             scopes: catalog.expand(&catalog.resolve(scopes).unwrap()),
             expires_at: None,
+            restrictions: None,
         };
         let alice = owner("acme", "alice");
         let bob = owner("acme", "bob");

@@ -192,6 +192,7 @@ mod tests {
             owner: owner("acme", "alice"),
             scopes: c.expand(&c.resolve(scopes).unwrap()),
             expires_at: None,
+            restrictions: None,
         }
     }
 

@@ -392,6 +392,10 @@ fn grpc_router(
 ) -> Result<(GrpcRouter, ConsoleApi), StartError> {
     let routes = RouteTable::from_config(&config.envoy, services.authorizer.catalog())
         .map_err(|e| StartError::Other(format!("envoy route table: {e}")))?;
+    config
+        .envoy
+        .check_explain(services.authorizer.catalog())
+        .map_err(StartError::Other)?;
     let reflection = proto::reflection;
     let reflection_error = |e| StartError::Other(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;

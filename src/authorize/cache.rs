@@ -43,6 +43,7 @@ use crate::{
     config::CacheConfig,
     error::Error,
     principal::Principal,
+    restriction::Restrictions,
     scope::ScopeSet,
     store::{TokenChange, TokenRecord, changes::ChangeSink},
     telemetry::metrics::CACHE_EVICTIONS_TOTAL,
@@ -67,8 +68,8 @@ const MAX_SCOPE_SETS: u64 = 4096;
 pub type Key = u128;
 
 /// A verified token as cached: only what a decision needs (about 120 bytes with its owner
-/// text, plus the cache's own bookkeeping). Restrictions (when tokens get them) belong here
-/// as a shared, interned value like the scopes.
+/// text, plus the cache's own bookkeeping). Restrictions ride here too, so a restricted
+/// token's request needs no store read either.
 #[derive(Debug)]
 pub struct Entry {
     /// Token id; a refresh re-reads the row by it.
@@ -87,6 +88,9 @@ pub struct Entry {
     /// the entry is judged against the clock on every use, so the old token stops working
     /// at that instant on every replica that read the row, with no timer anywhere.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Allowed networks and models; `None` (8 bytes, nothing to check) for the
+    /// unrestricted tokens that are the vast majority.
+    pub restrictions: Option<Arc<Restrictions>>,
     /// A digest of the stored hash the secret was proven against: a refresh that finds
     /// another hash (a rotated secret) must not keep the old proof.
     hash_tag: u64,
@@ -114,6 +118,7 @@ impl Entry {
             owner: self.owner(),
             scopes: ScopeSet::clone(&self.scopes),
             expires_at: self.expires_at,
+            restrictions: self.restrictions.clone(),
         }
     }
 
@@ -380,6 +385,8 @@ impl TokenCache {
             scopes,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            restrictions: (!record.restrictions.is_empty())
+                .then(|| Arc::new(record.restrictions.clone())),
             hash_tag: hash_tag(record),
             stamp,
             last_used: AtomicU32::new(self.seconds()),
@@ -540,6 +547,7 @@ mod tests {
             revoked_at: None,
             replaced_by: None,
             revocation_reason: None,
+            restrictions: Restrictions::none(),
         }
     }
 

@@ -4,11 +4,12 @@
 //! A cached token whose row changed is refreshed by a store read, never a second verify.
 
 pub mod cache;
+pub mod explain;
 pub mod fairness;
 pub mod last_used;
 mod verify_pool;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
@@ -23,6 +24,7 @@ use self::{
 use crate::{
     error::Error,
     principal::Principal,
+    restriction::{BodyProblem, ModelOf, Restriction},
     scope::{Catalog, ScopeMatch, ScopeSet},
     store::{TokenRecord, TokenStore},
     telemetry::{
@@ -84,6 +86,27 @@ pub enum Denial {
         /// The required scopes it lacks.
         missing: Vec<String>,
     },
+    /// Valid, used from outside its allowed networks (or without a client address).
+    Network {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// The client address the gate saw, if any.
+        client_ip: Option<IpAddr>,
+    },
+    /// Valid, naming a model outside its allowed models.
+    Model {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// The model named.
+        model: String,
+    },
+    /// Valid and model-restricted, but the model could not be read from the request.
+    ModelUnreadable {
+        /// Who it is.
+        principal: Box<Principal>,
+        /// Why.
+        problem: BodyProblem,
+    },
 }
 
 impl Denial {
@@ -95,6 +118,61 @@ impl Denial {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Network { .. } => "network",
+            Self::Model { .. } => "model",
+            Self::ModelUnreadable { problem, .. } => problem.as_str(),
+        }
+    }
+
+    /// The principal, for a denial of a valid token.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Self::InsufficientScope { principal, .. }
+            | Self::Network { principal, .. }
+            | Self::Model { principal, .. }
+            | Self::ModelUnreadable { principal, .. } => Some(principal),
+            _ => None,
+        }
+    }
+
+    /// The restriction that refused the request, if one did.
+    pub fn restriction(&self) -> Option<Restriction> {
+        match self {
+            Self::Network { .. } => Some(Restriction::Network),
+            Self::Model { .. } | Self::ModelUnreadable { .. } => Some(Restriction::Model),
+            _ => None,
+        }
+    }
+}
+
+/// What the gate knows of a request beyond its token, for the restrictions.
+pub trait RequestFacts: Sync {
+    /// The client address, if known.
+    fn client_ip(&self) -> Option<IpAddr>;
+    /// The model the request names. Asked only for a model-restricted token, so that every
+    /// other token's request never pays for reading it (through the gateway: parsing the
+    /// body).
+    fn model(&self) -> ModelOf<'_>;
+}
+
+/// Facts stated outright by the caller (Authorize's `client_ip` and `model`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatedFacts<'a> {
+    /// The client address.
+    pub client_ip: Option<IpAddr>,
+    /// The model; `None`: the request names none.
+    pub model: Option<&'a str>,
+}
+
+impl RequestFacts for StatedFacts<'_> {
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn model(&self) -> ModelOf<'_> {
+        match self.model {
+            Some(model) => ModelOf::Named(model.into()),
+            None => ModelOf::NotNamed,
         }
     }
 }
@@ -433,14 +511,17 @@ impl Authorizer {
         Ok(self.store.get(id).await?)
     }
 
-    /// The whole decision: authenticate, then match the required scopes.
+    /// The whole decision: authenticate, then the network list, the required scopes, and
+    /// the model list (last: reading the model may mean parsing a body).
     pub async fn authorize(
         &self,
         credential: &str,
         required: &ScopeSet,
         mode: ScopeMatch,
+        facts: &dyn RequestFacts,
     ) -> Result<Decision, Error> {
-        self.authorize_from(credential, required, mode, None).await
+        self.authorize_from(credential, required, mode, None, facts)
+            .await
     }
 
     /// [`Self::authorize`] for a request from `source` (see [`Self::authenticate_from`]).
@@ -450,18 +531,172 @@ impl Authorizer {
         required: &ScopeSet,
         mode: ScopeMatch,
         source: Option<&Source>,
+        facts: &dyn RequestFacts,
     ) -> Result<Decision, Error> {
         Ok(match self.authenticate_from(credential, source).await? {
             Err(denial) => Decision::Deny(denial),
-            Ok(Authenticated { principal, .. }) => {
-                match Catalog::check(&principal.scopes, required, mode) {
-                    Ok(()) => Decision::Allow(principal),
-                    Err(missing) => Decision::Deny(Denial::InsufficientScope {
+            Ok(Authenticated { principal, .. }) => judge_request(principal, required, mode, facts),
+        })
+    }
+}
+
+/// The decision on an authenticated token's request: networks, scopes, models. Pure.
+pub fn judge_request(
+    principal: Principal,
+    required: &ScopeSet,
+    mode: ScopeMatch,
+    facts: &dyn RequestFacts,
+) -> Decision {
+    // The unrestricted majority skips both lists with one branch.
+    if let Some(restrictions) = principal.restrictions.as_deref() {
+        let client_ip = facts.client_ip();
+        if !restrictions.allows_client(client_ip) {
+            return Decision::Deny(Denial::Network {
+                principal: Box::new(principal),
+                client_ip,
+            });
+        }
+    }
+    if let Err(missing) = Catalog::check(&principal.scopes, required, mode) {
+        return Decision::Deny(Denial::InsufficientScope {
+            principal: Box::new(principal),
+            missing,
+        });
+    }
+    if principal
+        .restrictions
+        .as_deref()
+        .is_some_and(|r| r.models().is_some())
+    {
+        match facts.model() {
+            ModelOf::NotNamed => {}
+            ModelOf::Named(model) => {
+                if !principal.restrictions().allows_model(&model) {
+                    let model = model.into_owned();
+                    return Decision::Deny(Denial::Model {
                         principal: Box::new(principal),
-                        missing,
-                    }),
+                        model,
+                    });
                 }
             }
-        })
+            ModelOf::Unreadable(problem) => {
+                return Decision::Deny(Denial::ModelUnreadable {
+                    principal: Box::new(principal),
+                    problem,
+                });
+            }
+        }
+    }
+    Decision::Allow(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::{
+        error::FieldViolation,
+        restriction::Restrictions,
+        token::fields::{Owner, OwnerId},
+    };
+
+    /// Facts that count how often the model was asked for.
+    struct Counting<'a> {
+        client_ip: Option<IpAddr>,
+        model: ModelOf<'a>,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RequestFacts for Counting<'_> {
+        fn client_ip(&self) -> Option<IpAddr> {
+            self.client_ip
+        }
+
+        fn model(&self) -> ModelOf<'_> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.model.clone()
+        }
+    }
+
+    fn principal(networks: &[&str], models: &[&str]) -> Principal {
+        let mut bad: Vec<FieldViolation> = Vec::new();
+        let r = Restrictions::parse(networks, models, &mut bad);
+        assert!(bad.is_empty());
+        let catalog = Catalog::default();
+        Principal {
+            token_id: uuid::Uuid::new_v4(),
+            owner: Owner {
+                org_id: OwnerId::parse("acme").unwrap(),
+                user_id: OwnerId::parse("alice").unwrap(),
+            },
+            scopes: catalog.expand(&catalog.resolve(&["user:write"]).unwrap()),
+            expires_at: None,
+            restrictions: (!r.is_empty()).then(|| Arc::new(r)),
+        }
+    }
+
+    fn facts<'a>(ip: &str, model: ModelOf<'a>) -> Counting<'a> {
+        Counting {
+            client_ip: ip.parse().ok(),
+            model,
+            asked: Default::default(),
+        }
+    }
+
+    fn judged(p: Principal, required: &[&str], facts: &Counting<'_>) -> &'static str {
+        let required = Catalog::default().resolve(required).unwrap();
+        match judge_request(p, &required, ScopeMatch::All, facts) {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(d) => d.as_str(),
+        }
+    }
+
+    #[test]
+    fn an_unrestricted_token_never_has_its_model_read() {
+        let f = facts("", ModelOf::Unreadable(BodyProblem::NotJson));
+        assert_eq!(judged(principal(&[], &[]), &["user:read"], &f), "allow");
+        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let network_only = principal(&["127.0.0.0/8"], &[]);
+        let f = facts("127.0.0.1", ModelOf::Unreadable(BodyProblem::NotJson));
+        assert_eq!(judged(network_only, &[], &f), "allow");
+        assert_eq!(f.asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn restrictions_are_judged_network_then_scopes_then_model() {
+        let p = || principal(&["10.0.0.0/8"], &["llama-4-*"]);
+        let llama = || ModelOf::Named(Cow::Borrowed("llama-4-scout"));
+        let gpt = || ModelOf::Named(Cow::Borrowed("gpt-4o"));
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("10.1.1.1", llama())),
+            "allow"
+        );
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("127.0.0.1", llama())),
+            "network"
+        );
+        assert_eq!(judged(p(), &["user:read"], &facts("", llama())), "network");
+        assert_eq!(
+            judged(p(), &["admin:read"], &facts("10.1.1.1", gpt())),
+            "insufficient_scope"
+        );
+        assert_eq!(
+            judged(p(), &["user:read"], &facts("10.1.1.1", gpt())),
+            "model"
+        );
+        assert_eq!(
+            judged(p(), &[], &facts("10.1.1.1", ModelOf::NotNamed)),
+            "allow"
+        );
+        assert_eq!(
+            judged(
+                p(),
+                &[],
+                &facts("10.1.1.1", ModelOf::Unreadable(BodyProblem::TooLarge))
+            ),
+            "body_too_large"
+        );
     }
 }

@@ -19,6 +19,7 @@
 //!   a plain HTTP/2 client that does not enforce the deadline itself, recording each answer's
 //!   status and latency: how many OKs arrived after their deadline, the admitted calls'
 //!   latency, the shed calls' latency (`scripts/overload.py`).
+//! - `decision-ids`: the time to make a decision id, and its text.
 //!
 //! It is a benchmark tool, not a test: it asserts nothing about speed.
 
@@ -96,6 +97,14 @@ enum Cmd {
     RevokeLatency(RevokeArgs),
     /// Load with a deadline on every call, each answer's status and latency recorded.
     Deadline(DeadlineArgs),
+    /// Time making decision ids (and their text), one thread.
+    DecisionIds(DecisionIdArgs),
+}
+
+#[derive(Args)]
+struct DecisionIdArgs {
+    #[arg(long, default_value_t = 2_000_000)]
+    count: u32,
 }
 
 #[derive(Args)]
@@ -133,6 +142,12 @@ struct LoadArgs {
     /// A label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Send what restrictions are checked against with every request: a client address
+    /// (Authorize `client_ip`, Check's source address) and a model (Authorize `model`, a
+    /// JSON chat body in Check), so that restricted and unrestricted tokens are compared on
+    /// the same requests.
+    #[arg(long)]
+    with_facts: bool,
     /// The caller of `create` (a token holding tokens:issue).
     #[arg(long, default_value = "")]
     issuer: String,
@@ -188,6 +203,9 @@ struct ProbeArgs {
     tokens: Option<PathBuf>,
     #[arg(long, default_value = "user:read")]
     scope: String,
+    /// As `load --with-facts`.
+    #[arg(long)]
+    with_facts: bool,
 }
 
 #[derive(Args)]
@@ -259,7 +277,28 @@ async fn main() {
         Cmd::Argon2(args) => argon2(&args),
         Cmd::RevokeLatency(args) => revoke_latency(&args).await,
         Cmd::Deadline(args) => deadline_load(args).await,
+        Cmd::DecisionIds(args) => decision_ids(&args),
     }
+}
+
+/// The cost of a decision id: making one, and making one and its text (what every answer
+/// carries), in nanoseconds.
+fn decision_ids(args: &DecisionIdArgs) {
+    let n = args.count.max(1);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(casola_auth::telemetry::call::new_decision_id());
+    }
+    let make = start.elapsed().as_nanos() as f64 / f64::from(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(casola_auth::telemetry::call::new_decision_id().to_string());
+    }
+    let with_text = start.elapsed().as_nanos() as f64 / f64::from(n);
+    println!(
+        "{}",
+        json!({"count": n, "ns_per_id": make, "ns_per_id_and_text": with_text})
+    );
 }
 
 fn read_tokens(path: &PathBuf) -> Vec<(String, String)> {
@@ -300,23 +339,66 @@ async fn connect(target: &str) -> Channel {
         .expect("connect")
 }
 
+/// Whether requests carry a client address and a model (`--with-facts`); set once at start.
+static WITH_FACTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The client address and model sent with `--with-facts`.
+const FACT_IP: &str = "127.0.0.1";
+const FACT_MODEL: &str = "llama-4-scout";
+
+fn with_facts() -> bool {
+    WITH_FACTS.load(Ordering::Relaxed)
+}
+
 fn authorize_request(token: String, scope: &str) -> AuthorizeRequest {
+    let facts = with_facts();
     AuthorizeRequest {
         token,
         required_scopes: vec![scope.to_owned()],
-        r#match: 0,
+        client_ip: if facts { FACT_IP.into() } else { String::new() },
+        model: if facts {
+            FACT_MODEL.into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
     }
 }
 
 fn check_request(token: &str, scope: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
     let headers = HashMap::from([("authorization".to_owned(), format!("Bearer {token}"))]);
+    let facts = with_facts();
+    // A chat request as the OpenAI SDK sends it: the model after the messages.
+    let body = if facts {
+        json!({
+            "messages": [{"role": "user", "content": "Say hello in one short sentence, please."}],
+            "model": FACT_MODEL,
+            "max_tokens": 64,
+        })
+        .to_string()
+        .into_bytes()
+    } else {
+        Vec::new()
+    };
+    let source = facts.then(|| attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: FACT_IP.into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
     CheckRequest {
         attributes: Some(AttributeContext {
+            source,
             request: Some(attribute_context::Request {
                 http: Some(attribute_context::HttpRequest {
                     method: "POST".into(),
                     path: "/openai/v1/chat/completions".into(),
                     headers,
+                    size: i64::try_from(body.len()).unwrap_or(-1),
+                    raw_body: body,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -421,6 +503,7 @@ fn frame(args: &FrameArgs) {
 }
 
 async fn probe(args: &ProbeArgs) {
+    WITH_FACTS.store(args.with_facts, Ordering::Relaxed);
     let token = first_token(args.tokens.as_ref());
     let mut clients = Clients::new(connect(&args.target).await);
     let outcome = clients.call(args.mode, token, &args.scope).await;
@@ -526,6 +609,7 @@ fn load_tokens(args: &LoadArgs) -> Vec<String> {
 }
 
 async fn load(args: LoadArgs) {
+    WITH_FACTS.store(args.with_facts, Ordering::Relaxed);
     let list = load_tokens(&args);
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {

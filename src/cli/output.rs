@@ -49,6 +49,10 @@ pub struct TokenView {
     pub status: String,
     /// Active and expiring within the notice window (`expiry.soon_days`).
     pub expires_soon: bool,
+    /// CIDR blocks it may be used from; empty: any network.
+    pub allowed_networks: Vec<String>,
+    /// Model names or patterns it may name; empty: any model.
+    pub allowed_models: Vec<String>,
 }
 
 impl TokenView {
@@ -68,6 +72,8 @@ impl TokenView {
             revoked_at: record.revoked_at.map(rfc3339),
             status: status(record, now),
             expires_soon: record.expires_soon(now, soon),
+            allowed_networks: record.restrictions.networks_as_text(),
+            allowed_models: record.restrictions.models_as_text(),
         }
     }
 }
@@ -235,6 +241,8 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
         "EXPIRES",
         "SOON",
         "LAST USED",
+        "NETWORKS",
+        "MODELS",
     ]);
     for t in tokens {
         table.row(vec![
@@ -251,6 +259,8 @@ pub fn token_table(tokens: &[TokenView]) -> Table {
                 .as_deref()
                 .map(short_time)
                 .unwrap_or_default(),
+            t.allowed_networks.join(","),
+            t.allowed_models.join(","),
         ]);
     }
     table
@@ -274,6 +284,8 @@ pub fn token_detail(t: &TokenView) -> Table {
         ("revoked_at", optional(&t.revoked_at)),
         ("status", t.status.clone()),
         ("expires_soon", t.expires_soon.to_string()),
+        ("allowed_networks", t.allowed_networks.join(",")),
+        ("allowed_models", t.allowed_models.join(",")),
     ] {
         table.row(vec![field.to_owned(), value]);
     }
@@ -455,6 +467,8 @@ mod tests {
             revoked_at: None,
             status: "active".into(),
             expires_soon: false,
+            allowed_networks: Vec::new(),
+            allowed_models: vec!["llama-4-*".into()],
         };
         let v: serde_json::Value = serde_json::from_str(&json(&t)).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -472,6 +486,8 @@ mod tests {
             "revoked_at",
             "status",
             "expires_soon",
+            "allowed_networks",
+            "allowed_models",
         ];
         want.sort_unstable();
         let mut keys_sorted = keys.clone();

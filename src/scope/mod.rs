@@ -389,6 +389,16 @@ impl Catalog {
         set
     }
 
+    /// The scopes of `held` other than `scope` that imply it (directly or through others).
+    pub fn implied_by(&self, scope: &str, held: &ScopeSet) -> Vec<String> {
+        held.iter()
+            .filter(|&other| {
+                other != scope && self.closure.get(other).is_some_and(|c| c.contains(scope))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The set with every implication added.
     pub fn expand(&self, set: &ScopeSet) -> ScopeSet {
         let mut out = ScopeSet::default();
@@ -423,6 +433,15 @@ impl Catalog {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn implied_by_names_the_held_scopes_that_grant_a_scope() {
+        let c = Catalog::default();
+        let held = c.expand(&set(&c, &["user:write", "admin:write"]));
+        assert_eq!(c.implied_by("user:read", &held), ["user:write"]);
+        assert_eq!(c.implied_by("admin:read", &held), ["admin:write"]);
+        assert!(c.implied_by("user:write", &held).is_empty());
+    }
 
     fn set(catalog: &Catalog, names: &[&str]) -> ScopeSet {
         catalog.resolve(names).unwrap()

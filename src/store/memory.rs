@@ -86,6 +86,7 @@ impl Tables {
             revoked_at: None,
             replaced_by: None,
             revocation_reason: None,
+            restrictions: token.restrictions,
         };
         self.by_lookup.insert(record.lookup_id.clone(), record.id);
         self.tokens.insert(record.id, record.clone());

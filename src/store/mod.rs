@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::event::{EventContext, EventQuery, TokenEvent};
 pub use crate::pagination::Cursor;
+use crate::restriction::Restrictions;
 use crate::token::{
     LookupId,
     fields::{Description, Owner, OwnerId, TokenName},
@@ -53,6 +54,8 @@ pub struct TokenRecord {
     pub replaced_by: Option<Uuid>,
     /// Why `revoked_at` is set.
     pub revocation_reason: Option<RevocationReason>,
+    /// Allowed networks and models (none: unrestricted). A rotation copies this field.
+    pub restrictions: Restrictions,
 }
 
 impl TokenRecord {
@@ -193,6 +196,8 @@ pub struct NewToken {
     pub created_by: String,
     /// Expiry, if any (microsecond precision).
     pub expires_at: Option<DateTime<Utc>>,
+    /// Allowed networks and models (validated); a rotation copies the old token's.
+    pub restrictions: Restrictions,
 }
 
 /// Which tokens to list: newest first, `(created_at, id)` descending.

@@ -124,7 +124,8 @@ pub const ALL: &[&str] = &[
 ];
 
 /// The values of the `reason` label of [`DECISIONS_TOTAL`] besides the domain's stable
-/// denial names (`malformed`, `unknown`, `revoked`, `expired`, `insufficient_scope`).
+/// denial names (`malformed`, `unknown`, `revoked`, `expired`, `insufficient_scope`,
+/// `network`, `model` and the `body_*` names of an unreadable model).
 pub mod reasons {
     /// An allow.
     pub const NONE: &str = "none";

@@ -8,6 +8,7 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,7 +19,7 @@ use envoy_types::{
         pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
     },
     pb::{
-        envoy::config::core::v3::address,
+        envoy::{config::core::v3::address, service::auth::v3::attribute_context::HttpRequest},
         google::protobuf::{Struct, Value, value::Kind},
     },
 };
@@ -32,15 +33,17 @@ use super::{
 };
 use crate::{
     authorize::{
-        Authorizer, Decision, Denial,
+        Authorizer, Decision, Denial, RequestFacts,
+        explain::{Explanation, Seen, explain},
         fairness::{Entry as SourceEntry, Source},
     },
     config::EnvoyConfig,
     error::Error,
     principal::Principal,
     proto::envoy_ext_authz::authorization_server::{Authorization, AuthorizationServer},
+    restriction::{BodyProblem, ModelOf, client_from_forwarded_for},
     scope::{Catalog, ScopeMatch, ScopeSet},
-    telemetry::{Verdict, metrics::reasons},
+    telemetry::{self, Verdict, metrics::reasons},
     token::{contains_token, redact},
 };
 
@@ -56,6 +59,12 @@ pub const ORG_ID_HEADER: &str = "x-casola-org-id";
 pub const USER_ID_HEADER: &str = "x-casola-user-id";
 /// Expanded scopes, space-separated.
 pub const SCOPES_HEADER: &str = "x-casola-scopes";
+/// The decision id, on every answer: to the client (allow and deny) and to the upstream.
+pub const DECISION_ID_HEADER: &str = "x-casola-decision-id";
+/// The explanation of an allowed request, to the client (a denial carries it in its body).
+pub const EXPLANATION_HEADER: &str = "x-casola-explanation";
+/// Set by Envoy on a CheckRequest whose body was cut at `max_request_bytes`.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 /// The `casola.scopes` value (and the route table's `scopes = ["*"]`) that lets any valid
 /// token through: the explicit opt-in, since an empty requirement is a misconfiguration.
 pub const ANY_VALID_TOKEN: &str = "*";
@@ -70,11 +79,12 @@ const BAD_SCHEME: &str = "malformed";
 /// extensions come from the Envoy config, not from clients, so this is never reached in
 /// practice: it only bounds the memory.
 const MAX_LOGGED_ROUTES: usize = 1024;
-const IDENTITY_HEADERS: [&str; 4] = [
+const IDENTITY_HEADERS: [&str; 5] = [
     TOKEN_ID_HEADER,
     ORG_ID_HEADER,
     USER_ID_HEADER,
     SCOPES_HEADER,
+    DECISION_ID_HEADER,
 ];
 
 /// What a route requires.
@@ -84,6 +94,17 @@ pub struct Requirement {
     pub scopes: ScopeSet,
     /// How they match.
     pub mode: ScopeMatch,
+    /// What set it (for explanations).
+    pub source: RequirementSource,
+}
+
+/// Where a Check requirement came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequirementSource {
+    /// The route's `casola.scopes` context extension.
+    ContextExtension,
+    /// The fallback route table's rule at this index of `envoy.routes`.
+    RouteRule(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +243,7 @@ impl RouteTable {
                 requirement: Requirement {
                     scopes,
                     mode: rule.mode,
+                    source: RequirementSource::RouteRule(i),
                 },
             });
         }
@@ -229,6 +251,28 @@ impl RouteTable {
         // equal lengths the first in the file wins).
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self { routes })
+    }
+
+    /// How a requirement's source reads in an explanation.
+    pub fn describe(&self, source: Option<RequirementSource>) -> String {
+        match source {
+            None => "none".into(),
+            Some(RequirementSource::ContextExtension) => format!("context_extension {SCOPES_KEY}"),
+            Some(RequirementSource::RouteRule(index)) => {
+                let rule = self
+                    .routes
+                    .iter()
+                    .find(|r| r.requirement.source == RequirementSource::RouteRule(index));
+                match rule {
+                    Some(r) => format!(
+                        "route_rule envoy.routes[{index}]: {} {}/",
+                        r.method.as_deref().filter(|m| !m.is_empty()).unwrap_or("*"),
+                        r.prefix
+                    ),
+                    None => format!("route_rule envoy.routes[{index}]"),
+                }
+            }
+        }
     }
 
     /// The requirement of the first (most specific) rule matching `method` and the
@@ -283,7 +327,11 @@ pub fn requirement_of(
             .and_then(|e| e.get(MATCH_KEY))
             .map_or(Ok(ScopeMatch::All), |m| m.parse())
             .map_err(|e| format!("context extension {MATCH_KEY}: {e}"))?;
-        return Ok(Some(Requirement { scopes, mode }));
+        return Ok(Some(Requirement {
+            scopes,
+            mode,
+            source: RequirementSource::ContextExtension,
+        }));
     }
     let http = attributes
         .and_then(|a| a.request.as_ref())
@@ -319,6 +367,105 @@ pub fn credential_of<'a>(
         .map(|v| v.trim()))
 }
 
+/// The client address of a Check request: Envoy's source address, or with `trusted_hops`
+/// set, the `x-forwarded-for` entry behind our proxies (none if that entry is missing:
+/// never the source address instead, which is then one of our proxies).
+pub fn client_ip_of(req: &CheckRequest, trusted_hops: u32) -> Option<IpAddr> {
+    let attributes = req.attributes.as_ref()?;
+    if trusted_hops > 0 {
+        let xff = attributes
+            .request
+            .as_ref()?
+            .http
+            .as_ref()?
+            .headers
+            .get("x-forwarded-for")?;
+        return client_from_forwarded_for(xff, trusted_hops);
+    }
+    let address = attributes
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match address {
+        envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(socket) => socket
+            .address
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical()),
+        _ => None,
+    }
+}
+
+/// The `model` of a Check request's JSON body. Only asked for model-restricted tokens.
+/// A request without a body whose method carries none (GET, HEAD, DELETE, OPTIONS) names no
+/// model; any other must send a whole JSON object with a string `model`.
+pub fn model_of(http: Option<&HttpRequest>) -> ModelOf<'_> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Some(http) = http else {
+        return ModelOf::NotNamed;
+    };
+    let body: &[u8] = if http.raw_body.is_empty() {
+        http.body.as_bytes()
+    } else {
+        &http.raw_body
+    };
+    let partial = http
+        .headers
+        .get(PARTIAL_BODY_HEADER)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    // `size` is the Content-Length (-1 when unknown): more than was sent means a cut body.
+    let cut = usize::try_from(http.size).is_ok_and(|size| size > body.len());
+    if partial || cut {
+        return ModelOf::Unreadable(BodyProblem::TooLarge);
+    }
+    if body.is_empty() {
+        return match http.method.to_ascii_uppercase().as_str() {
+            "GET" | "HEAD" | "DELETE" | "OPTIONS" => ModelOf::NotNamed,
+            _ => ModelOf::Unreadable(BodyProblem::Missing),
+        };
+    }
+    match serde_json::from_slice::<Body<'_>>(body) {
+        Ok(Body { model: Some(model) }) => ModelOf::Named(model),
+        Ok(Body { model: None }) => ModelOf::Unreadable(BodyProblem::NoModel),
+        Err(_) => ModelOf::Unreadable(BodyProblem::NotJson),
+    }
+}
+
+/// What Check knows of the request, read only when a restricted token asks for it.
+struct CheckFacts<'a> {
+    req: &'a CheckRequest,
+    trusted_hops: u32,
+}
+
+impl CheckFacts<'_> {
+    fn http(&self) -> Option<&HttpRequest> {
+        self.req
+            .attributes
+            .as_ref()?
+            .request
+            .as_ref()?
+            .http
+            .as_ref()
+    }
+}
+
+impl RequestFacts for CheckFacts<'_> {
+    fn client_ip(&self) -> Option<IpAddr> {
+        client_ip_of(self.req, self.trusted_hops)
+    }
+
+    fn model(&self) -> ModelOf<'_> {
+        model_of(self.http())
+    }
+}
+
 /// The Check implementation.
 #[derive(Clone)]
 pub struct CheckApi {
@@ -338,6 +485,8 @@ pub struct CheckApi {
 struct Required<'a> {
     scopes: RequiredScopes<'a>,
     mode: ScopeMatch,
+    /// What set it (for explanations).
+    source: RequirementSource,
 }
 
 enum RequiredScopes<'a> {
@@ -367,6 +516,14 @@ enum Outcome {
     Forbidden {
         message: String,
         missing: Vec<String>,
+    },
+    /// Refused by a restriction (403), or a body the model could not be read from
+    /// (400/413).
+    Restricted {
+        status: HttpStatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
     },
     /// The route's requirement is broken (logged where it was found).
     Misconfigured,
@@ -407,6 +564,7 @@ impl CheckApi {
             return Ok(self.routes.lookup(method, path).map(|r| Required {
                 scopes: RequiredScopes::Route(&r.scopes),
                 mode: r.mode,
+                source: r.source,
             }));
         };
         if let Some(scopes) = self.resolved.get(raw.as_str()) {
@@ -419,6 +577,7 @@ impl CheckApi {
             return Ok(Some(Required {
                 scopes: RequiredScopes::Extension(scopes),
                 mode,
+                source: RequirementSource::ContextExtension,
             }));
         }
         let Some(requirement) = requirement_of(req, self.authorizer.catalog(), &self.routes)?
@@ -430,6 +589,7 @@ impl CheckApi {
         Ok(Some(Required {
             scopes: RequiredScopes::Extension(scopes),
             mode: requirement.mode,
+            source: requirement.source,
         }))
     }
 
@@ -466,7 +626,11 @@ impl CheckApi {
         }
     }
 
-    async fn decide(&self, req: &CheckRequest) -> Outcome {
+    async fn decide(
+        &self,
+        req: &CheckRequest,
+        decision_id: uuid::Uuid,
+    ) -> (Outcome, Option<Explanation>) {
         let raw_path = req
             .attributes
             .as_ref()
@@ -479,60 +643,149 @@ impl CheckApi {
             && let Err(why) = canonical_path(raw_path)
         {
             verdict::record(Entry::Check, Verdict::deny(NON_CANONICAL_PATH));
-            return Outcome::BadPath(why);
+            return (Outcome::BadPath(why), None);
         }
         let requirement = match self.requirement(req) {
             Ok(r) => r,
             Err(message) => {
                 verdict::record(Entry::Check, Verdict::deny(reasons::MISCONFIGURED_ROUTE));
                 self.log_misconfigured(req, &message);
-                return Outcome::Misconfigured;
+                return (Outcome::Misconfigured, None);
             }
         };
         let credential = match self.credential(req.get_client_headers()) {
             Ok(Some(credential)) => credential,
             Ok(None) => {
                 verdict::record(Entry::Check, Verdict::deny(reasons::MISSING_CREDENTIAL));
-                return Outcome::Unauthenticated(
-                    "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
+                return (
+                    Outcome::Unauthenticated(
+                        "You didn't provide an API key. Send it as `Authorization: Bearer <token>`.",
+                    ),
+                    None,
                 );
             }
             Err(MissingScheme) => {
                 verdict::record(Entry::Check, Verdict::deny(BAD_SCHEME));
-                return Outcome::Unauthenticated(
-                    "Unsupported authorization scheme. Send the API key as `Authorization: Bearer <token>`.",
+                return (
+                    Outcome::Unauthenticated(
+                        "Unsupported authorization scheme. Send the API key as `Authorization: Bearer <token>`.",
+                    ),
+                    None,
                 );
             }
         };
         let none = ScopeSet::default();
-        let (required, mode, matched) = match &requirement {
-            Some(r) => (&*r.scopes, r.mode, true),
-            None => (&none, ScopeMatch::All, false),
+        let (required, mode, rule) = match &requirement {
+            Some(r) => (&*r.scopes, r.mode, Some(r.source)),
+            None => (&none, ScopeMatch::All, None),
         };
-        let source = source_of(req);
+        let facts = CheckFacts {
+            req,
+            trusted_hops: self.config.trusted_hops,
+        };
         let decision = self
             .authorizer
-            .authorize_from(credential, required, mode, source.as_ref())
+            .authorize_from(credential, required, mode, source_of(req).as_ref(), &facts)
             .await;
-        let covered = matched || self.config.allow_unmatched;
+        let covered = rule.is_some() || self.config.allow_unmatched;
         verdict::record(Entry::Check, check_verdict(&decision, covered));
-        outcome(decision, covered)
+        let explanation = match &decision {
+            Ok(decided) if self.wants_explanation(req, decided) => {
+                let model = facts.model();
+                let seen = Seen {
+                    requirement_source: self.routes.describe(rule),
+                    client_ip: facts.client_ip(),
+                    model: match &model {
+                        ModelOf::Named(m) => Some(m.as_ref()),
+                        _ => None,
+                    },
+                };
+                let catalog = self.authorizer.catalog();
+                Some(explain(
+                    catalog,
+                    decided,
+                    required,
+                    mode,
+                    &seen,
+                    decision_id,
+                ))
+            }
+            _ => None,
+        };
+        (outcome(decision, covered), explanation)
     }
 
-    fn respond(&self, req: &CheckRequest, outcome: Outcome) -> CheckResponse {
+    /// Whether the request asks for an explanation (the operator's `explain_header`, off by
+    /// default) and its token may have one: an explanation shows the token's grants and
+    /// restrictions, so only tokens holding `explain_scope` get it.
+    fn wants_explanation(&self, req: &CheckRequest, decision: &Decision) -> bool {
+        let (Some(header), Some(scope)) = (&self.config.explain_header, &self.config.explain_scope)
+        else {
+            return false;
+        };
+        let asked = req
+            .get_client_headers()
+            .and_then(|h| h.get(&header.to_ascii_lowercase()))
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+        let principal = match decision {
+            Decision::Allow(p) => Some(p),
+            Decision::Deny(denial) => denial.principal(),
+        };
+        asked && principal.is_some_and(|p| p.has(scope))
+    }
+
+    fn respond(
+        &self,
+        req: &CheckRequest,
+        outcome: Outcome,
+        decision_id: uuid::Uuid,
+        explanation: Option<Explanation>,
+    ) -> CheckResponse {
         let mut response = CheckResponse::new();
-        let (code, message, denied) = match outcome {
+        let id = decision_id.to_string();
+        let (code, message, mut denied) = match outcome {
             Outcome::Allow(principal) => {
                 // Formatted once for the headers and the metadata.
                 let identity = identity(&principal);
+                let metadata = identity_metadata(&identity);
+                let mut ok = self.allowed(req, identity);
+                // To the upstream (its logs), and to the client (a support ticket's handle).
+                ok.add_header(
+                    DECISION_ID_HEADER,
+                    id.clone(),
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    true,
+                );
+                ok.add_response_header(
+                    DECISION_ID_HEADER,
+                    id,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+                if let Some(explanation) = &explanation {
+                    ok.add_response_header(
+                        EXPLANATION_HEADER,
+                        serde_json::to_string(explanation).unwrap_or_default(),
+                        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                        false,
+                    );
+                }
                 response
                     .set_status(status::check(Code::Ok, ""))
-                    .set_dynamic_metadata(Some(identity_metadata(&identity)))
-                    .set_http_response(self.allowed(req, identity));
+                    .set_dynamic_metadata(Some(metadata))
+                    .set_http_response(ok);
                 return response;
             }
             refused => refusal(refused),
         };
+        set_header(&mut denied, DECISION_ID_HEADER, id);
+        if let Some(explanation) = explanation {
+            // The explanation beside the OpenAI-style error object, which clients read.
+            let mut body: serde_json::Value =
+                serde_json::from_str(denied.get_body()).unwrap_or_default();
+            body["explanation"] = serde_json::to_value(explanation).unwrap_or_default();
+            denied.set_body(body.to_string());
+        }
         response
             .set_status(status::check(code, &message))
             .set_http_response(denied);
@@ -632,6 +885,20 @@ fn refusal(outcome: Outcome) -> (Code, String, DeniedHttpResponseBuilder) {
             );
             set_header(&mut denied, "www-authenticate", challenge);
             (Code::PermissionDenied, message, denied)
+        }
+        Outcome::Restricted {
+            status,
+            kind,
+            code,
+            message,
+        } => {
+            let denied = json_error(status, &message, kind, code);
+            let grpc = if status == HttpStatusCode::Forbidden {
+                Code::PermissionDenied
+            } else {
+                Code::InvalidArgument
+            };
+            (grpc, message, denied)
         }
         // Logged once per route where it was decided (`CheckApi::log_misconfigured`).
         Outcome::Misconfigured => {
@@ -761,6 +1028,56 @@ fn outcome(decision: Result<Decision, Error>, covered: bool) -> Outcome {
                 ),
                 missing,
             },
+            Denial::Network { client_ip, .. } => Outcome::Restricted {
+                status: HttpStatusCode::Forbidden,
+                kind: "permission_error",
+                code: "network_not_allowed",
+                message: match client_ip {
+                    Some(ip) => format!("This API key may not be used from {ip}."),
+                    None => "This API key is restricted to certain networks, and the request's address is unknown.".into(),
+                },
+            },
+            Denial::Model { model, .. } => Outcome::Restricted {
+                status: HttpStatusCode::Forbidden,
+                kind: "permission_error",
+                code: "model_not_allowed",
+                message: format!(
+                    "This API key may not use the model \"{}\".",
+                    status::echo(&model)
+                ),
+            },
+            Denial::ModelUnreadable { problem, .. } => {
+                let (status, code, why) = match problem {
+                    BodyProblem::TooLarge => (
+                        HttpStatusCode::PayloadTooLarge,
+                        "request_too_large",
+                        "the request body is larger than the gateway reads",
+                    ),
+                    BodyProblem::Missing => (
+                        HttpStatusCode::BadRequest,
+                        "model_required",
+                        "the request has no body",
+                    ),
+                    BodyProblem::NotJson => (
+                        HttpStatusCode::BadRequest,
+                        "model_required",
+                        "the request body is not a JSON object",
+                    ),
+                    BodyProblem::NoModel => (
+                        HttpStatusCode::BadRequest,
+                        "model_required",
+                        "the request body names no model",
+                    ),
+                };
+                Outcome::Restricted {
+                    status,
+                    kind: "invalid_request_error",
+                    code,
+                    message: format!(
+                        "This API key is restricted to certain models, and {why}, so the model cannot be checked."
+                    ),
+                }
+            }
         },
         Err(Error::ResourceExhausted(_)) => {
             Outcome::Unavailable("Authorization is overloaded; retry shortly.")
@@ -817,8 +1134,14 @@ impl Authorization for CheckApi {
         let req = request.into_inner();
         // The checked request's traceparent joins our span to the caller's trace.
         let span = check_span(req.get_client_headers());
-        let outcome = self.decide(&req).instrument(span).await;
-        Ok(Response::new(self.respond(&req, outcome)))
+        let decision_id = telemetry::call::new_decision_id();
+        let (outcome, explanation) = self.decide(&req, decision_id).instrument(span).await;
+        Ok(Response::new(self.respond(
+            &req,
+            outcome,
+            decision_id,
+            explanation,
+        )))
     }
 }
 
@@ -1055,6 +1378,121 @@ mod tests {
                 ),
             }
         }
+    }
+
+    fn http(method: &str, body: &[u8], headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: method.into(),
+            raw_body: body.to_vec(),
+            size: i64::try_from(body.len()).unwrap(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_model_comes_from_a_whole_json_body_or_the_request_is_refused() {
+        let named = |m: &'static str| ModelOf::Named(m.into());
+        let chat = br#"{"messages":[{"role":"user","content":"hi"}],"model":"llama-4-scout"}"#;
+        assert_eq!(
+            model_of(Some(&http("POST", chat, &[]))),
+            named("llama-4-scout")
+        );
+        let as_text = HttpRequest {
+            body: r#"{"model":"gpt-4o"}"#.into(),
+            ..http("POST", b"", &[])
+        };
+        assert_eq!(model_of(Some(&as_text)), named("gpt-4o"));
+        let escaped = br#"{"model":"llama-4"}"#;
+        assert_eq!(
+            model_of(Some(&http("POST", escaped, &[]))),
+            named("llama-4")
+        );
+        let unreadable = |p| ModelOf::Unreadable(p);
+        assert_eq!(
+            model_of(Some(&http("POST", b"", &[]))),
+            unreadable(BodyProblem::Missing)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", b"model=llama", &[]))),
+            unreadable(BodyProblem::NotJson)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", br#"{"model": 4}"#, &[]))),
+            unreadable(BodyProblem::NotJson)
+        );
+        assert_eq!(
+            model_of(Some(&http("POST", br#"{"messages":[]}"#, &[]))),
+            unreadable(BodyProblem::NoModel)
+        );
+        assert_eq!(
+            model_of(Some(&http(
+                "POST",
+                br#"{"model":"a"}"#,
+                &[(PARTIAL_BODY_HEADER, "true")]
+            ))),
+            unreadable(BodyProblem::TooLarge),
+            "a cut body is never read as whole"
+        );
+        let cut = HttpRequest {
+            size: 100_000,
+            ..http("POST", br#"{"model":"a"}"#, &[])
+        };
+        assert_eq!(model_of(Some(&cut)), unreadable(BodyProblem::TooLarge));
+        assert_eq!(model_of(Some(&http("GET", b"", &[]))), ModelOf::NotNamed);
+        assert_eq!(
+            model_of(Some(&http("GET", br#"{"model":"x"}"#, &[]))),
+            named("x"),
+            "a body is read whatever the method"
+        );
+    }
+
+    fn from(source: Option<&str>, xff: Option<&str>) -> CheckRequest {
+        use envoy_types::pb::envoy::{
+            config::core::v3::{Address, SocketAddress, address},
+            service::auth::v3::{AttributeContext, attribute_context},
+        };
+        let headers: Vec<(&str, &str)> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: source.map(|ip| attribute_context::Peer {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: ip.into(),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                }),
+                request: Some(attribute_context::Request {
+                    http: Some(http("GET", b"", &headers)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_source_address_unless_trusted_hops_are_configured() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let req = from(Some("127.0.0.1"), Some("203.0.113.9, 10.0.0.2"));
+        assert_eq!(
+            client_ip_of(&req, 0),
+            ip("127.0.0.1"),
+            "x-forwarded-for ignored"
+        );
+        assert_eq!(client_ip_of(&req, 1), ip("203.0.113.9"));
+        assert_eq!(client_ip_of(&req, 2), None, "too few entries: no address");
+        assert_eq!(client_ip_of(&from(None, None), 0), None);
+        assert_eq!(
+            client_ip_of(&from(Some("::ffff:10.0.0.1"), None), 0),
+            ip("10.0.0.1")
+        );
+        assert_eq!(client_ip_of(&from(Some("127.0.0.1"), None), 1), None);
     }
 
     #[test]

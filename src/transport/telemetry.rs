@@ -374,6 +374,9 @@ impl Drop for Finish {
         if let Some(id) = note.token_id {
             span.set_attribute("token.id", id.to_string());
         }
+        if let Some(id) = note.decision_id {
+            span.set_attribute("decision.id", id.to_string());
+        }
         if is_server_error(code) {
             span.set_status(SpanStatus::error(code_label));
         } else if note
@@ -395,6 +398,7 @@ impl Drop for Finish {
                 .filter(|v| v.decision != DecisionKind::Allow)
                 .map(|v| v.reason),
             token.id = note.token_id.map(tracing::field::display),
+            decision_id = note.decision_id.map(tracing::field::display),
             trace_id = trace_id.map(tracing::field::display),
             span_id = span_id.map(tracing::field::display),
             "request"
@@ -557,14 +561,17 @@ mod tests {
         let allow = Note {
             verdict: Some(Verdict::allow(uuid::Uuid::nil())),
             token_id: None,
+            decision_id: None,
         };
         let deny = Note {
             verdict: Some(Verdict::deny("revoked")),
             token_id: None,
+            decision_id: None,
         };
         let error = Note {
             verdict: Some(Verdict::error(reasons::UNAVAILABLE)),
             token_id: None,
+            decision_id: None,
         };
         assert_eq!(log_level(Code::Ok, &allow, false), Level::DEBUG);
         assert_eq!(log_level(Code::Ok, &none, false), Level::DEBUG);

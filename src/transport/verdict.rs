@@ -41,9 +41,9 @@ pub fn record(entry: Entry, verdict: Verdict) {
 /// The verdict of a denial (naming the token when the denial knows it).
 pub fn of_denial(denial: &Denial) -> Verdict {
     let verdict = Verdict::deny(denial.as_str());
-    match denial {
-        Denial::InsufficientScope { principal, .. } => verdict.about(principal.token_id),
-        _ => verdict,
+    match denial.principal() {
+        Some(principal) => verdict.about(principal.token_id),
+        None => verdict,
     }
 }
 

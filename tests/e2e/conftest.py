@@ -92,12 +92,17 @@ class Cli:
     def migrate(self) -> None:
         self("migrate", "--database-url", self.db_url)
 
-    def create_token(self, name: str, *, preset: str | None = None, scopes: tuple[str, ...] = (), expires_in_days: int | None = None) -> str:
+    def create_token(self, name: str, *, preset: str | None = None, scopes: tuple[str, ...] = (), expires_in_days: int | None = None,
+                     allow_networks: tuple[str, ...] = (), allow_models: tuple[str, ...] = ()) -> str:
         args = ["token", "create", "--database-url", self.db_url, "--org", ORG, "--user", USER, "--name", name]
         if preset:
             args += ["--preset", preset]
         for s in scopes:
             args += ["--scope", s]
+        for n in allow_networks:
+            args += ["--allow-network", n]
+        for m in allow_models:
+            args += ["--allow-model", m]
         if expires_in_days is not None:
             args += ["--expires-in-days", str(expires_in_days)]
         cp = self(*args)

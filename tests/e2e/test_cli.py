@@ -22,6 +22,7 @@ from conftest import REPO, casola_auth_bin, clean_env, run
 TOKEN_KEYS = {
     "id", "name", "description", "prefix", "scopes", "org_id", "user_id",
     "created_at", "expires_at", "last_used_at", "revoked_at", "status", "expires_soon",
+    "allowed_networks", "allowed_models",
 }
 NO_SCHEMA = "the database has no casola-auth schema: run `casola-auth migrate`"
 SECRET = re.compile(r"csl_[0-9A-Za-z]{50}")
@@ -50,12 +51,12 @@ def test_token_list_prints_a_header_row_then_one_row_per_token(cli):
     first = create(cli, org, "ci-pipeline", "--preset", "user-read")
     second = create(cli, org, "laptop", "--preset", "user-full")
     lines = cli("token", "list", "--org", org).stdout.splitlines()
-    assert lines[0].split() == ["ID", "PREFIX", "NAME", "ORG", "USER", "STATUS", "SCOPES", "EXPIRES", "SOON", "LAST", "USED"], lines
+    assert lines[0].split() == ["ID", "PREFIX", "NAME", "ORG", "USER", "STATUS", "SCOPES", "EXPIRES", "SOON", "LAST", "USED", "NETWORKS", "MODELS"], lines
     rows = [line.split() for line in lines[1:]]
     # Newest first.
     assert [r[0] for r in rows] == [second["id"], first["id"]], lines
     assert rows[0][1:7] == [second["prefix"], "laptop", org, "alice", "active", "user:read,user:write"], lines
-    assert rows[1][7:] == ["-", "-", "-"], "never expires (so not soon), never used"
+    assert rows[1][7:] == ["-", "-", "-", "-", "-"], "never expires (so not soon), never used, unrestricted"
 
 
 def test_json_output_of_list_and_get_parses_with_stable_keys_and_no_secret(cli):

@@ -19,7 +19,7 @@ from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, new_marker,
 from harness import _LOG_DIR
 from upstream_stub import wsgi_environ
 
-IDENTITY = {"HTTP_X_CASOLA_TOKEN_ID", "HTTP_X_CASOLA_ORG_ID", "HTTP_X_CASOLA_USER_ID", "HTTP_X_CASOLA_SCOPES"}
+IDENTITY = {"HTTP_X_CASOLA_TOKEN_ID", "HTTP_X_CASOLA_ORG_ID", "HTTP_X_CASOLA_USER_ID", "HTTP_X_CASOLA_SCOPES", "HTTP_X_CASOLA_DECISION_ID"}
 EXTRA_RULES = """
 # issue 16 probes
 [[envoy.routes]]

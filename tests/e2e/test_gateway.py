@@ -283,7 +283,7 @@ def test_upstream_sees_identity_never_spoofed_headers_or_token(gateway, upstream
     headers = upstream_headers(upstream, marker)
     assert_identity(headers, tokens.ids["full"], {"user:read", "user:write"})
     casola = [k for k, _ in headers if k.startswith("x-casola-")]
-    assert sorted(casola) == ["x-casola-org-id", "x-casola-scopes", "x-casola-token-id", "x-casola-user-id"], headers
+    assert sorted(casola) == ["x-casola-decision-id", "x-casola-org-id", "x-casola-scopes", "x-casola-token-id", "x-casola-user-id"], headers
     for k, v in headers:
         for bad in ("evil-org", "mallory", "tokens:issue", "00000000-0000-0000-0000-000000000000", "bob"):
             assert bad not in v, f"spoofed value {bad!r} reached the upstream in {k}"

@@ -10,6 +10,7 @@ use casola_auth::{
         CreateTokenRequest, GetTokenRequest, ListExpiringTokensRequest, ListTokenEventsRequest,
         RevokeTokenRequest, TokenEvent, TokenEventKind, UpdateTokenRequest,
     },
+    restriction::Restrictions,
     store::{NewToken, now_micros},
     token::{
         PlainToken,
@@ -499,6 +500,7 @@ async fn the_expiry_sweep_records_a_reached_expiry_once() {
                 created_at: expired_at - chrono::Duration::days(1),
                 created_by: "cli".into(),
                 expires_at: Some(expired_at),
+                restrictions: Restrictions::none(),
             },
             &EventContext::cli(),
         )

@@ -120,6 +120,11 @@ async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_header
     assert_eq!(attr(attrs, "rpc.grpc.status_code").as_deref(), Some("0"));
     assert_eq!(attr(attrs, "decision").as_deref(), Some("allow"));
     assert_eq!(attr(attrs, "token.id"), Some(token_id.clone()));
+    // The decision id the answer carries is the span's.
+    assert_eq!(
+        attr(attrs, "decision.id"),
+        Some(response.decision_id.clone())
+    );
     let resource = &span.resource.attributes;
     assert_eq!(
         attr(resource, "service.name").as_deref(),
@@ -150,13 +155,14 @@ async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_header
 
     // A denial names its reason.
     let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
-    authz
+    let refused = authz
         .authorize(with_metadata(
             authorize("csl_not-a-token", &[]),
             &[("traceparent", &traceparent(trace, parent))],
         ))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let denied = receiver
         .wait_for("denied Authorize", in_trace(AUTHORIZE, trace))
         .await;
@@ -177,6 +183,12 @@ async fn spans_join_the_callers_trace_from_metadata_and_from_checked_http_header
         .expect("a request line in the trace");
     assert_eq!(logged["span_id"], hex(&denied.span.span_id));
     assert_eq!(logged["reason"], "malformed");
+    // And the decision id the client got, to go from a client's report to the line.
+    assert_eq!(logged["decision_id"], refused.decision_id.as_str());
+    assert_eq!(
+        attr(&denied.span.attributes, "decision.id"),
+        Some(refused.decision_id.clone())
+    );
 
     // Check: the caller's context is in the checked request's HTTP headers.
     let (trace, parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");

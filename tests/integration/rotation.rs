@@ -13,6 +13,7 @@ use casola_auth::{
         authorization_service_client::AuthorizationServiceClient,
         token_service_client::TokenServiceClient,
     },
+    restriction::Restrictions,
     store::{
         NewToken, TokenStore, now_micros,
         postgres::{PgStore, PoolOptions},
@@ -244,6 +245,7 @@ async fn many_tokens(db: &pg::TestDb, n: usize) -> Vec<String> {
                     created_at: now_micros(),
                     created_by: "cli".into(),
                     expires_at: None,
+                    restrictions: Restrictions::none(),
                 };
                 store.insert(new, &EventContext::cli()).await.unwrap();
                 tokens.push(token.expose().to_owned());

@@ -174,6 +174,7 @@ async fn a_token_pasted_into_a_wrong_field_is_never_echoed() {
                 token: alice.clone(),
                 required_scopes: vec![pasted.clone()],
                 r#match: ScopeMatch::All.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -199,6 +200,7 @@ async fn twenty_one_thousand_unknown_scopes_get_a_bounded_answer() {
             token: alice,
             required_scopes: vec!["x".into(); 21_000],
             r#match: ScopeMatch::All.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use casola_auth::{
     event::{Actor, EventContext, EventFilter, EventKind, EventQuery, RequestId},
+    restriction::Restrictions,
     store::{
         Cursor, ExpiringQuery, ListQuery, NewToken, OwnedTokens, RevocationReason, RotateOutcome,
         Rotation, RotationRequest, StoreError, TokenPatch, TokenStore,
@@ -71,6 +72,7 @@ fn new_token(owner: &Owner, minutes_ago: i64) -> NewToken {
         created_at: now_micros() - Duration::minutes(minutes_ago),
         created_by: "cli".into(),
         expires_at: Some(now_micros() + Duration::days(30)),
+        restrictions: Restrictions::none(),
     }
 }
 
@@ -98,6 +100,33 @@ mod cases {
             store.find_by_lookup_id(other.lookup_id()).await.unwrap(),
             None
         );
+    }
+
+    pub async fn restrictions_are_stored_and_read_back_as_given(store: &dyn TokenStore) {
+        let mut bad = Vec::new();
+        let restrictions = Restrictions::parse(
+            &["10.0.0.0/8", "2001:db8::/32"],
+            &["llama-4-*", "gpt-4o"],
+            &mut bad,
+        );
+        assert!(bad.is_empty());
+        let new = NewToken {
+            restrictions: restrictions.clone(),
+            ..new_token(&owner("acme", "alice"), 0)
+        };
+        let inserted = store.insert(new.clone(), &ctx()).await.unwrap();
+        assert_eq!(inserted.restrictions, restrictions);
+        let read = store
+            .find_by_lookup_id(&new.lookup_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.restrictions, restrictions);
+        let plain = store
+            .insert(new_token(&owner("acme", "alice"), 0), &ctx())
+            .await
+            .unwrap();
+        assert!(plain.restrictions.is_empty(), "no list: unrestricted");
     }
 
     pub async fn a_duplicate_lookup_id_or_id_is_a_conflict_and_writes_nothing(
@@ -961,6 +990,7 @@ macro_rules! conformance {
 
             conformance!(@cases $make;
                 inserted_tokens_are_found_by_id_and_lookup_id,
+                restrictions_are_stored_and_read_back_as_given,
                 a_duplicate_lookup_id_or_id_is_a_conflict_and_writes_nothing,
                 listing_is_newest_first_filtered_and_paged,
                 ties_on_created_at_are_paged_by_id_without_loss,

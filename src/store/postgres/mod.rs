@@ -36,6 +36,7 @@ use super::{
 };
 use crate::{
     event::{EventContext, EventFilter, EventQuery, NewEvent, RequestId, TokenEvent},
+    restriction::Restrictions,
     token::{
         LookupId,
         fields::{Owner, OwnerId},
@@ -267,6 +268,8 @@ struct TokenRow {
     revoked_at: Option<DateTime<Utc>>,
     replaced_by: Option<Uuid>,
     revocation_reason: Option<String>,
+    allowed_networks: Vec<String>,
+    allowed_models: Vec<String>,
 }
 
 impl From<TokenRow> for TokenRecord {
@@ -292,6 +295,7 @@ impl From<TokenRow> for TokenRecord {
                 .revocation_reason
                 .as_deref()
                 .map(RevocationReason::from_stored),
+            restrictions: Restrictions::from_stored(&row.allowed_networks, &row.allowed_models),
         }
     }
 }
@@ -310,6 +314,8 @@ impl<'a> NewTokenRow<'a> {
             created_at: token.created_at,
             created_by: &token.created_by,
             expires_at: token.expires_at,
+            allowed_networks: token.restrictions.networks_as_text(),
+            allowed_models: token.restrictions.models_as_text(),
         }
     }
 }
@@ -378,6 +384,8 @@ struct NewTokenRow<'a> {
     created_at: DateTime<Utc>,
     created_by: &'a str,
     expires_at: Option<DateTime<Utc>>,
+    allowed_networks: Vec<String>,
+    allowed_models: Vec<String>,
 }
 
 #[derive(AsChangeset)]

@@ -17,6 +17,8 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
         replaced_by -> Nullable<Uuid>,
         revocation_reason -> Nullable<Text>,
+        allowed_networks -> Array<Text>,
+        allowed_models -> Array<Text>,
     }
 }
 

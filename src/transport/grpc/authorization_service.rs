@@ -1,19 +1,23 @@
 //! `casola.auth.v1.AuthorizationService`: Authorize and WhoAmI over [`Authorizer`].
 
+use std::net::IpAddr;
+
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{principal_to_proto, scope_match_from_proto, token_to_proto},
+    convert::{explanation_to_proto, principal_to_proto, scope_match_from_proto, token_to_proto},
     status,
 };
 use crate::{
     authorize::{
-        Authenticated, Authorizer, Decision, Denial,
+        Authenticated, Authorizer, Decision, Denial, StatedFacts,
+        explain::{Seen, explain},
         fairness::{Entry as SourceEntry, Source},
     },
+    error::Error,
     proto::{self, authorization_service_server::AuthorizationService},
-    telemetry::{Verdict, metrics::reasons},
+    telemetry::{self, Verdict, metrics::reasons},
     transport::verdict::{self, Entry},
 };
 
@@ -53,7 +57,7 @@ pub(crate) fn decision_to_proto(decision: Decision) -> proto::AuthorizeResponse 
             decision: D::Allow.into(),
             deny_reason: R::Unspecified.into(),
             principal: Some(principal_to_proto(&principal)),
-            missing_scopes: Vec::new(),
+            ..Default::default()
         },
         Decision::Deny(Denial::Malformed) => deny(R::Malformed),
         Decision::Deny(Denial::Unknown) => deny(R::Unknown),
@@ -66,7 +70,28 @@ pub(crate) fn decision_to_proto(decision: Decision) -> proto::AuthorizeResponse 
                 ..deny(R::InsufficientScope)
             }
         }
+        Decision::Deny(denial @ Denial::Network { .. }) => proto::AuthorizeResponse {
+            principal: denial.principal().map(principal_to_proto),
+            ..deny(R::Network)
+        },
+        Decision::Deny(denial @ (Denial::Model { .. } | Denial::ModelUnreadable { .. })) => {
+            proto::AuthorizeResponse {
+                principal: denial.principal().map(principal_to_proto),
+                ..deny(R::Model)
+            }
+        }
     }
+}
+
+/// Authorize's `client_ip`: empty for none, else an IPv4 or IPv6 address.
+fn client_ip_from_proto(raw: &str) -> Result<Option<IpAddr>, Error> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse()
+        .map(Some)
+        .map_err(|_| Error::invalid("client_ip", "must be an IPv4 or IPv6 address"))
 }
 
 #[tonic::async_trait]
@@ -81,16 +106,46 @@ impl AuthorizationService for AuthorizationApi {
             .remote_addr()
             .map(|peer| Source::new(SourceEntry::Authorize, peer.ip()));
         let r = request.into_inner();
+        let decision_id = telemetry::call::new_decision_id();
         let mode = scope_match_from_proto(r.r#match)?;
         let required = self
             .authorizer
             .required_scopes("required_scopes", &r.required_scopes)?;
+        let facts = StatedFacts {
+            client_ip: client_ip_from_proto(&r.client_ip)?,
+            model: Some(r.model.as_str()).filter(|m| !m.is_empty()),
+        };
         let decision = self
             .authorizer
-            .authorize_from(&r.token, &required, mode, source.as_ref())
+            .authorize_from(&r.token, &required, mode, source.as_ref(), &facts)
             .await;
         verdict::record(Entry::Authorize, verdict::of_decision(&decision));
-        Ok(Response::new(decision_to_proto(decision?)))
+        let decision = decision?;
+        let explanation = r.explain.then(|| {
+            let seen = Seen {
+                requirement_source: if required.is_empty() {
+                    "none".into()
+                } else {
+                    "request".into()
+                },
+                client_ip: facts.client_ip,
+                model: facts.model,
+            };
+            let catalog = self.authorizer.catalog();
+            explanation_to_proto(explain(
+                catalog,
+                &decision,
+                &required,
+                mode,
+                &seen,
+                decision_id,
+            ))
+        });
+        Ok(Response::new(proto::AuthorizeResponse {
+            decision_id: decision_id.to_string(),
+            explanation,
+            ..decision_to_proto(decision)
+        }))
     }
 
     async fn who_am_i(

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
+    authorize::explain::Explanation,
     error::Error,
     event::{EventKind, TokenEvent},
     principal::Principal,
@@ -55,6 +56,8 @@ pub fn token_to_proto(
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
         expires_soon: record.expires_soon(now, soon),
+        allowed_networks: record.restrictions.networks_as_text(),
+        allowed_models: record.restrictions.models_as_text(),
     }
 }
 
@@ -141,6 +144,43 @@ pub fn principal_to_proto(p: &Principal) -> proto::Principal {
         user_id: p.owner.user_id.to_string(),
         scopes: p.scopes.to_vec(),
         expires_at: p.expires_at.map(timestamp),
+        allowed_networks: p.restrictions().networks_as_text(),
+        allowed_models: p.restrictions().models_as_text(),
+    }
+}
+
+/// A scope match mode as the API shows it.
+pub fn scope_match_to_proto(mode: ScopeMatch) -> proto::ScopeMatch {
+    match mode {
+        ScopeMatch::All => proto::ScopeMatch::All,
+        ScopeMatch::Any => proto::ScopeMatch::Any,
+    }
+}
+
+/// An explanation as the API shows it.
+pub fn explanation_to_proto(e: Explanation) -> proto::Explanation {
+    proto::Explanation {
+        decision_id: e.decision_id,
+        outcome: e.outcome,
+        reason: e.reason,
+        requirement_source: e.requirement_source,
+        required_scopes: e.required_scopes,
+        r#match: scope_match_to_proto(e.mode).into(),
+        granted_scopes: e.granted_scopes,
+        grants: e
+            .grants
+            .into_iter()
+            .map(|g| proto::ScopeGrant {
+                scope: g.scope,
+                implied_by: g.implied_by,
+            })
+            .collect(),
+        missing_scopes: e.missing_scopes,
+        failed_restriction: e.failed_restriction.unwrap_or_default().to_owned(),
+        allowed_networks: e.allowed_networks,
+        allowed_models: e.allowed_models,
+        client_ip: e.client_ip.unwrap_or_default(),
+        model: e.model.unwrap_or_default(),
     }
 }
 

@@ -146,6 +146,8 @@ impl TokenService for TokenApi {
                     expires_in_days: r.expires_in_days,
                     org_id: r.org_id,
                     user_id: r.user_id,
+                    allowed_networks: r.allowed_networks,
+                    allowed_models: r.allowed_models,
                 },
             )
             .await?;

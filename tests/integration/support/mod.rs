@@ -158,6 +158,7 @@ pub fn authorize(token: &str, scopes: &[&str]) -> AuthorizeRequest {
         token: token.into(),
         required_scopes: scopes.iter().map(|s| (*s).into()).collect(),
         r#match: ScopeMatch::All.into(),
+        ..Default::default()
     }
 }
 
