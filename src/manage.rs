@@ -748,7 +748,7 @@ impl TokenManager {
         }
         let now = now_micros();
         Self::rotatable(&old, now)?;
-        let created_by = match caller {
+        let (created_by, restrictions) = match caller {
             Caller::Token(principal) => {
                 let names: Vec<&str> = old.scopes.iter().map(String::as_str).collect();
                 let scopes = self.catalog.expand(&self.catalog.from_stored(&names));
@@ -772,9 +772,24 @@ impl TokenManager {
                         )));
                     }
                 }
-                principal.as_creator()
+                // Receiving the new secret is minting: a restricted caller cannot rotate its
+                // way out of its own networks and models. A copy is never narrowed behind
+                // its owner's back either: a token wider than the caller is refused.
+                let inside = old
+                    .restrictions
+                    .clone()
+                    .within(principal.restrictions())
+                    .is_ok_and(|narrowed| narrowed == old.restrictions);
+                if !inside {
+                    return Err(Error::PermissionDenied(
+                        "the calling token receives the new secret, so the token's allowed \
+                         networks and models must lie inside the calling token's"
+                            .to_owned(),
+                    ));
+                }
+                (principal.as_creator(), old.restrictions.clone())
             }
-            Caller::Operator => "cli".to_owned(),
+            Caller::Operator => ("cli".to_owned(), old.restrictions.clone()),
         };
         let (name, description) = (
             TokenName::parse(&old.name).map_err(|_| Error::Internal)?,
@@ -798,8 +813,9 @@ impl TokenManager {
                     created_by: created_by.clone(),
                     // Never later than the old one's: the same.
                     expires_at: old.expires_at,
-                    // Never wider: the same networks and models.
-                    restrictions: old.restrictions.clone(),
+                    // Never wider: the same networks and models (inside a restricted
+                    // caller's: see above).
+                    restrictions: restrictions.clone(),
                 },
                 now,
                 old_ends_at,

@@ -43,8 +43,13 @@ pub struct TokenView {
     pub expires_at: Option<String>,
     /// Last successful use, RFC 3339 (written behind, so it trails the use itself).
     pub last_used_at: Option<String>,
-    /// Revocation time, RFC 3339.
+    /// Revocation time, RFC 3339 (in the future while a rotation overlap runs).
     pub revoked_at: Option<String>,
+    /// Why it was (or, inside a rotation overlap, will be) revoked: `revoked`, `rotated`,
+    /// `exposed` or `offboarded`.
+    pub revocation_reason: Option<String>,
+    /// The token that replaced it in a rotation.
+    pub replaced_by: Option<String>,
     /// `active`, `expired` or `revoked`, as of the command's clock.
     pub status: String,
     /// Active and expiring within the notice window (`expiry.soon_days`).
@@ -70,6 +75,8 @@ impl TokenView {
             expires_at: record.expires_at.map(rfc3339),
             last_used_at: record.last_used_at.map(rfc3339),
             revoked_at: record.revoked_at.map(rfc3339),
+            revocation_reason: record.revocation_reason.map(|r| r.as_str().to_owned()),
+            replaced_by: record.replaced_by.map(|id| id.to_string()),
             status: status(record, now),
             expires_soon: record.expires_soon(now, soon),
             allowed_networks: record.restrictions.networks_as_text(),
@@ -282,6 +289,8 @@ pub fn token_detail(t: &TokenView) -> Table {
         ("expires_at", optional(&t.expires_at)),
         ("last_used_at", optional(&t.last_used_at)),
         ("revoked_at", optional(&t.revoked_at)),
+        ("revocation_reason", optional(&t.revocation_reason)),
+        ("replaced_by", optional(&t.replaced_by)),
         ("status", t.status.clone()),
         ("expires_soon", t.expires_soon.to_string()),
         ("allowed_networks", t.allowed_networks.join(",")),
@@ -465,6 +474,8 @@ mod tests {
             expires_at: None,
             last_used_at: None,
             revoked_at: None,
+            revocation_reason: None,
+            replaced_by: None,
             status: "active".into(),
             expires_soon: false,
             allowed_networks: Vec::new(),
@@ -484,6 +495,8 @@ mod tests {
             "expires_at",
             "last_used_at",
             "revoked_at",
+            "revocation_reason",
+            "replaced_by",
             "status",
             "expires_soon",
             "allowed_networks",

@@ -21,7 +21,7 @@ from conftest import REPO, casola_auth_bin, clean_env, run
 
 TOKEN_KEYS = {
     "id", "name", "description", "prefix", "scopes", "org_id", "user_id",
-    "created_at", "expires_at", "last_used_at", "revoked_at", "status", "expires_soon",
+    "created_at", "expires_at", "last_used_at", "revoked_at", "revocation_reason", "replaced_by", "status", "expires_soon",
     "allowed_networks", "allowed_models",
 }
 NO_SCHEMA = "the database has no casola-auth schema: run `casola-auth migrate`"
@@ -78,6 +78,7 @@ def test_json_output_of_list_and_get_parses_with_stable_keys_and_no_secret(cli):
     assert set(one) == TOKEN_KEYS, "every key present, absent times as null"
     assert one["status"] == "active" and one["scopes"] == ["user:read"]
     assert one["last_used_at"] is None and one["revoked_at"] is None
+    assert one["revocation_reason"] is None and one["replaced_by"] is None
     created = datetime.fromisoformat(one["created_at"])
     expires = datetime.fromisoformat(one["expires_at"])
     assert created.utcoffset().total_seconds() == 0 and round((expires - created).total_seconds()) == 30 * 86400

@@ -77,6 +77,7 @@ def test_cli_rotate_prints_the_secret_once_and_a_retry_says_so(cli):
     assert out["secret_shown"] is True and out["token"].startswith(out["prefix"])
     assert out["old_token"]["id"] == token_id and out["old_token"]["status"] == "active"
     assert out["old_token"]["revoked_at"], "the end of the overlap"
+    assert out["old_token"]["revocation_reason"] == "rotated" and out["old_token"]["replaced_by"] == out["id"]
     retry = cli("token", "rotate", token_id, "--overlap", "1h", "--request-id", "r1")
     assert retry.stdout.strip() == out["id"], "the same new token, by id"
     assert "not shown again" in retry.stderr and "csl_" not in retry.stdout

@@ -10,7 +10,7 @@ use casola_auth::{
     manage::{Caller, CreateRequest},
     proto::{
         AuthorizeRequest, CreateTokenRequest, Decision, DenyReason, GetTokenRequest,
-        ListTokensRequest,
+        ListTokensRequest, RotateTokenRequest,
     },
 };
 use envoy_types::pb::envoy::{
@@ -275,6 +275,85 @@ async fn a_restricted_caller_cannot_mint_its_way_out_of_its_restrictions() {
         wider.message().contains("outside the calling token's"),
         "{}",
         wider.message()
+    );
+}
+
+#[tokio::test]
+async fn a_restricted_caller_cannot_rotate_a_wider_token_into_its_hands() {
+    let server = TestServer::memory().await;
+    let caller = restricted(&server, &["10.0.0.0/8"], &["llama-4-*"]).await;
+    // A colleague's kind of token the caller may revoke (same owner, scopes it holds), but
+    // with no lists: its new secret would be an unrestricted token in a restricted hand.
+    let open = server
+        .running
+        .services()
+        .manager
+        .create(
+            &Caller::Operator,
+            &Origin::default(),
+            CreateRequest {
+                name: "open".into(),
+                preset: "user-read".into(),
+                org_id: "acme".into(),
+                user_id: "alice".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("operator creates an unrestricted token")
+        .record
+        .id;
+    let rotate = |id: String| RotateTokenRequest {
+        id,
+        ..Default::default()
+    };
+    let refused = server
+        .tokens()
+        .rotate_token(bearer(&caller, rotate(open.to_string())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("allowed networks and models"),
+        "{}",
+        refused.message()
+    );
+    // A token inside the caller's lists rotates, and the copy keeps its lists.
+    let inside = server
+        .tokens()
+        .create_token(bearer(
+            &caller,
+            CreateTokenRequest {
+                name: "inside".into(),
+                preset: "user-read".into(),
+                allowed_networks: vec!["10.9.0.0/16".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    let copy = server
+        .tokens()
+        .rotate_token(bearer(&caller, rotate(inside.id.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_ne!(copy.id, inside.id);
+    assert_eq!(copy.allowed_networks, ["10.9.0.0/16"]);
+    assert_eq!(
+        copy.allowed_models,
+        ["llama-4-*"],
+        "inherited at creation, kept"
     );
 }
 
