@@ -7,7 +7,6 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -34,27 +33,8 @@ use tonic_health::pb::{
 use crate::support::{
     authorize, bearer, eventually,
     pg::{self, OwnCluster},
-    process::{BINARY, FAST_ARGON2_ENV, ServerProcess},
+    process::{ServerProcess, cli_token},
 };
-
-/// A token made with the CLI (the operator path) on the database at `url`, with `extra`
-/// arguments (`--scope tokens:issue`).
-fn cli_token(url: &str, user: &str, preset: &str, extra: &[&str]) -> String {
-    let out = Command::new(BINARY)
-        .args(["token", "create", "--database-url", url, "--org", "acme"])
-        .args(["--user", user, "--name", "fault test", "--preset", preset])
-        .args(extra)
-        .envs(FAST_ARGON2_ENV)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// The decision of a call, or its error code.
 type Answer = Result<(Decision, DenyReason), Code>;

@@ -3,10 +3,7 @@
 //! listener's reconnect, refreshes without argon2, no lockout through a lookup id, the
 //! write-behind of last_used_at, single-flight verifies and exact expiry.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use casola_auth::proto::{
     AuthorizeRequest, Decision, DenyReason, GetTokenRequest, RevokeTokenRequest,
@@ -17,7 +14,7 @@ use tonic::{Code, transport::Channel};
 
 use crate::support::{
     TestServer, authorize, bearer, eventually, forge_secret, free_port, pg,
-    process::{BINARY, FAST_ARGON2_ENV, ServerProcess},
+    process::{ServerProcess, cli_token},
     test_config, token_id,
 };
 
@@ -40,32 +37,6 @@ fn replica(url: &str, env: &[(&str, &str)]) -> ServerProcess {
     ServerProcess::start(&env)
 }
 
-/// Creates a token with the CLI (the operator path) and returns it.
-fn cli_token(db: &str, user: &str, preset: &str) -> String {
-    let out = Command::new(BINARY)
-        .args([
-            "token",
-            "create",
-            "--database-url",
-            db,
-            "--org",
-            "acme",
-            "--user",
-            user,
-        ])
-        .args(["--name", "replica test", "--preset", preset])
-        .envs(FAST_ARGON2_ENV)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test]
 async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
     let db = pg::TestDb::new().await;
@@ -74,12 +45,12 @@ async fn a_token_revoked_through_one_replica_is_denied_by_the_other() {
     let a = replica(&db.url, &env);
     let b = replica(&db.url, &env);
     let (ca, cb) = (a.channel().await, b.channel().await);
-    let issuer = cli_token(&db.url, "backend", "admin-full");
+    let issuer = cli_token(&db.url, "backend", "admin-full", &[]);
     let mut revoker = TokenServiceClient::new(ca.clone());
     let mut on_b = AuthorizationServiceClient::new(cb.clone());
 
     for round in 0..5 {
-        let token = cli_token(&db.url, &format!("user{round}"), "user-read");
+        let token = cli_token(&db.url, &format!("user{round}"), "user-read", &[]);
         // Warm on B: cached there.
         assert_eq!(
             decide(&mut on_b, &token).await,
@@ -142,8 +113,8 @@ async fn a_killed_listener_reconnects_and_keeps_the_cache_while_the_change_log_c
     let b = replica(&db.url, &[]);
     let cb = b.channel().await;
     let mut on_b = AuthorizationServiceClient::new(cb.clone());
-    let revoked = cli_token(&db.url, "alice", "user-read");
-    let kept = cli_token(&db.url, "bob", "user-read");
+    let revoked = cli_token(&db.url, "alice", "user-read", &[]);
+    let kept = cli_token(&db.url, "bob", "user-read", &[]);
     let app = format!("casola-auth-revocations-{}", b.pid());
     eventually(Duration::from_secs(10), "listener connected", || {
         let (url, app) = (db.url.clone(), app.clone());
@@ -200,7 +171,7 @@ async fn without_notify_a_revocation_by_hand_is_denied_through_the_change_log() 
     })
     .await;
     for round in 0..3 {
-        let token = cli_token(&db.url, &format!("user{round}"), "user-read");
+        let token = cli_token(&db.url, &format!("user{round}"), "user-read", &[]);
         let hits = b.metric("casola_auth_cache_hits_total").await;
         assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
         assert_eq!(decide(&mut on_b, &token).await.0, Decision::Allow);
@@ -315,7 +286,7 @@ async fn without_notices_or_the_change_log_cached_answers_stop_after_max_stalene
         ],
     );
     let on_b = AuthorizationServiceClient::new(b.channel().await);
-    let token = cli_token(&db.url, "alice", "user-read");
+    let token = cli_token(&db.url, "alice", "user-read", &[]);
     let allowed = || {
         let mut on_b = on_b.clone();
         let token = token.clone();
@@ -370,7 +341,7 @@ async fn without_notices_or_the_change_log_cached_answers_stop_after_max_stalene
 #[tokio::test]
 async fn last_used_is_written_behind_and_flushed_at_shutdown() {
     let db = pg::TestDb::new().await;
-    let token = cli_token(&db.url, "alice", "user-read");
+    let token = cli_token(&db.url, "alice", "user-read", &[]);
     let lookup = token[4..16].to_owned();
     let last_used = format!(
         "select count(*) from api_tokens where lookup_id = '{lookup}' and last_used_at is not null"
@@ -398,7 +369,7 @@ async fn last_used_is_written_behind_and_flushed_at_shutdown() {
     );
 
     // A short interval: written while serving.
-    let other = cli_token(&db.url, "bob", "user-read");
+    let other = cli_token(&db.url, "bob", "user-read", &[]);
     let other_lookup = other[4..16].to_owned();
     let fast = replica(
         &db.url,
@@ -558,7 +529,7 @@ async fn a_flood_of_one_forged_token_never_keeps_the_right_secret_out() {
         &[("CASOLA_AUTH_CACHE__IDLE_SECONDS", "1"), NO_SOURCE_LIMIT],
     );
     let channel = b.channel().await;
-    let valid = cli_token(&db.url, "victim", "user-read");
+    let valid = cli_token(&db.url, "victim", "user-read", &[]);
     let forged = forge_secret(&valid, 0);
     let until = Instant::now() + FLOOD;
     let flooding = flood(channel.clone(), vec![forged], until);
@@ -598,7 +569,7 @@ async fn a_flood_of_varying_forged_secrets_never_gets_the_right_secret_called_un
         &[("CASOLA_AUTH_CACHE__IDLE_SECONDS", "1"), NO_SOURCE_LIMIT],
     );
     let channel = b.channel().await;
-    let valid = cli_token(&db.url, "victim", "user-read");
+    let valid = cli_token(&db.url, "victim", "user-read", &[]);
     let forged: Vec<_> = (1..1900).map(|n| forge_secret(&valid, n)).collect();
     let until = Instant::now() + FLOOD;
     let flooding = flood(channel.clone(), forged, until);

@@ -3,7 +3,7 @@
 //! 1,000 tokens seen by a second replica, and exposure reports that answer the same whatever
 //! they hold.
 
-use std::{process::Command, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use casola_auth::{
     event::EventContext,
@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::support::{
     TestServer, authorize, bearer, eventually, pg,
-    process::{BINARY, FAST_ARGON2_ENV, ServerProcess},
+    process::{ServerProcess, cli_token},
     test_config,
 };
 
@@ -58,24 +58,6 @@ fn replica(url: &str) -> ServerProcess {
         ("DATABASE_URL", url),
         ("CASOLA_AUTH_CACHE__IDLE_SECONDS", "3600"),
     ])
-}
-
-/// Creates a token with the CLI (the operator path) and returns it.
-fn cli_token(db: &str, user: &str, preset: &str) -> String {
-    let out = Command::new(BINARY)
-        .args(["token", "create", "--database-url", db])
-        .args(["--org", "acme", "--user", user])
-        .args(["--name", "rotation test", "--preset", preset])
-        .envs(FAST_ARGON2_ENV)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run token create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 async fn rotate(
@@ -129,7 +111,7 @@ async fn a_rotated_token_works_on_both_replicas_during_the_overlap_and_is_revoke
     );
 
     // 1. Both replicas alive. The token rotates itself (user:write), as a CI job would.
-    let old = cli_token(&db.url, "alice", "user-full");
+    let old = cli_token(&db.url, "alice", "user-full", &[]);
     for client in [&on_a, &on_b] {
         assert_eq!(decide(client, &old).await, ALLOWED, "warm: cached on both");
     }
@@ -149,7 +131,7 @@ async fn a_rotated_token_works_on_both_replicas_during_the_overlap_and_is_revoke
     let ends = old_token.revoked_at.as_ref().unwrap();
     let ends_at = chrono::DateTime::from_timestamp(ends.seconds, ends.nanos as u32).unwrap();
     let new_token = rotated.token.as_ref().unwrap();
-    assert_eq!(new_token.name, "rotation test");
+    assert_eq!(new_token.name, "cli test");
     assert_eq!(new_token.scopes, ["user:read", "user:write"]);
     let checked = allowed_before(&[&on_a, &on_b], &old, ends_at).await;
     for client in [&on_a, &on_b] {
@@ -189,7 +171,7 @@ async fn a_rotated_token_works_on_both_replicas_during_the_overlap_and_is_revoke
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // 2. The replica that rotated stops before the overlap ends: the other still ends it.
-    let second = cli_token(&db.url, "bob", "user-full");
+    let second = cli_token(&db.url, "bob", "user-full", &[]);
     assert_eq!(decide(&on_b, &second).await, ALLOWED, "cached on B");
     let second_id = crate::support::token_id(&cb, &second).await;
     let rotated = rotate(&ca, &second, &second_id, 3, "").await.unwrap();
@@ -267,8 +249,8 @@ async fn offboarding_a_thousand_tokens_denies_every_one_on_a_second_replica() {
     let b = replica(&db.url);
     let (ca, cb) = (a.channel().await, b.channel().await);
     let on_b = AuthorizationServiceClient::new(cb);
-    let admin = cli_token(&db.url, "admin", "admin-full");
-    let colleague = cli_token(&db.url, "colleague", "user-read");
+    let admin = cli_token(&db.url, "admin", "admin-full", &[]);
+    let colleague = cli_token(&db.url, "colleague", "user-read", &[]);
     let tokens = many_tokens(&db, 1000).await;
     // Cached on B as valid, so only the offboarding's notice or change log can deny them.
     for token in &tokens {

@@ -37,6 +37,25 @@ pub const FAST_ARGON2_ENV: [(&str, &str); 2] = [
     ("CASOLA_AUTH_ARGON2__ITERATIONS", "1"),
 ];
 
+/// A token of organisation `acme` made with the CLI (the operator path) on the database at
+/// `db`, with `extra` arguments (`--scope tokens:issue`); returns its secret.
+pub fn cli_token(db: &str, user: &str, preset: &str, extra: &[&str]) -> String {
+    let out = std::process::Command::new(BINARY)
+        .args(["token", "create", "--database-url", db, "--org", "acme"])
+        .args(["--user", user, "--name", "cli test", "--preset", preset])
+        .args(extra)
+        .envs(FAST_ARGON2_ENV)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Asks the kernel to send `signal` to the child `command` starts when the thread that
 /// started it exits, so that no server outlives a test process that crashed or was killed.
 ///
