@@ -184,6 +184,7 @@ impl Services {
             workers: config.verify.create_workers,
             queue: config.verify.create_queue,
         })
+        .named("create")
         .refusals_counted_as(telemetry::metrics::limits::CREATE_QUEUE);
         let fairness = FairnessLimits::new(config.limits.fairness());
         let last_used = LastUsed::new();

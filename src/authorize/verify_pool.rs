@@ -53,6 +53,8 @@ pub struct VerifyPool {
     queue: usize,
     runs: Arc<AtomicU64>,
     limit: Option<&'static str>,
+    /// The `pool` label of its metrics: `verify` (the gate's) or `create`.
+    name: &'static str,
 }
 
 impl VerifyPool {
@@ -64,7 +66,15 @@ impl VerifyPool {
             queue: options.queue,
             runs: Arc::new(AtomicU64::new(0)),
             limit: None,
+            name: "verify",
         }
+    }
+
+    /// The pool's `pool` metric label (`verify` by default), so that the create pool's queue
+    /// and refusals are told apart from the gate's.
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
     }
 
     /// Also counts each refusal as `casola_auth_limited_total{limit}` (the create pool's
@@ -110,7 +120,7 @@ impl VerifyPool {
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    metrics::counter!(ARGON2_REJECTED_TOTAL).increment(1);
+                    metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
                     if let Some(limit) = self.limit {
                         metrics::counter!(LIMITED_TOTAL, "limit" => limit).increment(1);
                     }
@@ -119,21 +129,23 @@ impl VerifyPool {
                     ));
                 }
                 // Leaves the queue however the wait ends, also when the caller gives up.
-                let _waiting = Waiting::enter(&self.waiting);
+                let _waiting = Waiting::enter(&self.waiting, self.name);
                 let permit = self.permits.clone().acquire_owned().await;
                 permit.map_err(|_| Error::Internal)?
             }
         };
         self.runs.fetch_add(1, Ordering::Relaxed);
         let waited = queued_at.elapsed();
-        metrics::histogram!(ARGON2_QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+        metrics::histogram!(ARGON2_QUEUE_WAIT_SECONDS, "pool" => self.name)
+            .record(waited.as_secs_f64());
         tracing::Span::current().record("queue_wait_ms", waited.as_secs_f64() * 1000.0);
+        let pool = self.name;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             yield_cpu_to_the_warm_path();
             let started = Instant::now();
             let output = work();
-            metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS)
+            metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS, "pool" => pool)
                 .record(started.elapsed().as_secs_f64());
             output
         })
@@ -171,19 +183,19 @@ fn yield_cpu_to_the_warm_path() {
 }
 
 /// One call counted in the queue (already added to `waiting`) until dropped.
-struct Waiting<'a>(&'a AtomicUsize);
+struct Waiting<'a>(&'a AtomicUsize, &'static str);
 
 impl<'a> Waiting<'a> {
-    fn enter(waiting: &'a AtomicUsize) -> Self {
-        metrics::gauge!(ARGON2_QUEUE_DEPTH).increment(1.0);
-        Self(waiting)
+    fn enter(waiting: &'a AtomicUsize, pool: &'static str) -> Self {
+        metrics::gauge!(ARGON2_QUEUE_DEPTH, "pool" => pool).increment(1.0);
+        Self(waiting, pool)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(ARGON2_QUEUE_DEPTH).decrement(1.0);
+        metrics::gauge!(ARGON2_QUEUE_DEPTH, "pool" => self.1).decrement(1.0);
     }
 }
 

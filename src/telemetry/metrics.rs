@@ -359,8 +359,10 @@ pub fn install() -> PrometheusHandle {
             }
             describe();
             // Zero the counters and gauges alerts watch, so a rate exists from the start.
-            metrics::counter!(ARGON2_REJECTED_TOTAL).absolute(0);
-            metrics::gauge!(ARGON2_QUEUE_DEPTH).increment(0.0);
+            for pool in ["verify", "create"] {
+                metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => pool).absolute(0);
+                metrics::gauge!(ARGON2_QUEUE_DEPTH, "pool" => pool).increment(0.0);
+            }
             metrics::counter!(LAST_USED_FLUSH_ERRORS_TOTAL).absolute(0);
             handle
         })
