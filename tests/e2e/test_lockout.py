@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from conftest import with_checksum
+from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, well_formed_unknown_token, with_checksum
 
 FLOOD_SECONDS = 10
 PATH = "/openai/v1/models"
@@ -58,3 +58,52 @@ def test_a_flood_of_forged_tokens_with_the_victims_lookup_id_never_locks_the_val
     # cooled down.
     assert set(flood_codes) <= {401, 429, 503}, flood_codes
     assert flood_codes.get(401, 0) > 0, flood_codes
+
+
+def test_a_source_past_its_failed_verify_rate_gets_429_with_retry_after_and_verified_tokens_keep_working(pg, cli, upstream, tmp_path):
+    # Issue 11 item 3 through real Envoy, deterministic: a server of its own with a tight
+    # allowance (5 failures, then 1/s) and a long cool-down, so that a short burst of unknown
+    # tokens from 127.0.0.2 is sure to go past it.
+    config = tmp_path / "tight-limits.toml"
+    config.write_text(CASOLA_CONFIG.read_text().replace(
+        "[limits]\n",
+        "[limits]\nfailed_verifies_burst = 5\nfailed_verifies_per_second = 1\nfailed_verify_cooldown_seconds = 120\n",
+        1,
+    ))
+    verified = cli.create_token("cooling verified", preset="user-read")
+    cold = cli.create_token("cooling cold", preset="user-read")
+    server = AuthServer("tight-limits", pg.url, config)
+    proxy = None
+    try:
+        server.start()
+        proxy = Envoy("tight-limits", ENVOY_CONFIG, server.port, upstream.port).start()
+        with httpx.Client(base_url=proxy.url, timeout=10) as here, httpx.Client(
+            base_url=proxy.url, timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+        ) as stranger:
+            def get(client: httpx.Client, token: str) -> httpx.Response:
+                return client.get(PATH, headers={"authorization": f"Bearer {token}"})
+
+            assert get(here, verified).status_code == 200, "verified (and cached) on this replica"
+            codes = []
+            limited = None
+            for _ in range(100):
+                r = get(stranger, well_formed_unknown_token())
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    limited = r
+                    break
+            assert limited is not None, f"never limited: {codes}"
+            assert set(codes[:-1]) == {401} and len(codes) > 5, codes
+            assert int(limited.headers["retry-after"]) > 0, limited.headers
+            assert limited.json()["error"]["code"] == "rate_limit_exceeded", limited.text
+            # The cooling address: a token verified on this replica still works from it; one
+            # not verified yet waits (a retryable 429, never a 401); other addresses are
+            # untouched.
+            assert get(stranger, verified).status_code == 200
+            waiting = get(stranger, cold)
+            assert waiting.status_code == 429 and "retry-after" in waiting.headers, waiting.text
+            assert get(here, cold).status_code == 200
+    finally:
+        if proxy:
+            proxy.stop()
+        server.stop()
