@@ -9,10 +9,9 @@ use casola_auth::proto::{
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_types::StatusExt;
 
 use crate::support::{
-    TestServer, authorize, bearer, forge_secret, free_port, http_get, pg, test_config,
+    TestServer, authorize, bad_fields, bearer, forge_secret, free_port, http_get, pg, test_config,
 };
 
 fn create(name: &str, preset: &str) -> CreateTokenRequest {
@@ -21,17 +20,6 @@ fn create(name: &str, preset: &str) -> CreateTokenRequest {
         preset: preset.into(),
         ..Default::default()
     }
-}
-
-/// The fields of a status's BadRequest details.
-fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let bad = details.bad_request().expect("BadRequest details");
-    bad.field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect()
 }
 
 async fn lifecycle(server: &TestServer) {

@@ -19,21 +19,11 @@ use casola_auth::{
     },
 };
 use tonic::Code;
-use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::support::{TestServer, bearer, eventually, pg, test_config, token_id, with_metadata};
-
-/// The fields of a status's BadRequest details.
-fn bad_fields(status: &tonic::Status) -> Vec<String> {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let bad = details.bad_request().expect("BadRequest details");
-    bad.field_violations
-        .iter()
-        .map(|v| v.field.clone())
-        .collect()
-}
+use crate::support::{
+    TestServer, bad_fields, bearer, eventually, pg, test_config, token_id, with_metadata,
+};
 
 /// A request with a bearer token and an `x-request-id`.
 fn traced<T>(token: &str, request_id: &str, message: T) -> tonic::Request<T> {

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{TestServer, authorize, bearer, test_config};
+use crate::support::{TestServer, authorize, bad_fields, bearer, test_config};
 
 const NETWORKS: [&str; 2] = ["10.0.0.0/8", "2001:db8::/32"];
 const MODELS: [&str; 2] = ["llama-4-*", "gpt-4o"];
@@ -192,14 +192,7 @@ async fn bad_lists_are_invalid_argument_naming_each_entry() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let fields: Vec<String> = err
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields = bad_fields(&err);
     assert_eq!(
         fields,
         [

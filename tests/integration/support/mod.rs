@@ -185,6 +185,18 @@ pub fn with_metadata<T>(message: T, pairs: &[(&'static str, &str)]) -> Request<T
     request
 }
 
+/// The fields of an INVALID_ARGUMENT status's BadRequest details, in order.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details.bad_request().expect("BadRequest details");
+    bad.field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect()
+}
+
 /// A request carrying `authorization: Bearer <token>`.
 pub fn bearer<T>(token: &str, message: T) -> Request<T> {
     with_metadata(message, &[("authorization", &format!("Bearer {token}"))])
