@@ -339,18 +339,25 @@ impl TokenCache {
     where
         F: Future<Output = Result<Arc<Entry>, Error>>,
     {
-        let loaded = self
-            .inner
+        let inner = &self.inner;
+        let loaded = inner
             .loading
-            .try_get_with(key, load)
+            .try_get_with(key, async {
+                // A load that finished between this caller's miss and now has already
+                // filled `verified` (it does so before leaving `loading`): use it.
+                match inner.verified.get(&key) {
+                    Some(done) if !self.needs_refresh(&done) => Ok(done),
+                    _ => load.await,
+                }
+            })
             .await
             .map_err(|e| (*e).clone());
-        // Every waiter does this; the first one to get here moves the entry over. A caller
-        // that still finds it in `loading` later gets a proven entry whose stamp says
-        // whether it needs a refresh, like any other.
-        self.inner.loading.invalidate(&key).await;
         let entry = loaded?;
-        self.inner.verified.insert(key, entry.clone());
+        // Every waiter does this; the first one to get here moves the entry over. Into
+        // `verified` first, out of `loading` second: a miss in between finds one or the
+        // other, never neither (which cost a second argon2 verify).
+        inner.verified.insert(key, entry.clone());
+        inner.loading.invalidate(&key).await;
         Ok(entry)
     }
 
