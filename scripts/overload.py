@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -112,6 +113,10 @@ def main() -> int:
     ap.add_argument("--deadline-ms", type=int, default=200, help="grpc-timeout of every call")
     ap.add_argument("--probe-concurrency", type=int, default=64, help="calls in flight of the recording client")
     ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the replica, e.g. CASOLA_AUTH_LIMITS__MAX_IN_FLIGHT=512 (repeatable)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the replica on CPU 0, the load generators on CPU 1 (they stop taking its CPU)")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
     command = "python3 scripts/overload.py " + " ".join(shlex.quote(x) for x in sys.argv[1:] if x != "--no-build")
@@ -126,7 +131,8 @@ def main() -> int:
     try:
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
-        rep = Replica("overload", pg.url).start()  # the default configuration
+        # The default configuration, unless --server-env says otherwise.
+        rep = Replica("overload", pg.url, env=dict(kv.split("=", 1) for kv in a.server_env)).start()
         # First uses past the decision deadline are answered DEADLINE_EXCEEDED (their lookups
         # still fill the cache): passes until every token is allowed, so the run is warm.
         for _ in range(5):
@@ -134,6 +140,9 @@ def main() -> int:
             if r["ok"] == r["requests"]:
                 break
         res["warm_pass"] = r
+        if a.pin:
+            run(["taskset", "-a", "-p", "-c", "0", str(rep.pid)])
+            os.sched_setaffinity(0, {1})  # inherited by h2load and the recording client
         frame = WORK / "authorize.frame"
         run([BENCH, "frame", "--mode", "authorize", "--tokens", warm, "--out", frame])
         bench.probe(rep.target, "authorize", warm)

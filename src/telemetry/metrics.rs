@@ -77,6 +77,9 @@ pub const LIMITED_TOTAL: &str = "casola_auth_limited_total";
 pub const SOURCE_COOLDOWNS_TOTAL: &str = "casola_auth_source_cooldowns_total";
 /// Gauge: accepted gRPC connections open now (handshaking or serving).
 pub const CONNECTIONS_OPEN: &str = "casola_auth_connections_open";
+/// Gauge: how long a task waits in the runtime's queue now (the admission canary's figure);
+/// a call with a deadline is shed when this is past a third of it.
+pub const RUNTIME_QUEUE_DELAY_SECONDS: &str = "casola_auth_runtime_queue_delay_seconds";
 /// Counter: reconnects of the revocation listener.
 pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
     "casola_auth_revocation_listener_reconnects_total";
@@ -103,6 +106,7 @@ pub const ALL: &[&str] = &[
     LIMITED_TOTAL,
     SOURCE_COOLDOWNS_TOTAL,
     CONNECTIONS_OPEN,
+    RUNTIME_QUEUE_DELAY_SECONDS,
     ARGON2_VERIFIES_TOTAL,
     ARGON2_VERIFY_DURATION_SECONDS,
     ARGON2_QUEUE_DEPTH,
@@ -165,6 +169,10 @@ pub mod limits {
     pub const HANDSHAKE_EVICTED: &str = "handshake_evicted";
     /// A connection that sent no HTTP/2 preface within the handshake timeout, closed.
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+    /// A call past `limits.max_in_flight`, shed at once.
+    pub const IN_FLIGHT: &str = "in_flight";
+    /// A call that waited in the runtime's queue past a third of its deadline, shed.
+    pub const QUEUE_DELAY: &str = "queue_delay";
 }
 
 /// Buckets for latencies, in seconds: 0.5 ms (a cache hit) to 10 s (a stuck store).
@@ -242,6 +250,11 @@ pub fn describe() {
         CONNECTIONS_OPEN,
         Unit::Count,
         "Accepted gRPC connections open now, handshaking or serving."
+    );
+    describe_gauge!(
+        RUNTIME_QUEUE_DELAY_SECONDS,
+        Unit::Seconds,
+        "How long a task waits in the runtime's queue now; calls are shed past a third of their deadline."
     );
     describe_gauge!(
         CHANGE_LOG_POSITION,

@@ -12,16 +12,22 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use super::grpc::status;
+use crate::telemetry::metrics::{LIMITED_TOTAL, RUNTIME_QUEUE_DELAY_SECONDS, limits};
 
 /// Calls whose deadline is capped by the decision ceiling.
 const DECISION_METHODS: [&str; 2] = [
@@ -46,6 +52,7 @@ pub struct Admission {
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     decision_deadline: Duration,
+    lag: Arc<QueueLag>,
 }
 
 impl AdmissionLayer {
@@ -54,6 +61,7 @@ impl AdmissionLayer {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             decision_deadline: settings.decision_deadline,
+            lag: QueueLag::start(),
         }
     }
 }
@@ -111,14 +119,6 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let permit = if path.starts_with(NEVER_SHED_PREFIX) {
-            None
-        } else {
-            match self.layer.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => return Box::pin(async { Ok(status::overloaded().into_http()) }),
-            }
-        };
         let ceiling = DECISION_METHODS
             .contains(&path)
             .then_some(self.layer.decision_deadline);
@@ -126,25 +126,241 @@ where
             (Some(asked), Some(ceiling)) => Some(asked.min(ceiling)),
             (asked, ceiling) => asked.or(ceiling),
         };
-        // The clock starts here, when the call is made, not when its future is first polled.
-        let expires = deadline.map(|d| (d, tokio::time::Instant::now() + d));
+        // hyper calls the service from the stream's own task, once the runtime first runs
+        // it: the wait in the runtime's queue is already behind this call, unseen by it.
+        // The queue's current wait stands in for it, in the deadline and in shedding.
+        let waited = self.layer.lag.current();
+        let permit = if path.starts_with(NEVER_SHED_PREFIX) {
+            None
+        } else {
+            // A call that already waited a third of its deadline has two more trips through
+            // the same queue ahead (its answer's message, the connection's write): it would
+            // be answered late. Shed it now, cheaply, rather than do work nobody reads.
+            if let Some(d) = deadline
+                && waited > d / 3
+            {
+                metrics::counter!(LIMITED_TOTAL, "limit" => limits::QUEUE_DELAY).increment(1);
+                return Box::pin(async move { Ok(status::queued_too_long(waited).into_http()) });
+            }
+            match self.layer.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics::counter!(LIMITED_TOTAL, "limit" => limits::IN_FLIGHT).increment(1);
+                    return Box::pin(async { Ok(status::overloaded().into_http()) });
+                }
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let called = now.checked_sub(waited).unwrap_or(now);
+        let expires = deadline.map(|d| (d, called + d));
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let future = inner.call(req);
         Box::pin(async move {
-            let _permit = permit;
-            match expires {
-                None => future.await,
-                Some((deadline, at)) => match tokio::time::timeout_at(at, future).await {
-                    // `timeout_at` polls the call before its timer: an answer that became
-                    // ready only after the deadline (a starved task, a long poll) would
-                    // still be sent. The caller has given up on it: never a late OK.
-                    Ok(answer) if tokio::time::Instant::now() <= at => answer,
-                    _ => Ok(status::deadline_exceeded(deadline).into_http()),
-                },
+            let Some((deadline, at)) = expires else {
+                let answer = future.await?;
+                return Ok(answer.map(|body| Body::new(Guarded::new(body, permit, None))));
+            };
+            match tokio::time::timeout_at(at, future).await {
+                // `timeout_at` polls the call before its timer: an answer that became
+                // ready only after the deadline (a starved task, a long poll) would
+                // still be sent. The caller has given up on it: never a late OK.
+                Ok(Ok(answer)) if tokio::time::Instant::now() <= at => {
+                    Ok(answer
+                        .map(|body| Body::new(Guarded::new(body, permit, Some((deadline, at))))))
+                }
+                Ok(Err(e)) => Err(e),
+                _ => Ok(status::deadline_exceeded(deadline).into_http()),
             }
         })
+    }
+}
+
+/// How long a task waits in the runtime's queue right now, measured by a canary: a thread
+/// that hands the runtime a tiny task every [`QueueLag::EVERY`] (or as soon as the last one
+/// ran, if later) and notes how long it took to run (a task handed in from outside the
+/// runtime joins the same global queue the overflowing stream tasks do). The figure is the
+/// least of the last [`QueueLag::WINDOW`] canaries' waits, so one stall of the process
+/// (a CPU quota's throttling, a page fault) is not taken for a queue, as in CoDel; while a
+/// canary has not run yet, the wait is at least its age, so a runtime that stopped running
+/// tasks reads as such, not as the last good figure.
+#[derive(Debug)]
+pub struct QueueLag {
+    /// The least wait of the last [`QueueLag::WINDOW`] canaries, in microseconds.
+    latest: AtomicU64,
+    /// The last canaries' waits (written by the canaries, one at a time).
+    recent: std::sync::Mutex<[u64; Self::WINDOW]>,
+    /// Canaries run so far.
+    runs: AtomicU64,
+    /// The send time of the canary not run yet (microseconds since `epoch`; 0: none).
+    pending: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl QueueLag {
+    /// How often a canary is sent.
+    pub const EVERY: Duration = Duration::from_millis(5);
+    /// Canaries whose least wait is the figure.
+    pub const WINDOW: usize = 4;
+
+    /// A measure of the current runtime's queue, with its canary thread (which ends when the
+    /// measure is dropped). Outside a runtime the measure stays at zero.
+    pub fn start() -> Arc<Self> {
+        let lag = Arc::new(Self {
+            latest: AtomicU64::new(0),
+            recent: std::sync::Mutex::new([0; Self::WINDOW]),
+            runs: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&lag);
+            let spawned = std::thread::Builder::new()
+                .name("queue-lag".into())
+                .spawn(move || Self::run(&weak, &runtime));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no queue-lag canary: calls are not shed on queue delay");
+            }
+        }
+        lag
+    }
+
+    fn run(weak: &std::sync::Weak<Self>, runtime: &tokio::runtime::Handle) {
+        loop {
+            std::thread::sleep(Self::EVERY);
+            let Some(lag) = weak.upgrade() else { return };
+            if lag.pending.load(Ordering::Acquire) != 0 {
+                continue; // the last one has not run yet; `current` reads its age
+            }
+            let sent = lag.micros();
+            lag.pending.store(sent.max(1), Ordering::Release);
+            let canary = Arc::downgrade(&lag);
+            drop(lag);
+            runtime.spawn(async move {
+                if let Some(lag) = canary.upgrade() {
+                    lag.note(lag.micros().saturating_sub(sent));
+                }
+            });
+        }
+    }
+
+    /// Records one canary's wait.
+    fn note(&self, waited: u64) {
+        let run = self.runs.fetch_add(1, Ordering::AcqRel);
+        let least = {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent[(run % Self::WINDOW as u64) as usize] = waited;
+            recent.iter().copied().min().unwrap_or(waited)
+        };
+        self.latest.store(least, Ordering::Release);
+        self.pending.store(0, Ordering::Release);
+        metrics::gauge!(RUNTIME_QUEUE_DELAY_SECONDS).set(least as f64 / 1e6);
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The queue's wait now: the latest canary's, or the age of one still waiting if more.
+    pub fn current(&self) -> Duration {
+        let latest = self.latest.load(Ordering::Acquire);
+        let pending = match self.pending.load(Ordering::Acquire) {
+            0 => 0,
+            sent => self.micros().saturating_sub(sent),
+        };
+        Duration::from_micros(latest.max(pending))
+    }
+}
+
+/// A response body that holds the call's admission permit until it ends, and whose message
+/// is replaced by DEADLINE_EXCEEDED trailers when it is first polled after the deadline.
+///
+/// A unary gRPC answer leaves in two steps: the headers when the call's future is ready,
+/// then the message and the trailers when the stream's task runs again (after HTTP/2 has
+/// granted it room to send), which under load is another trip through the runtime's queue.
+/// The permit covers both (a bound on calls in flight that freed its slot at the headers let
+/// thousands of answers wait unseen), and so does the deadline: an OK whose message would be
+/// sent after it is never sent.
+struct Guarded {
+    inner: Body,
+    _permit: Option<OwnedSemaphorePermit>,
+    deadline: Option<(Duration, tokio::time::Instant)>,
+    /// A data frame has been passed on (from then on the answer stands).
+    sent: bool,
+    /// The body ended here (the deadline's trailers were sent).
+    ended: bool,
+}
+
+impl Guarded {
+    fn new(
+        inner: Body,
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: Option<(Duration, tokio::time::Instant)>,
+    ) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+            deadline,
+            sent: false,
+            ended: false,
+        }
+    }
+
+    fn late(&self) -> Option<Duration> {
+        let (deadline, at) = self.deadline?;
+        (!self.sent && tokio::time::Instant::now() > at).then_some(deadline)
+    }
+
+    fn end_late(&mut self, deadline: Duration) -> Frame<Bytes> {
+        self.ended = true;
+        // The answer is dropped unsent; its slot is free as of now.
+        self._permit = None;
+        let mut trailers = http::HeaderMap::new();
+        // Only a status whose message cannot be encoded fails here; this one always can.
+        let _ = status::deadline_exceeded(deadline).add_header(&mut trailers);
+        Frame::trailers(trailers)
+    }
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = self.late() {
+            return Poll::Ready(Some(Ok(self.end_late(deadline))));
+        }
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && frame.is_data()
+        {
+            // Ready only now, after the deadline: the same rule.
+            if let Some(deadline) = self.late() {
+                return Poll::Ready(Some(Ok(self.end_late(deadline))));
+            }
+            self.sent = true;
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.ended || self.deadline.is_some() && !self.sent {
+            // The message may yet be swapped for trailers.
+            http_body::SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 
@@ -234,6 +450,165 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code(&answer), Some(Code::DeadlineExceeded));
+    }
+
+    /// A body whose message is ready only after `delay` of blocking work (as a message is
+    /// when its task runs again late), then trailers OK.
+    struct LateMessage {
+        delay: Duration,
+        step: u8,
+    }
+
+    impl http_body::Body for LateMessage {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.step += 1;
+            Poll::Ready(match self.step {
+                1 => {
+                    std::thread::sleep(self.delay);
+                    Some(Ok(Frame::data(Bytes::from_static(b"answer"))))
+                }
+                2 => {
+                    let mut ok = http::HeaderMap::new();
+                    ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Some(Ok(Frame::trailers(ok)))
+                }
+                _ => None,
+            })
+        }
+    }
+
+    fn late_message(
+        delay: Duration,
+    ) -> impl Service<
+        http::Request<()>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        service_fn(move |_req: http::Request<()>| async move {
+            Ok::<_, Infallible>(http::Response::new(Body::new(LateMessage {
+                delay,
+                step: 0,
+            })))
+        })
+    }
+
+    /// The frames of a body: data bytes and the trailers' grpc-status.
+    async fn frames(body: Body) -> (Vec<Bytes>, Option<String>) {
+        use http_body::Body as _;
+        let mut body = std::pin::pin!(body);
+        let (mut data, mut status) = (Vec::new(), None);
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.unwrap();
+            if let Some(trailers) = frame.trailers_ref() {
+                status = trailers
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned());
+            } else if let Ok(bytes) = frame.into_data() {
+                data.push(bytes);
+            }
+        }
+        (data, status)
+    }
+
+    #[tokio::test]
+    async fn a_message_ready_only_after_the_deadline_is_replaced_by_deadline_exceeded() {
+        let layer = AdmissionLayer::new(Admission {
+            max_in_flight: 8,
+            decision_deadline: Duration::from_millis(150),
+        });
+        let decide = "/casola.auth.v1.AuthorizationService/Authorize";
+        // Headers at once, the message 30 ms later: past a 5 ms deadline.
+        let answer = layer
+            .layer(late_message(Duration::from_millis(30)))
+            .oneshot(request(decide, Some("5m")))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), None, "the headers left in time");
+        let (data, status) = frames(answer.into_body()).await;
+        assert!(data.is_empty(), "the late message is not sent: {data:?}");
+        assert_eq!(
+            status.as_deref(),
+            Some("4"),
+            "DEADLINE_EXCEEDED in the trailers"
+        );
+        // In time, the same body passes unchanged.
+        let answer = layer
+            .layer(late_message(Duration::ZERO))
+            .oneshot(request(decide, Some("5S")))
+            .await
+            .unwrap();
+        let (data, status) = frames(answer.into_body()).await;
+        assert_eq!(data, [Bytes::from_static(b"answer")]);
+        assert_eq!(status.as_deref(), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn a_call_holds_its_slot_until_its_answer_is_sent() {
+        let layer = AdmissionLayer::new(Admission {
+            max_in_flight: 1,
+            decision_deadline: Duration::from_millis(150),
+        });
+        let service = layer.layer(late_message(Duration::ZERO));
+        let path = "/casola.auth.v1.TokenService/ListTokens";
+        let first = service.clone().oneshot(request(path, None)).await.unwrap();
+        assert_eq!(code(&first), None, "admitted");
+        // Its headers are out, its message is not: the slot is still taken.
+        let second = service.clone().oneshot(request(path, None)).await.unwrap();
+        assert_eq!(code(&second), Some(Code::ResourceExhausted));
+        let (data, _) = frames(first.into_body()).await;
+        assert_eq!(data.len(), 1);
+        let third = service.clone().oneshot(request(path, None)).await.unwrap();
+        assert_eq!(code(&third), None, "admitted once the first answer ended");
+    }
+
+    #[test]
+    fn the_queue_lag_is_the_least_of_the_last_canaries_and_a_stalled_runtime_reads_stalled() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let lag = QueueLag::start();
+            // The runtime's only thread is busy: the canary waits, and its age is the lag.
+            std::thread::sleep(Duration::from_millis(200));
+            let stalled = lag.current();
+            assert!(stalled >= Duration::from_millis(100), "{stalled:?}");
+            // Running again: the next canaries wait next to nothing.
+            let started = std::time::Instant::now();
+            while lag.current() >= Duration::from_millis(50) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{:?}",
+                    lag.current()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        // One slow canary among quick ones is not a queue (the least of the window).
+        let lag = QueueLag::start();
+        for waited in [100_000, 200, 300, 100] {
+            lag.note(waited);
+        }
+        assert_eq!(lag.current(), Duration::from_micros(100));
+        lag.note(150_000);
+        assert_eq!(lag.current(), Duration::from_micros(100));
+        for _ in 0..QueueLag::WINDOW {
+            lag.note(90_000);
+        }
+        assert_eq!(
+            lag.current(),
+            Duration::from_millis(90),
+            "a standing queue is one"
+        );
     }
 
     fn timeout(value: &str) -> Option<Duration> {

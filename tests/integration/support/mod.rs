@@ -45,7 +45,8 @@ pub fn test_config(database_url: Option<&str>) -> Config {
         health_interval_ms: 200,
         shutdown_grace_seconds: 5,
         // Deadlines are overload.rs's subject (it sets its own); elsewhere a CPU-starved CI
-        // machine must not turn a slow first verify into DEADLINE_EXCEEDED.
+        // machine must not turn a slow first verify into DEADLINE_EXCEEDED (nor a busy test
+        // runtime's queue into a shed: the ceiling also bounds the queue-delay rule).
         limits: LimitsConfig {
             decision_deadline_ms: 10_000,
             ..LimitsConfig::default()
