@@ -2,9 +2,11 @@
 """The overload run of casola-auth (issue 11), written up in docs/reliability.md.
 
     python3 scripts/overload.py [--seconds 20] [--connections 40] [--streams 256] [--no-build]
+                                [--binary PATH] [--server-env KEY=VALUE ...] [--pin]
 
-Starts a throwaway PostgreSQL and one replica of the release binary with the default
-configuration (limits.max_in_flight 2048, limits.decision_deadline_ms 150), warms a set of
+Starts a throwaway PostgreSQL and one replica of the release binary (or --binary, e.g. an
+older build for an A/B) with the default configuration (limits.max_in_flight 2048,
+limits.decision_deadline_ms 150, 128 streams per connection), warms a set of
 tokens on it, then holds far more warm Authorize streams in flight than it can serve:
 
 - h2load (an independent HTTP/2 load generator) with --connections x --streams streams open
@@ -115,6 +117,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting of the replica, e.g. CASOLA_AUTH_LIMITS__MAX_IN_FLIGHT=512 (repeatable)")
+    ap.add_argument("--binary", type=Path, default=BIN, help="the replica's binary (default: this build's)")
     ap.add_argument("--pin", action="store_true",
                     help="the replica on CPU 0, the load generators on CPU 1 (they stop taking its CPU)")
     ap.add_argument("--no-build", action="store_true")
@@ -125,6 +128,7 @@ def main() -> int:
         subprocess.run(["cargo", "build", "--release", "--locked", "--bins", "--features", "bench"], cwd=REPO, check=True)
     WORK.mkdir(parents=True, exist_ok=True)
     res: dict = {"command": command, "machine": bench.machine(), "in_flight": a.connections * a.streams,
+                 "binary": str(a.binary),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     pg = Postgres("overload", settings={"max_connections": "100"}).start()
     rep = None
@@ -132,7 +136,7 @@ def main() -> int:
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
         # The default configuration, unless --server-env says otherwise.
-        rep = Replica("overload", pg.url, env=dict(kv.split("=", 1) for kv in a.server_env)).start()
+        rep = Replica("overload", pg.url, env=dict(kv.split("=", 1) for kv in a.server_env), binary=a.binary).start()
         # First uses past the decision deadline are answered DEADLINE_EXCEEDED (their lookups
         # still fill the cache): passes until every token is allowed, so the run is warm.
         for _ in range(5):
