@@ -129,8 +129,14 @@ where
         // hyper calls the service from the stream's own task, once the runtime first runs
         // it: the wait in the runtime's queue is already behind this call, unseen by it.
         // The queue's current wait stands in for it, in the deadline and in shedding.
-        let waited = self.layer.lag.current();
-        let permit = if path.starts_with(NEVER_SHED_PREFIX) {
+        // (Health checks are answered whatever the queue: they keep their own clock.)
+        let never_shed = path.starts_with(NEVER_SHED_PREFIX);
+        let waited = if never_shed {
+            Duration::ZERO
+        } else {
+            self.layer.lag.current()
+        };
+        let permit = if never_shed {
             None
         } else {
             // A call that already waited a third of its deadline has two more trips through
@@ -568,6 +574,45 @@ mod tests {
         assert_eq!(data.len(), 1);
         let third = service.clone().oneshot(request(path, None)).await.unwrap();
         assert_eq!(code(&third), None, "admitted once the first answer ended");
+    }
+
+    #[test]
+    fn a_call_that_waited_a_third_of_its_deadline_in_the_queue_is_shed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let layer = AdmissionLayer::new(Admission {
+                max_in_flight: 8,
+                decision_deadline: Duration::from_millis(150),
+            });
+            let service = layer.layer(late_message(Duration::ZERO));
+            let call = |path, timeout| service.clone().oneshot(request(path, timeout));
+            // The runtime's only thread is busy for 200 ms: whatever runs next waited that
+            // long, more than a third of the 150 ms decision ceiling.
+            std::thread::sleep(Duration::from_millis(200));
+            let decide = "/casola.auth.v1.AuthorizationService/Authorize";
+            let shed = call(decide, None).await.unwrap();
+            assert_eq!(code(&shed), Some(Code::ResourceExhausted));
+            let message = shed.headers()["grpc-message"].to_str().unwrap();
+            assert!(message.contains("for%20a%20worker"), "{message}");
+            // A call without a deadline has no third to wait past; health is never shed.
+            let listed = call("/casola.auth.v1.TokenService/ListTokens", None).await;
+            assert_eq!(code(&listed.unwrap()), None);
+            let health = call("/grpc.health.v1.Health/Check", Some("10m")).await;
+            assert_eq!(code(&health.unwrap()), None);
+            // Once the queue is short again, decisions are admitted.
+            let started = std::time::Instant::now();
+            loop {
+                let answer = call(decide, None).await.unwrap();
+                if code(&answer).is_none() {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "still shed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
     }
 
     #[test]
