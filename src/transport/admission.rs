@@ -375,25 +375,19 @@ mod tests {
     use std::convert::Infallible;
 
     use tonic::Code;
-    use tower::{ServiceExt, service_fn};
+    use tower::{ServiceExt, service_fn, util::BoxCloneService};
 
     use super::*;
 
+    /// The services under test: requests without a body, answers from `answer`.
+    type TestService = BoxCloneService<http::Request<()>, http::Response<Body>, Infallible>;
+
     /// A service that answers OK after `delay`.
-    fn slow(
-        delay: Duration,
-    ) -> impl Service<
-        http::Request<()>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static {
-        service_fn(move |_req: http::Request<()>| async move {
+    fn slow(delay: Duration) -> TestService {
+        BoxCloneService::new(service_fn(move |_req: http::Request<()>| async move {
             tokio::time::sleep(delay).await;
-            Ok::<_, Infallible>(http::Response::new(Body::empty()))
-        })
+            Ok(http::Response::new(Body::empty()))
+        }))
     }
 
     fn code(response: &http::Response<Body>) -> Option<Code> {
@@ -489,22 +483,14 @@ mod tests {
         }
     }
 
-    fn late_message(
-        delay: Duration,
-    ) -> impl Service<
-        http::Request<()>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static {
-        service_fn(move |_req: http::Request<()>| async move {
-            Ok::<_, Infallible>(http::Response::new(Body::new(LateMessage {
+    /// A service whose answer's headers are ready at once and its message after `delay`.
+    fn late_message(delay: Duration) -> TestService {
+        BoxCloneService::new(service_fn(move |_req: http::Request<()>| async move {
+            Ok(http::Response::new(Body::new(LateMessage {
                 delay,
                 step: 0,
             })))
-        })
+        }))
     }
 
     /// The frames of a body: data bytes and the trailers' grpc-status.
