@@ -188,9 +188,10 @@ where
 /// ran, if later) and notes how long it took to run (a task handed in from outside the
 /// runtime joins the same global queue the overflowing stream tasks do). The figure is the
 /// least of the last [`QueueLag::WINDOW`] canaries' waits, so one stall of the process
-/// (a CPU quota's throttling, a page fault) is not taken for a queue, as in CoDel; while a
-/// canary has not run yet, the wait is at least its age, so a runtime that stopped running
-/// tasks reads as such, not as the last good figure.
+/// (a CPU quota's throttling, a page fault) is not taken for a queue, as in CoDel. A canary
+/// that has not run for [`QueueLag::STALL`] or more counts with its age, so a runtime that
+/// stopped running tasks reads as such, not as the last good figure (shorter waits are left
+/// to the window: a busy test machine stalls a process for tens of milliseconds).
 #[derive(Debug)]
 pub struct QueueLag {
     /// The least wait of the last [`QueueLag::WINDOW`] canaries, in microseconds.
@@ -209,6 +210,8 @@ impl QueueLag {
     pub const EVERY: Duration = Duration::from_millis(5);
     /// Canaries whose least wait is the figure.
     pub const WINDOW: usize = 4;
+    /// A canary still waiting this long counts with its age.
+    pub const STALL: Duration = Duration::from_millis(100);
 
     /// A measure of the current runtime's queue, with its canary thread (which ends when the
     /// measure is dropped). Outside a runtime the measure stays at zero.
@@ -268,14 +271,19 @@ impl QueueLag {
         u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// The queue's wait now: the latest canary's, or the age of one still waiting if more.
+    /// The queue's wait now: the window's figure, or the age of a canary still waiting if
+    /// that is past [`QueueLag::STALL`] and more.
     pub fn current(&self) -> Duration {
-        let latest = self.latest.load(Ordering::Acquire);
+        let latest = Duration::from_micros(self.latest.load(Ordering::Acquire));
         let pending = match self.pending.load(Ordering::Acquire) {
-            0 => 0,
-            sent => self.micros().saturating_sub(sent),
+            0 => Duration::ZERO,
+            sent => Duration::from_micros(self.micros().saturating_sub(sent)),
         };
-        Duration::from_micros(latest.max(pending))
+        if pending >= Self::STALL {
+            latest.max(pending)
+        } else {
+            latest
+        }
     }
 }
 
