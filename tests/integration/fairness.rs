@@ -144,13 +144,19 @@ async fn connect_from(addr: std::net::SocketAddr, local: &str) -> tonic::transpo
 /// Failures one source may have before its cool-down, in the tests below.
 const BURST: u32 = 5;
 
-#[tokio::test]
-async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_tokens_keep_working() {
+/// A test server's settings with a tight failed-verify allowance: [`BURST`], then one a
+/// second, and a cool-down longer than any test.
+fn tight_limits() -> casola_auth::config::Config {
     let mut config = test_config(None);
     config.limits.failed_verifies_burst = BURST;
     config.limits.failed_verifies_per_second = 1;
     config.limits.failed_verify_cooldown_seconds = 3600;
-    let server = TestServer::with_config(config, None).await;
+    config
+}
+
+#[tokio::test]
+async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_tokens_keep_working() {
+    let server = TestServer::with_config(tight_limits(), None).await;
     let warm = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
@@ -208,11 +214,7 @@ async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_toke
 
 #[tokio::test]
 async fn token_service_callers_past_their_failed_verifies_cool_down_too() {
-    let mut config = test_config(None);
-    config.limits.failed_verifies_burst = BURST;
-    config.limits.failed_verifies_per_second = 1;
-    config.limits.failed_verify_cooldown_seconds = 3600;
-    let server = TestServer::with_config(config, None).await;
+    let server = TestServer::with_config(tight_limits(), None).await;
     let warm = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
@@ -242,10 +244,7 @@ async fn token_service_callers_past_their_failed_verifies_cool_down_too() {
 
 #[tokio::test]
 async fn a_client_retrying_one_wrong_token_never_cools_its_source() {
-    let mut config = test_config(None);
-    config.limits.failed_verifies_burst = BURST;
-    config.limits.failed_verifies_per_second = 1;
-    config.limits.failed_verify_cooldown_seconds = 3600;
+    let mut config = tight_limits();
     // The repeat stays known wrong for the whole test, however slow the machine.
     config.cache.negative_ttl_ms = 3_600_000;
     let server = TestServer::with_config(config, None).await;
@@ -317,11 +316,7 @@ async fn check(
 
 #[tokio::test]
 async fn a_gateway_client_past_its_failed_verifies_gets_429_and_other_clients_do_not() {
-    let mut config = test_config(None);
-    config.limits.failed_verifies_burst = BURST;
-    config.limits.failed_verifies_per_second = 1;
-    config.limits.failed_verify_cooldown_seconds = 3600;
-    let server = TestServer::with_config(config, None).await;
+    let server = TestServer::with_config(tight_limits(), None).await;
     let warm = server
         .operator_token("acme", "alice", "user-read", &[])
         .await;
