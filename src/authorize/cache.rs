@@ -34,7 +34,11 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use moka::{future::Cache, sync::Cache as SyncCache};
+use moka::{
+    future::Cache,
+    ops::compute::{CompResult, Op},
+    sync::Cache as SyncCache,
+};
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter, sync::Cache as QuickCache};
 use rand::{RngExt, rand_core::UnwrapErr, rngs::SysRng};
 use uuid::Uuid;
@@ -83,11 +87,11 @@ pub struct Entry {
     /// Granted scopes, implications expanded; shared with every entry that has the same.
     pub scopes: Arc<ScopeSet>,
     /// Expiry, if any.
-    pub expires_at: Option<DateTime<Utc>>,
+    expires_at: Micros,
     /// The row's revocation time when read. It may lie in the future (a rotation overlap):
     /// the entry is judged against the clock on every use, so the old token stops working
     /// at that instant on every replica that read the row, with no timer anywhere.
-    pub revoked_at: Option<DateTime<Utc>>,
+    revoked_at: Micros,
     /// Allowed networks and models; `None` (8 bytes, nothing to check) for the
     /// unrestricted tokens that are the vast majority.
     pub restrictions: Option<Arc<Restrictions>>,
@@ -101,7 +105,39 @@ pub struct Entry {
     last_used: AtomicU32,
 }
 
+/// An optional instant in 8 bytes instead of `Option<DateTime<Utc>>`'s 16: microseconds
+/// since the Unix epoch (the precision both stores keep, so nothing is lost), `i64::MIN`
+/// for none. Two per entry, times a million entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Micros(i64);
+
+impl Micros {
+    const NONE: i64 = i64::MIN;
+
+    fn new(at: Option<DateTime<Utc>>) -> Self {
+        Self(at.map_or(Self::NONE, |at| at.timestamp_micros()))
+    }
+
+    fn get(self) -> Option<DateTime<Utc>> {
+        if self.0 == Self::NONE {
+            None
+        } else {
+            DateTime::from_timestamp_micros(self.0)
+        }
+    }
+}
+
 impl Entry {
+    /// Expiry, if any.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at.get()
+    }
+
+    /// The row's revocation time when read, if any (see the field).
+    pub fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.revoked_at.get()
+    }
+
     /// The owner.
     pub fn owner(&self) -> Owner {
         let (org, user) = self.owner.split_at(self.org_len as usize);
@@ -117,14 +153,14 @@ impl Entry {
             token_id: self.token_id,
             owner: self.owner(),
             scopes: ScopeSet::clone(&self.scopes),
-            expires_at: self.expires_at,
+            expires_at: self.expires_at(),
             restrictions: self.restrictions.clone(),
         }
     }
 
     /// Status at `now`, from the entry alone.
     pub fn status_at(&self, now: DateTime<Utc>) -> TokenStatus {
-        TokenStatus::at(now, self.expires_at, self.revoked_at)
+        TokenStatus::at(now, self.expires_at(), self.revoked_at())
     }
 
     /// Whether this entry was built from a row with this hash.
@@ -156,7 +192,8 @@ struct Inner {
     /// Tokens (keyed hash) recently found wrong or unknown.
     negative: SyncCache<Key, ()>,
     /// Verifies started per lookup id in the current interval (counted down on a match).
-    budget: SyncCache<LookupId, Arc<AtomicU32>>,
+    /// Lookup ids without a count are not in the map.
+    budget: SyncCache<LookupId, u32>,
     wrong_secret_budget: u32,
     scope_sets: SyncCache<Vec<String>, Arc<ScopeSet>>,
     /// Lookup-id tag -> stamp of its latest change.
@@ -390,8 +427,8 @@ impl TokenCache {
             owner: format!("{org}{}", record.owner.user_id.as_str()).into_boxed_str(),
             org_len: u32::try_from(org.len()).expect("owner ids are short"),
             scopes,
-            expires_at: record.expires_at,
-            revoked_at: record.revoked_at,
+            expires_at: Micros::new(record.expires_at),
+            revoked_at: Micros::new(record.revoked_at),
             restrictions: (!record.restrictions.is_empty())
                 .then(|| Arc::new(record.restrictions.clone())),
             hash_tag: hash_tag(record),
@@ -417,29 +454,37 @@ impl TokenCache {
         self.inner
             .budget
             .get(lookup_id)
-            .is_some_and(|used| used.load(Ordering::Acquire) >= self.inner.wrong_secret_budget)
+            .is_some_and(|used| used >= self.inner.wrong_secret_budget)
     }
 
     /// Takes one verify of the lookup id's budget for this interval; false when it is spent.
     pub fn take_verify(&self, lookup_id: &LookupId) -> bool {
-        let used = self
+        let budget = self.inner.wrong_secret_budget;
+        let taken = self
             .inner
             .budget
-            .get_with_by_ref(lookup_id, || Arc::new(AtomicU32::new(0)));
-        if used.fetch_add(1, Ordering::AcqRel) < self.inner.wrong_secret_budget {
-            true
-        } else {
-            used.fetch_sub(1, Ordering::AcqRel);
-            false
-        }
+            .entry_by_ref(lookup_id)
+            .and_compute_with(|used| match used.map_or(0, |e| e.into_value()) {
+                used if used < budget => Op::Put(used + 1),
+                _ => Op::Nop,
+            });
+        matches!(taken, CompResult::Inserted(_) | CompResult::ReplacedWith(_))
     }
 
-    /// Gives a verify back: it proved the right secret, or it never ran.
+    /// Gives a verify back: it proved the right secret, or it never ran. A count back at
+    /// zero leaves the map, so the first use of every valid token (nearly all verifies)
+    /// leaves nothing behind: the map holds only lookup ids with wrong secrets or verifies
+    /// in flight.
     pub fn return_verify(&self, lookup_id: &LookupId) {
-        if let Some(used) = self.inner.budget.get(lookup_id) {
-            // Never below zero, even if the interval rolled over in between.
-            let _ = used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
+        self.inner
+            .budget
+            .entry_by_ref(lookup_id)
+            .and_compute_with(|used| match used.map(|e| e.into_value()) {
+                Some(used) if used > 1 => Op::Put(used - 1),
+                Some(_) => Op::Remove,
+                // The interval rolled over in between: nothing to give back.
+                None => Op::Nop,
+            });
     }
 
     /// A token changed (revoked here, or heard of): every entry loaded before now is
@@ -616,6 +661,54 @@ mod tests {
         assert!(cache.verify_budget_spent(&id));
         assert!(!cache.take_verify(&id));
         assert!(!cache.verify_budget_spent(&record(2).lookup_id));
+    }
+
+    #[test]
+    fn a_right_secret_leaves_nothing_in_the_budget_map() {
+        let cache = TokenCache::new(
+            CacheConfig {
+                negative_ttl_ms: 3_600_000,
+                ..config()
+            },
+            true,
+        );
+        // The first use of a valid token: one verify taken, then given back.
+        let valid = record(1).lookup_id;
+        assert!(cache.take_verify(&valid));
+        cache.return_verify(&valid);
+        // A wrong secret stays counted.
+        let attacked = record(2).lookup_id;
+        assert!(cache.take_verify(&attacked));
+        // Two verifies in flight for one id, one given back: one stays counted.
+        let busy = record(3).lookup_id;
+        assert!(cache.take_verify(&busy));
+        assert!(cache.take_verify(&busy));
+        cache.return_verify(&busy);
+        // A give-back with nothing counted (the interval rolled over) adds nothing.
+        cache.return_verify(&record(4).lookup_id);
+        cache.inner.budget.run_pending_tasks();
+        assert_eq!(cache.inner.budget.get(&valid), None);
+        assert_eq!(cache.inner.budget.get(&attacked), Some(1));
+        assert_eq!(cache.inner.budget.get(&busy), Some(1));
+        assert_eq!(cache.inner.budget.entry_count(), 2);
+    }
+
+    #[test]
+    fn an_entry_stays_compact() {
+        // The layout RSS per cached token rests on (docs/benchmarks.md): an `Arc<Entry>` of
+        // 112 bytes is one 128-byte allocation. Adding a field is fine; this says what it costs.
+        assert!(
+            std::mem::size_of::<Entry>() <= 96,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        let r = record(1);
+        let entry = TokenCache::new(config(), true).entry(&r, 1, scopes);
+        assert_eq!(
+            entry.expires_at(),
+            r.expires_at.map(crate::store::truncate_micros)
+        );
+        assert_eq!(entry.revoked_at(), None);
     }
 
     #[test]

@@ -42,9 +42,12 @@ impl LastUsed {
     /// (newer notes win) so nothing is lost before the next try.
     pub async fn flush(&self, store: &dyn TokenStore) -> Result<usize, StoreError> {
         let batch: Vec<(Uuid, DateTime<Utc>)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Taken, not drained: a burst of first uses (a fill, a new replica) must not
+            // leave its map's capacity behind for the life of the process.
+            let pending =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
             pending
-                .drain()
+                .into_iter()
                 .map(|(id, at)| (id, truncate_micros(at)))
                 .collect()
         };
