@@ -738,7 +738,13 @@ def write_report(results: dict, out: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts/bench"))
     import report  # scripts/bench/report.py: the Markdown write-up
 
-    out.write_text(report.render(results))
+    text = report.render(results)
+    # The restrictions section comes from its own run (`--only restrictions`): it and what
+    # follows it (notes measured beside it) are kept as they are.
+    old = out.read_text() if out.exists() else ""
+    if RESTRICTIONS_BEGIN in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(RESTRICTIONS_BEGIN):]
+    out.write_text(text)
 
 
 def main() -> int:
