@@ -193,7 +193,9 @@ casola` (answers OK with the content of casola-auth's allow: four identity heade
 decision id to the upstream, the decision id to the client, three header removals, the
 identity as dynamic metadata; it still reads nothing and computes nothing), and casola-auth
 (replica A, warm token). The no-op pair splits the gap: *answer ÷ no-op* is what applying
-casola-auth's answer costs Envoy, *casola ÷ answer* is what computing it costs casola-auth.
+casola-auth's answer costs Envoy (plus the fixture's own cost of sending it: it is plain
+tonic, so each of its 600-byte answers takes a `writev` of its own, see Findings 1),
+*casola ÷ answer* is what computing it costs casola-auth.
 The ext_authz listeners share every setting (allowed_headers, HTTP/2 to the cluster with keep-alive,
 timeouts, circuit breakers; the reasons are written beside each in the YAML). h2load drives
 each over **h2c** (HTTP/2 prior knowledge), 8 connections × 16 streams, `GET /openai/v1/models`
@@ -219,7 +221,7 @@ answering casola-auth's content {e['rps']['answer']:.0f} req/s, with casola-auth
 
 
 def changes_section(res: dict) -> str:
-    """Before/after figures of this round's changes (`bench.py --parts ab`), if attached."""
+    """Before/after figures of earlier changes (`bench.py --parts ab`), if attached."""
     changes = res.get("changes")
     if not changes:
         return ""
@@ -231,7 +233,7 @@ def changes_section(res: dict) -> str:
                     f"{b['envoy_cpu_us_noop']:.1f} / {b['envoy_cpu_us_casola']:.1f} → {a['envoy_cpu_us_noop']:.1f} / {a['envoy_cpu_us_casola']:.1f} | "
                     f"{b['check_over_health'][0]:.2f} → {a['check_over_health'][0]:.2f}; {b['casola_over_noop'][0]:.2f} → {a['casola_over_noop'][0]:.2f} |")
     table = "\n".join(rows)
-    return f"""## This round's changes, each measured before and after in one run
+    return f"""## Earlier speed changes, each measured before and after in one run
 
 `python3 scripts/bench.py --parts ab --base-bin <the server built before the change>`: both
 builds run side by side on one database, warmed on the same 1,000 tokens, and take
@@ -293,17 +295,28 @@ def is_interesting(sym: str) -> bool:
     return any(k in sym for k in keys)
 
 
-# Written from the profile of the run this file was produced with; the tables above are the
-# evidence. Kept here (not computed) because it is a reading, not a measurement.
-FINDINGS = """### Findings (this run's profile: 645 samples of warm Check, 496 of Health/Check)
+# Written from the profile of one run (named in the heading); the tables above are the
+# evidence of the run the file was produced with. Kept here (not computed) because it is a
+# reading, not a measurement: re-read it against the tables after each run.
+FINDINGS = """### Findings (read from the profile of the run of 2026-12-01 17:38 UTC, git e964114: 645 samples of warm Check, 496 of Health/Check; the tables above are this run's, item 5 is measured in the floor table)
 
 Shares are of the server's samples (inclusive where a frame has callees); they are small
 samples on a shared machine, so read them to ±1%.
 
-1. **The h2 write path is the floor, the same for both RPCs.** `writev` and the kernel TCP
-   send path under it hold about a third of the samples (Check 36%, the no-op call 29%): each
-   response is flushed with its own `writev`. noop-ext-authz pays it too; not ours to cut.
-2. **The telemetry layer, after this round.** `metrics::counter!`/`histogram!` with labels
+1. **The h2 write path, and one cost of it that was ours.** `writev` and the kernel TCP
+   send path under it held about a third of the samples (Check 36%, the no-op call 29%). A
+   later profile (2026-12-01 23:05 UTC, `perf record -F 999`, warm Check against warm
+   Authorize) put `writev` at 36% of 30.5 µs per Check against 22% of 21.1 µs per Authorize:
+   6.4 µs more per call. The cause is in h2's writer: over a socket that takes vectored
+   writes, a DATA payload of 256 bytes or more is kept out of the write buffer and must be
+   flushed before the next frame can be buffered, so each Check allow (about 600 bytes:
+   identity headers, removals, metadata) was written by a `writev` of its own, while the
+   smaller Authorize answers shared one. The gRPC listener's connection now reports itself
+   unvectored, which raises h2's threshold to 1,024 bytes: answers under 1 KiB are copied
+   into the buffer and written together (`src/transport/connections.rs`; before and after
+   in the changes table: warm Check 31.5 → 26.9 µs). noop-ext-authz is plain tonic and
+   keeps the default.
+2. **The telemetry layer, after the earlier changes.** `metrics::counter!`/`histogram!` with labels
    built, hashed and looked up their key in the registry on every call
    (`PrometheusRecorder::register_counter`, `Registry::get_or_create_counter`: 0.9-1.5% in the
    previous profile), and the caller's trace context was extracted even with no
@@ -446,7 +459,7 @@ def argon2_section(res: dict) -> str:
     return f"""## What argon2 costs here, and what it buys
 
 One argon2id verify on one thread of this machine: **{d['verify_ms']:.2f} ms** at
-m={d['memory_kib']} KiB, t={d['iterations']}, p={d['parallelism']} (OWASP's setting for passwords, the default until this round);
+m={d['memory_kib']} KiB, t={d['iterations']}, p={d['parallelism']} (OWASP's setting for passwords, the default before 3b30bc2);
 **{l['verify_ms']:.3f} ms** at m={l['memory_kib']} KiB, t={l['iterations']}, p=1, the default now
 (`casola-auth-bench argon2 --rounds 20`; `--memory-kib {l['memory_kib']} --iterations {l['iterations']} --rounds 200`;
 {d['verify_ms'] / l['verify_ms']:.0f} times cheaper{quiet_line}). So {cores} cores prove at most {cores * 1000 / d['verify_ms']:.0f} new secrets a second at the old
@@ -558,7 +571,7 @@ def matrix_section(res: dict) -> str:
     ll = r.get("lookup_large")
     large_rows = ""
     if ll:
-        large_rows = "\n" + row(f"unknown ids, {ll['rows']:,} rows", ll["unknown"]) + "\n" + row(f"first use, {ll['rows']:,} rows", ll["first_use"])
+        large_rows = "\n" + row(f"first use, {ll['rows']:,} rows (replica B)", ll["first_use"]) + "\n" + row(f"unknown ids, {ll['rows']:,} rows (replica B, one source)", ll["unknown"])
     return f"""## The matrix of issue 4 (replicas A and B, default configuration)
 
 | figure | value | target | |
@@ -576,16 +589,26 @@ def matrix_section(res: dict) -> str:
 {row('Authorize cold (fresh token per call)', r['cold'])}
 {row('Authorize warm at half of peak, during flood', r['warm_half_flood'])}
 {row('wrong-secret flood, 5,000 lookup ids', r['flood'])}
-{row(f"unknown ids, {ls['rows']:,} rows", ls['unknown'])}
-{row(f"first use, {ls['rows']:,} rows", ls['first_use'])}{large_rows}
+{row(f"first use, {ls['rows']:,} rows (replica B)", ls['first_use'])}
+{row(f"unknown ids, {ls['rows']:,} rows (replica B, one source)", ls['unknown'])}{large_rows}
 
 ```
 casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens warm.txt --rate $HALF --concurrency 8 --duration {s:.0f}
 casola-auth-bench load --target http://127.0.0.1:$A --mode authorize --tokens cold.txt --once --duration {s:.0f}
 casola-auth-bench load --target http://127.0.0.1:$A --mode authorize-wrong --tokens flood.txt --concurrency 64 --duration {s + 2:.0f}
 casola-auth-bench revoke-latency --a http://127.0.0.1:$A --b http://127.0.0.1:$B --issuer $ISSUER --tokens revoke.txt
-casola-auth-bench load --target http://127.0.0.1:$A --mode authorize-unknown --concurrency 1 --connections 1 --duration {s:.0f}
+casola-auth-bench load --target http://127.0.0.1:$B --mode authorize --tokens fresh.txt --once --concurrency 1 --connections 1
+casola-auth-bench load --target http://127.0.0.1:$B --mode authorize-unknown --concurrency 1 --connections 1 --duration {s:.0f}
 ```
+
+The unknown ids come from one source, one after another: after `limits.failed_verifies_burst`
+failures (then `failed_verifies_per_second`) the per-source limit answers the rest
+RESOURCE_EXHAUSTED without a store read (the shed column), for
+`limits.failed_verify_cooldown_seconds` (docs/security.md). Its latency columns mix the few
+store lookups with those refusals: they say what a flooding source gets, not what a lookup
+costs; a first use (the row above it: one lookup and one argon2 verify) bounds that. The
+first uses run before the unknown ids for that reason, on replica B, which the wrong-secret
+flood did not reach.
 """
 
 

@@ -458,6 +458,9 @@ impl TokenCache {
     }
 
     /// Takes one verify of the lookup id's budget for this interval; false when it is spent.
+    /// Each verify taken or given back rewrites the count, and the interval (the map's
+    /// time-to-live) runs from the last write: a lookup id gets at most
+    /// `wrong_secret_budget` unproven verifies per interval, however they are spaced.
     pub fn take_verify(&self, lookup_id: &LookupId) -> bool {
         let budget = self.inner.wrong_secret_budget;
         let taken = self
