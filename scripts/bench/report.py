@@ -194,7 +194,7 @@ decision id to the upstream, the decision id to the client, three header removal
 identity as dynamic metadata; it still reads nothing and computes nothing), and casola-auth
 (replica A, warm token). The no-op pair splits the gap: *answer ÷ no-op* is what applying
 casola-auth's answer costs Envoy (plus the fixture's own cost of sending it: it is plain
-tonic, so each of its 600-byte answers takes a `writev` of its own, see Findings 1),
+tonic, so each of its answers of about 500 bytes takes a `writev` of its own, see Findings 1),
 *casola ÷ answer* is what computing it costs casola-auth.
 The ext_authz listeners share every setting (allowed_headers, HTTP/2 to the cluster with keep-alive,
 timeouts, circuit breakers; the reasons are written beside each in the YAML). h2load drives
@@ -309,7 +309,7 @@ samples on a shared machine, so read them to ±1%.
    Authorize) put `writev` at 36% of 30.5 µs per Check against 22% of 21.1 µs per Authorize:
    6.4 µs more per call. The cause is in h2's writer: over a socket that takes vectored
    writes, a DATA payload of 256 bytes or more is kept out of the write buffer and must be
-   flushed before the next frame can be buffered, so each Check allow (about 600 bytes:
+   flushed before the next frame can be buffered, so each Check allow (about 500 bytes: 526 for an admin token by h2load's byte count;
    identity headers, removals, metadata) was written by a `writev` of its own, while the
    smaller Authorize answers shared one. The gRPC listener's connection now reports itself
    unvectored, which raises h2's threshold to 1,024 bytes: answers under 1 KiB are copied
@@ -644,7 +644,7 @@ def missed_section(res: dict) -> str:
   req/s ratio is met ({g['h2load_check']:.2f}): at these rates h2load's one thread sets much of the pace, so the CPU ratio is the
   server's reading. The extra µs are the
   Check request's decode (Envoy's `CheckRequest`: nested messages and two string maps), the
-  route's requirement and the header scan, and building and encoding a 600-byte answer
+  route's requirement and the header scan, and building and encoding a 500-byte answer
   where Health/Check sends a few bytes ("Where the time goes").""")
     if g["h2load_authorize"] < WARM_TARGET:
         items.append(f"""- **Warm Authorize ÷ Health/Check = {g['h2load_authorize']:.2f}** with h2load: {g['h2load_authorize_cpu_us']:.1f} against {g['h2load_baseline_cpu_us']:.1f} µs.""")

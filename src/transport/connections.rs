@@ -281,7 +281,7 @@ impl AsyncWrite for Connection {
     /// Answered as unvectored on purpose. h2 keeps a DATA payload of 256 bytes or more
     /// (1,024 without vectored writes) out of its write buffer and must flush it before it
     /// can buffer the next frame, so every such answer costs the connection its own
-    /// `writev`. A Check allow (identity headers, removals, metadata) is about 600 bytes: at
+    /// `writev`. A Check allow (identity headers, removals, metadata) is about 500 bytes: at
     /// 256 each one was its own syscall, while the smaller Authorize answers shared one.
     /// At 1,024 both are copied into the 16 KiB buffer and flushed together; a payload
     /// past 1 KiB (a page of ListTokens) pays one more `write`.
