@@ -604,7 +604,8 @@ def issue4_matrix(pg: Postgres, a_: Replica, b_: Replica, warm: Path, issuer: st
     r["last_used"] = {"statements": int(calls), "window_s": window, "interval_s": 5.0, "replicas": 2,
                       "requests": r["last_used_load"]["requests"]}
 
-    # Cold lookups: unknown ids (the index lookup alone) and first uses (lookup + verify).
+    # Cold lookups: first uses (a store lookup + a verify) and unknown ids (a lookup each,
+    # until the per-source limit refuses them).
     # On replica B, which the wrong-secret flood above did not reach, first uses before
     # unknown ids: a source's failures (the flood, the unknown ids) put it in a cool-down of
     # limits.failed_verify_cooldown_seconds in which its unproven tokens are refused
@@ -623,7 +624,6 @@ def issue4_matrix(pg: Postgres, a_: Replica, b_: Replica, warm: Path, issuer: st
         time.sleep(31)
         r["lookup_large"] = lookups("large")
     return r
-
 
 
 RESTRICTED = ("--allow-network", "127.0.0.0/8", "--allow-network", "10.0.0.0/8", "--allow-network", "2001:db8::/32",
