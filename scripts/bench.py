@@ -121,7 +121,8 @@ class Replica:
         params = {"CASOLA_AUTH_ARGON2__MEMORY_KIB": str(ARGON2["memory_kib"]),
                   "CASOLA_AUTH_ARGON2__ITERATIONS": str(ARGON2["iterations"]),
                   "CASOLA_AUTH_ARGON2__PARALLELISM": str(ARGON2["parallelism"])}
-        self.env = clean_env(DATABASE_URL=db_url, RUST_LOG="warn", CASOLA_AUTH_CONSOLE__ENABLED="false", **{**params, **(env or {})})
+        self.env = clean_env(**{"DATABASE_URL": db_url, "RUST_LOG": "warn", "CASOLA_AUTH_CONSOLE__ENABLED": "false",
+                                **params, **(env or {})})
         self.proc = None
         # A command the server runs under (perf record), and the server's own pid then.
         self.wrap: list[str] = []

@@ -6,7 +6,7 @@
 
 Starts a throwaway PostgreSQL and one replica of the release binary (or --binary, e.g. an
 older build for an A/B) with the default configuration (limits.max_in_flight 2048,
-limits.decision_deadline_ms 150, 128 streams per connection), warms a set of
+limits.decision_deadline_ms 150, 32 streams per connection), warms a set of
 tokens on it, then holds far more warm Authorize streams in flight than it can serve:
 
 - h2load (an independent HTTP/2 load generator) with --connections x --streams streams open
@@ -17,7 +17,8 @@ tokens on it, then holds far more warm Authorize streams in flight than it can s
   `grpc-timeout: 200m` through a plain HTTP/2 client that does not enforce the deadline
   itself, recording each answer's gRPC status and latency: OKs delivered after their
   deadline (must be 0), the admitted calls' p99, the shed calls' latency;
-- the replica's RSS (VmRSS) before, its peak during (sampled every 0.2 s) and after, and
+- the replica's RSS (VmRSS) before, its peak during (sampled every 0.2 s) and after, its
+  queue-delay gauge (the canary's figure, every second), and
   its own count of answers by status (casola_auth_requests_total).
 
 The same client runs alone first (no pressure), for comparison. Prints one JSON document
@@ -83,14 +84,30 @@ def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
+def queue_delay_ms(rep: Replica) -> float | None:
+    """The replica's own figure of the runtime queue's wait (its canary), in ms."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{rep.admin}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("casola_auth_runtime_queue_delay_seconds "):
+            return float(line.rsplit(" ", 1)[1]) * 1000
+    return None
+
+
 class RssSampler(threading.Thread):
+    """The replica's RSS every 0.2 s (the peak), and its queue-delay gauge every second."""
+
     def __init__(self, rep: Replica) -> None:
         super().__init__(daemon=True)
         self.rep, self.peak, self.done = rep, 0, threading.Event()
+        self.queue_ms: list[float] = []
 
     def run(self) -> None:
+        n = 0
         while not self.done.is_set():
             self.peak = max(self.peak, self.rep.rss_kib())
+            if n % 5 == 0 and (q := queue_delay_ms(self.rep)) is not None:
+                self.queue_ms.append(round(q, 1))
+            n += 1
             time.sleep(0.2)
 
 
@@ -136,7 +153,10 @@ def main() -> int:
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
         # The default configuration, unless --server-env says otherwise.
-        rep = Replica("overload", pg.url, env=dict(kv.split("=", 1) for kv in a.server_env), binary=a.binary).start()
+        # The default log level (info), not the benchmark's warn: under a flood every shed
+        # call's log line is a cost a deployment pays.
+        env = {"RUST_LOG": "info", **dict(kv.split("=", 1) for kv in a.server_env)}
+        rep = Replica("overload", pg.url, env=env, binary=a.binary).start()
         # First uses past the decision deadline are answered DEADLINE_EXCEEDED (their lookups
         # still fill the cache): passes until every token is allowed, so the run is warm.
         for _ in range(5):
@@ -176,6 +196,7 @@ def main() -> int:
         res["h2load"] = parse_h2load(h2out)
         res["h2load_tail"] = h2out.strip().splitlines()[-12:]
         res["rss_peak_kib"] = sampler.peak
+        res["queue_delay_ms"] = sampler.queue_ms
         time.sleep(2)
         res["rss_after_kib"] = rep.rss_kib()
         res["server_codes"] = diff(codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize"), codes0)
@@ -183,6 +204,7 @@ def main() -> int:
                                               buckets0)
         log(f"loaded: {res['loaded']}")
         log(f"h2load: {res['h2load']}")
+        log(f"queue delay (ms, every second): {res['queue_delay_ms']}")
         log(f"server: {res['server_codes']}; RSS {res['rss_before_kib']} -> peak {res['rss_peak_kib']} -> "
             f"{res['rss_after_kib']} KiB")
     finally:

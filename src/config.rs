@@ -26,7 +26,7 @@
 //! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
-//! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 128 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
+//! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 32 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `limits.failed_verifies_burst` / `failed_verifies_per_second` / `failed_verify_cooldown_seconds` | 100 / 10 / 30 | failed verifies per source, then a cool-down without cold work (docs/security.md) |
 //! | `limits.max_cold_reads` | 128 | store reads for uncached tokens in flight; past it, shed |
 //! | `limits.create_burst` / `creates_per_second` | 20 / 5 | CreateToken per caller token |
@@ -290,7 +290,7 @@ impl Default for LimitsConfig {
         Self {
             max_in_flight: 2048,
             decision_deadline_ms: 150,
-            max_concurrent_streams: 128,
+            max_concurrent_streams: 32,
             max_header_list_bytes: 16 * 1024,
             failed_verifies_burst: 100,
             failed_verifies_per_second: 10,

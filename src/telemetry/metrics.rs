@@ -78,7 +78,7 @@ pub const SOURCE_COOLDOWNS_TOTAL: &str = "casola_auth_source_cooldowns_total";
 /// Gauge: accepted gRPC connections open now (handshaking or serving).
 pub const CONNECTIONS_OPEN: &str = "casola_auth_connections_open";
 /// Gauge: how long a task waits in the runtime's queue now (the admission canary's figure);
-/// a call with a deadline is shed when this is past a third of it.
+/// a call with a deadline is shed when four such waits are past it.
 pub const RUNTIME_QUEUE_DELAY_SECONDS: &str = "casola_auth_runtime_queue_delay_seconds";
 /// Counter: reconnects of the revocation listener.
 pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
@@ -171,7 +171,7 @@ pub mod limits {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     /// A call past `limits.max_in_flight`, shed at once.
     pub const IN_FLIGHT: &str = "in_flight";
-    /// A call that waited in the runtime's queue past a third of its deadline, shed.
+    /// A call whose four waits in the runtime's queue would outlast its deadline, shed.
     pub const QUEUE_DELAY: &str = "queue_delay";
 }
 

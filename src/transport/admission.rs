@@ -35,6 +35,12 @@ const DECISION_METHODS: [&str; 2] = [
     "/envoy.service.auth.v3.Authorization/Check",
 ];
 
+/// Trips through the runtime's queue a unary call makes: its connection reads the request,
+/// its task runs (and sends the headers), runs again (the message), its connection writes.
+const QUEUE_TRIPS: u32 = 4;
+/// Of those, the trips behind a call when it is first seen.
+const QUEUE_TRIPS_BEHIND: u32 = 2;
+
 /// Calls never shed (probes must answer on a saturated replica).
 const NEVER_SHED_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -53,15 +59,21 @@ pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     decision_deadline: Duration,
     lag: Arc<QueueLag>,
+    log: Arc<OverloadLog>,
 }
 
 impl AdmissionLayer {
     /// A layer with these settings.
     pub fn new(settings: Admission) -> Self {
+        Self::with_lag(settings, QueueLag::start())
+    }
+
+    fn with_lag(settings: Admission, lag: Arc<QueueLag>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             decision_deadline: settings.decision_deadline,
-            lag: QueueLag::start(),
+            lag,
+            log: Arc::new(OverloadLog::default()),
         }
     }
 }
@@ -126,9 +138,11 @@ where
             (Some(asked), Some(ceiling)) => Some(asked.min(ceiling)),
             (asked, ceiling) => asked.or(ceiling),
         };
-        // hyper calls the service from the stream's own task, once the runtime first runs
-        // it: the wait in the runtime's queue is already behind this call, unseen by it.
-        // The queue's current wait stands in for it, in the deadline and in shedding.
+        // A unary call crosses the runtime's queue four times, and sees none of the waits:
+        // its connection's task reads the request, hyper spawns the stream's task, which
+        // calls this (behind it: two waits), sends the headers, runs again for the message
+        // and trailers, and the connection's task writes them (ahead: two waits). The
+        // queue's current wait stands in for each, in the deadline and in shedding.
         // (Health checks are answered whatever the queue: they keep their own clock.)
         let never_shed = path.starts_with(NEVER_SHED_PREFIX);
         let waited = if never_shed {
@@ -139,26 +153,30 @@ where
         let permit = if never_shed {
             None
         } else {
-            // A call that already waited a third of its deadline has two more trips through
-            // the same queue ahead (its answer's message, the connection's write): it would
-            // be answered late. Shed it now, cheaply, rather than do work nobody reads.
+            // A call whose four trips through the queue take its whole deadline would be
+            // answered late. Shed it now, cheaply, rather than do work nobody reads.
             if let Some(d) = deadline
-                && waited > d / 3
+                && waited * QUEUE_TRIPS > d
             {
                 metrics::counter!(LIMITED_TOTAL, "limit" => limits::QUEUE_DELAY).increment(1);
+                self.layer.log.shed(waited);
                 return Box::pin(async move { Ok(status::queued_too_long(waited).into_http()) });
             }
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     metrics::counter!(LIMITED_TOTAL, "limit" => limits::IN_FLIGHT).increment(1);
+                    self.layer.log.shed(waited);
                     return Box::pin(async { Ok(status::overloaded().into_http()) });
                 }
             }
         };
         let now = tokio::time::Instant::now();
-        let called = now.checked_sub(waited).unwrap_or(now);
+        let behind = waited * QUEUE_TRIPS_BEHIND;
+        let called = now.checked_sub(behind).unwrap_or(now);
         let expires = deadline.map(|d| (d, called + d));
+        let lag = self.layer.lag.clone();
+        let log = self.layer.log.clone();
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -166,20 +184,91 @@ where
         Box::pin(async move {
             let Some((deadline, at)) = expires else {
                 let answer = future.await?;
-                return Ok(answer.map(|body| Body::new(Guarded::new(body, permit, None))));
+                return Ok(answer.map(|body| Body::new(Guarded::new(body, permit, None, lag, log))));
             };
             match tokio::time::timeout_at(at, future).await {
                 // `timeout_at` polls the call before its timer: an answer that became
                 // ready only after the deadline (a starved task, a long poll) would
                 // still be sent. The caller has given up on it: never a late OK.
-                Ok(Ok(answer)) if tokio::time::Instant::now() <= at => {
-                    Ok(answer
-                        .map(|body| Body::new(Guarded::new(body, permit, Some((deadline, at))))))
-                }
+                Ok(Ok(answer)) if tokio::time::Instant::now() <= at => Ok(answer.map(|body| {
+                    Body::new(Guarded::new(body, permit, Some((deadline, at)), lag, log))
+                })),
                 Ok(Err(e)) => Err(e),
-                _ => Ok(status::deadline_exceeded(deadline).into_http()),
+                _ => {
+                    log.late(lag.current());
+                    Ok(status::deadline_exceeded(deadline).into_http())
+                }
             }
         })
+    }
+}
+
+/// Calls shed or cut off at their deadline, logged as one WARN line a second at most
+/// while it lasts. Each call's own line is DEBUG for these codes (`transport::telemetry`):
+/// at WARN, a flood would write a line for every refusal, tens of thousands a second, and
+/// spend on logging the CPU it lacks. The metrics count every call.
+#[derive(Debug)]
+struct OverloadLog {
+    shed: AtomicU64,
+    late: AtomicU64,
+    /// When the last line was written (microseconds since `epoch`, plus one period).
+    written: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Default for OverloadLog {
+    fn default() -> Self {
+        Self {
+            shed: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl OverloadLog {
+    /// Lines at most this often.
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn shed(&self, queue_wait: Duration) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.write(queue_wait);
+    }
+
+    fn late(&self, queue_wait: Duration) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+        self.write(queue_wait);
+    }
+
+    /// Writes the counts since the last line, if that was [`OverloadLog::EVERY`] ago (the
+    /// first call of a burst writes at once; calls after the last line of a burst are
+    /// carried by the next one). Answers whether it wrote.
+    fn write(&self, queue_wait: Duration) -> bool {
+        let every = u64::try_from(Self::EVERY.as_micros()).unwrap_or(u64::MAX);
+        // Offset by one period, so that the first line is written at once.
+        let now = u64::try_from(self.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(every);
+        let written = self.written.load(Ordering::Relaxed);
+        if now.saturating_sub(written) < every
+            || self
+                .written
+                .compare_exchange(written, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let shed = self.shed.swap(0, Ordering::Relaxed);
+        let deadline_exceeded = self.late.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            shed,
+            deadline_exceeded,
+            queue_wait_ms = u64::try_from(queue_wait.as_millis()).unwrap_or(u64::MAX),
+            "overloaded: calls shed (RESOURCE_EXHAUSTED) or past their deadline \
+             (DEADLINE_EXCEEDED) since the last such line"
+        );
+        true
     }
 }
 
@@ -216,13 +305,7 @@ impl QueueLag {
     /// A measure of the current runtime's queue, with its canary thread (which ends when the
     /// measure is dropped). Outside a runtime the measure stays at zero.
     pub fn start() -> Arc<Self> {
-        let lag = Arc::new(Self {
-            latest: AtomicU64::new(0),
-            recent: std::sync::Mutex::new([0; Self::WINDOW]),
-            runs: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
-        });
+        let lag = Self::unsampled();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&lag);
             let spawned = std::thread::Builder::new()
@@ -233,6 +316,17 @@ impl QueueLag {
             }
         }
         lag
+    }
+
+    /// A measure no canary feeds: zero until [`QueueLag::note`] says otherwise.
+    fn unsampled() -> Arc<Self> {
+        Arc::new(Self {
+            latest: AtomicU64::new(0),
+            recent: std::sync::Mutex::new([0; Self::WINDOW]),
+            runs: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        })
     }
 
     fn run(weak: &std::sync::Weak<Self>, runtime: &tokio::runtime::Handle) {
@@ -288,7 +382,9 @@ impl QueueLag {
 }
 
 /// A response body that holds the call's admission permit until it ends, and whose message
-/// is replaced by DEADLINE_EXCEEDED trailers when it is first polled after the deadline.
+/// is replaced by DEADLINE_EXCEEDED trailers when it is first polled too late to reach the
+/// wire by the deadline (after it, less the queue's current wait: the connection's task
+/// still has to run to write it).
 ///
 /// A unary gRPC answer leaves in two steps: the headers when the call's future is ready,
 /// then the message and the trailers when the stream's task runs again (after HTTP/2 has
@@ -300,6 +396,9 @@ struct Guarded {
     inner: Body,
     _permit: Option<OwnedSemaphorePermit>,
     deadline: Option<(Duration, tokio::time::Instant)>,
+    /// The queue's wait: the connection's write is still ahead of a message sent now.
+    lag: Arc<QueueLag>,
+    log: Arc<OverloadLog>,
     /// A data frame has been passed on (from then on the answer stands).
     sent: bool,
     /// The body ended here (the deadline's trailers were sent).
@@ -311,23 +410,30 @@ impl Guarded {
         inner: Body,
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<(Duration, tokio::time::Instant)>,
+        lag: Arc<QueueLag>,
+        log: Arc<OverloadLog>,
     ) -> Self {
         Self {
             inner,
             _permit: permit,
             deadline,
+            lag,
+            log,
             sent: false,
             ended: false,
         }
     }
 
+    /// The deadline, when a message passed on now would reach the wire after it (the
+    /// connection's task has one more wait in the queue ahead of it).
     fn late(&self) -> Option<Duration> {
         let (deadline, at) = self.deadline?;
-        (!self.sent && tokio::time::Instant::now() > at).then_some(deadline)
+        (!self.sent && tokio::time::Instant::now() + self.lag.current() > at).then_some(deadline)
     }
 
     fn end_late(&mut self, deadline: Duration) -> Frame<Bytes> {
         self.ended = true;
+        self.log.late(self.lag.current());
         // The answer is dropped unsent; its slot is free as of now.
         self._permit = None;
         let mut trailers = http::HeaderMap::new();
@@ -551,6 +657,72 @@ mod tests {
         assert_eq!(status.as_deref(), Some("0"));
     }
 
+    #[test]
+    fn overload_is_logged_once_a_second_with_the_counts_since_the_last_line() {
+        let log = OverloadLog::default();
+        let wait = Duration::from_millis(40);
+        // The first refusal of a burst is written at once.
+        assert!(log.write(wait));
+        // The rest of the second is counted, not written.
+        for _ in 0..1000 {
+            log.shed.fetch_add(1, Ordering::Relaxed);
+            assert!(!log.write(wait));
+        }
+        log.late.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(log.shed.load(Ordering::Relaxed), 1000);
+        // A second later the next one writes them, and starts counting again.
+        std::thread::sleep(OverloadLog::EVERY);
+        assert!(log.write(wait));
+        assert_eq!(log.shed.load(Ordering::Relaxed), 0);
+        assert_eq!(log.late.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn every_trip_through_the_queue_counts_against_the_deadline() {
+        // The queue's wait reads 40 ms (as under a flood): a call has two such waits behind
+        // it when it is seen and two ahead (its answer's message, the connection's write).
+        let lag = QueueLag::unsampled();
+        for _ in 0..QueueLag::WINDOW {
+            lag.note(40_000);
+        }
+        let layer = AdmissionLayer::with_lag(
+            Admission {
+                max_in_flight: 8,
+                decision_deadline: Duration::from_secs(10),
+            },
+            lag,
+        );
+        let decide = "/casola.auth.v1.AuthorizationService/Authorize";
+        // Four waits (160 ms) are past a 150 ms deadline: shed at once, no work done.
+        let answer = layer
+            .layer(late_message(Duration::ZERO))
+            .oneshot(request(decide, Some("150m")))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), Some(Code::ResourceExhausted));
+        // Within 200 ms they fit; the deadline started two waits (80 ms) before the call,
+        // so 120 ms are left. A message ready after 90 ms would be written after another
+        // wait, at 130 ms: replaced, though the clock alone (90 < 120) would have sent it.
+        let answer = layer
+            .layer(late_message(Duration::from_millis(90)))
+            .oneshot(request(decide, Some("200m")))
+            .await
+            .unwrap();
+        assert_eq!(code(&answer), None, "admitted");
+        let (data, status) = frames(answer.into_body()).await;
+        assert!(data.is_empty(), "a message that would land late: {data:?}");
+        assert_eq!(status.as_deref(), Some("4"));
+        // Ready at once, the same call's answer lands at 40 ms: sent.
+        let answer = layer
+            .layer(late_message(Duration::ZERO))
+            .oneshot(request(decide, Some("200m")))
+            .await
+            .unwrap();
+        let (data, status) = frames(answer.into_body()).await;
+        assert_eq!(data, [Bytes::from_static(b"answer")]);
+        assert_eq!(status.as_deref(), Some("0"));
+    }
+
     #[tokio::test]
     async fn a_call_holds_its_slot_until_its_answer_is_sent() {
         let layer = AdmissionLayer::new(Admission {
@@ -571,7 +743,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_that_waited_a_third_of_its_deadline_in_the_queue_is_shed() {
+    fn a_call_whose_trips_through_the_queue_would_outlast_its_deadline_is_shed() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -584,14 +756,14 @@ mod tests {
             let service = layer.layer(late_message(Duration::ZERO));
             let call = |path, timeout| service.clone().oneshot(request(path, timeout));
             // The runtime's only thread is busy for 200 ms: whatever runs next waited that
-            // long, more than a third of the 150 ms decision ceiling.
+            // long, and four such waits are far past the 150 ms decision ceiling.
             std::thread::sleep(Duration::from_millis(200));
             let decide = "/casola.auth.v1.AuthorizationService/Authorize";
             let shed = call(decide, None).await.unwrap();
             assert_eq!(code(&shed), Some(Code::ResourceExhausted));
             let message = shed.headers()["grpc-message"].to_str().unwrap();
             assert!(message.contains("for%20a%20worker"), "{message}");
-            // A call without a deadline has no third to wait past; health is never shed.
+            // A call without a deadline has none to outlast; health is never shed.
             let listed = call("/casola.auth.v1.TokenService/ListTokens", None).await;
             assert_eq!(code(&listed.unwrap()), None);
             let health = call("/grpc.health.v1.Health/Check", Some("10m")).await;

@@ -318,6 +318,11 @@ fn is_server_error(code: Code) -> bool {
 /// or probing; a success DEBUG, except token writes (INFO), so that allows at high rates
 /// cost nothing unless asked for.
 fn log_level(code: Code, note: &Note, info_on_success: bool) -> Level {
+    // Overload's answers come in floods: one WARN line a second sums them up
+    // (`transport::admission`), and the metrics count each.
+    if matches!(code, Code::ResourceExhausted | Code::DeadlineExceeded) {
+        return Level::DEBUG;
+    }
     if is_server_error(code) && code != Code::Unimplemented {
         return Level::WARN;
     }
@@ -582,9 +587,14 @@ mod tests {
         assert_eq!(log_level(Code::Unauthenticated, &deny, false), Level::INFO);
         assert_eq!(log_level(Code::Unimplemented, &none, false), Level::INFO);
         assert_eq!(log_level(Code::Unavailable, &none, false), Level::WARN);
+        // Overload's floods: summed up by admission, one line a second.
         assert_eq!(
             log_level(Code::ResourceExhausted, &none, false),
-            Level::WARN
+            Level::DEBUG
+        );
+        assert_eq!(
+            log_level(Code::DeadlineExceeded, &none, false),
+            Level::DEBUG
         );
     }
 

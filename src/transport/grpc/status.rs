@@ -120,8 +120,8 @@ pub fn overloaded() -> Status {
     Status::resource_exhausted("overloaded: too many calls in flight; retry with backoff")
 }
 
-/// A call that waited in the runtime's queue for more than a third of its deadline before
-/// it could start: shed unanswered, like a call past `max_in_flight`.
+/// A call whose trips through the runtime's queue (`waited` each) would outlast its
+/// deadline: shed unanswered, like a call past `max_in_flight`.
 pub fn queued_too_long(waited: std::time::Duration) -> Status {
     Status::resource_exhausted(format!(
         "overloaded: waited {} ms for a worker; retry with backoff",
