@@ -14,11 +14,12 @@ use axum::{
     routing::get,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 
 use crate::{
     store::TokenStore,
     telemetry::metrics::{self as names, STORE_POOL_CONNECTIONS},
+    transport::connections::SideListener,
 };
 
 /// The Prometheus text exposition format.
@@ -64,7 +65,7 @@ pub fn router(state: AdminState) -> Router {
 }
 
 /// Serves the admin routes on `listener` until `stopped`.
-pub async fn serve(listener: TcpListener, state: AdminState, mut stopped: watch::Receiver<bool>) {
+pub async fn serve(listener: SideListener, state: AdminState, mut stopped: watch::Receiver<bool>) {
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

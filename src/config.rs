@@ -31,6 +31,7 @@
 //! | `limits.max_cold_reads` | 128 | store reads for uncached tokens in flight; past it, shed |
 //! | `limits.create_burst` / `creates_per_second` | 20 / 5 | CreateToken per caller token |
 //! | `limits.max_connections` / `handshake_timeout_ms` | 10000 / 10000 | accepted gRPC connections; time to send the HTTP/2 preface |
+//! | `limits.side_max_connections` / `side_idle_timeout_ms` | 64 / 60000 | connections open at once on each of the admin and console ports; idle time before one is closed |
 //! | `console.enabled` / `console.listen` | true / `127.0.0.1:8088` | the API Tokens page and its gRPC-Web endpoints (docs/console.md) |
 //! | `expiry.soon_days` | 7 | a token expiring within this many days is `expires_soon` (1-3650); also ListExpiringTokens' default window |
 //! | `expiry.sweep_interval_ms` | 60000 | how often a replica records reached expiries in the audit trail (exactly once across replicas) |
@@ -268,6 +269,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// A connection that has not sent the HTTP/2 preface within this is closed.
     pub handshake_timeout_ms: u64,
+    /// Connections open at once on each of the admin and console ports; past it, new ones
+    /// wait in the kernel's backlog until one closes (they cost the process nothing).
+    pub side_max_connections: usize,
+    /// A connection to the admin or console port that sends and receives nothing for this
+    /// long is closed.
+    pub side_idle_timeout_ms: u64,
 }
 
 impl LimitsConfig {
@@ -300,6 +307,8 @@ impl Default for LimitsConfig {
             creates_per_second: 5,
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
+            side_max_connections: 64,
+            side_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -835,6 +844,11 @@ impl Config {
             ),
             ("limits.max_connections", limits.max_connections as u64),
             ("limits.handshake_timeout_ms", limits.handshake_timeout_ms),
+            (
+                "limits.side_max_connections",
+                limits.side_max_connections as u64,
+            ),
+            ("limits.side_idle_timeout_ms", limits.side_idle_timeout_ms),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Unusable(format!(
@@ -1059,6 +1073,14 @@ mod tests {
             (
                 "CASOLA_AUTH_LIMITS__HANDSHAKE_TIMEOUT_MS",
                 "limits.handshake_timeout_ms",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__SIDE_MAX_CONNECTIONS",
+                "limits.side_max_connections",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__SIDE_IDLE_TIMEOUT_MS",
+                "limits.side_idle_timeout_ms",
             ),
             (
                 "CASOLA_AUTH_VERIFY__CREATE_WORKERS",

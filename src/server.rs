@@ -60,7 +60,7 @@ use crate::{
     },
     transport::{
         admission::{Admission, AdmissionLayer},
-        connections::{self, ConnectionLimits},
+        connections::{self, ConnectionLimits, SideListener},
         envoy::{CheckApi, RouteTable},
         grpc::{AuthorizationApi, CallerAuthLayer, TokenApi},
         telemetry::GrpcTelemetryLayer,
@@ -294,6 +294,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         false => None,
     };
     let console_addr = console_listener.as_ref().map(|(_, addr)| *addr);
+    let side_listener = |listener| {
+        SideListener::new(
+            listener,
+            config.limits.side_max_connections,
+            Duration::from_millis(config.limits.side_idle_timeout_ms),
+        )
+    };
 
     let (stop, stopped) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -307,14 +314,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let grpc = tokio::spawn(serve_grpc(router, listener, connections, stopped.clone()));
     let console = console_listener.map(|(listener, _)| {
         tokio::spawn(crate::console::serve(
-            listener,
+            side_listener(listener),
             console_api.services,
             console_api.telemetry,
             stopped.clone(),
         ))
     });
     let admin = tokio::spawn(crate::admin::serve(
-        admin_listener,
+        side_listener(admin_listener),
         AdminState {
             ready: ready.clone(),
             metrics: metrics.clone(),

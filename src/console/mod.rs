@@ -14,11 +14,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tonic::service::Routes;
 use tower::Layer;
 
-use crate::transport::telemetry::GrpcTelemetryLayer;
+use crate::transport::{connections::SideListener, telemetry::GrpcTelemetryLayer};
 
 /// The Content-Security-Policy of every console response: scripts, styles and API calls
 /// from the console's own origin only (no inline script or style, no eval), no plugins,
@@ -110,7 +110,7 @@ pub fn router(services: Routes, telemetry: GrpcTelemetryLayer) -> Router {
 
 /// Serves the console on `listener` until `stopped`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: SideListener,
     services: Routes,
     telemetry: GrpcTelemetryLayer,
     mut stopped: watch::Receiver<bool>,

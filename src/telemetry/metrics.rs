@@ -169,6 +169,8 @@ pub mod limits {
     pub const HANDSHAKE_EVICTED: &str = "handshake_evicted";
     /// A connection that sent no HTTP/2 preface within the handshake timeout, closed.
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+    /// An admin or console connection idle past `limits.side_idle_timeout_ms`, closed.
+    pub const SIDE_IDLE: &str = "side_idle";
     /// A call past `limits.max_in_flight`, shed at once.
     pub const IN_FLIGHT: &str = "in_flight";
     /// A call whose four waits in the runtime's queue would outlast its deadline, shed.

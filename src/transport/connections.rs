@@ -40,7 +40,8 @@ use crate::telemetry::metrics::{CONNECTIONS_OPEN, LIMITED_TOTAL, limits};
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// File descriptors kept free of connections: the store pool, the admin and console
-/// listeners, the revocation listener, the runtime, logs.
+/// listeners and their connections (at most `limits.side_max_connections` each, 64 by
+/// default), the revocation listener, the runtime, logs.
 const RESERVED_FDS: u64 = 256;
 
 /// Bounds of the accept loop.
@@ -304,6 +305,138 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+/// The listener of the admin and console ports (plain HTTP, served by axum): at most
+/// `max` connections open at once, each closed after `idle` without a byte either way.
+///
+/// Past the cap a new connection is not accepted: it waits in the kernel's backlog (no file
+/// descriptor of ours) until a slot frees. So a flood of idle connections on either port
+/// costs at most the cap in file descriptors (both caps fit in [`RESERVED_FDS`]) and never
+/// takes the gRPC port's room, and the idle timeout empties the cap again. (axum's server
+/// sets no timeout of its own: an idle connection stayed open for ever.)
+pub struct SideListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl SideListener {
+    /// `inner` within these bounds.
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            idle,
+        }
+    }
+}
+
+impl axum::serve::Listener for SideListener {
+    type Io = SideConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                // Never closed; were it, waiting for ever is the listener's only answer.
+                std::future::pending::<()>().await;
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let idle = Box::pin(tokio::time::sleep(self.idle));
+                    return (
+                        SideConnection {
+                            stream,
+                            _slot: slot,
+                            timeout: self.idle,
+                            idle,
+                        },
+                        addr,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an admin or console connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection of [`SideListener`]: holds its slot, and fails its reads and writes once it
+/// has been idle for the listener's timeout (the server then closes it).
+pub struct SideConnection {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl SideConnection {
+    fn active(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout);
+    }
+
+    /// An error once the connection has been idle too long, else `Pending`.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.idle.as_mut().poll(cx).map(|()| {
+            metrics::counter!(LIMITED_TOTAL, "limit" => limits::SIDE_IDLE).increment(1);
+            io::Error::new(io::ErrorKind::TimedOut, "idle connection closed")
+        })
+    }
+}
+
+impl AsyncRead for SideConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.check_idle(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncWrite for SideConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                self.active();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.check_idle(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

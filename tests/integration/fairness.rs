@@ -519,3 +519,75 @@ async fn cold_lookups_past_their_bound_are_shed_at_once_and_the_waiting_one_is_a
         .expect("answered once the lock is gone");
     assert_eq!(answer.into_inner().decision(), Decision::Deny);
 }
+
+/// One HTTP/1.1 GET of `path` on a new connection to `addr`: its status line, or `None` if
+/// nothing came back within `wait`. The connection is handed back for a later read.
+async fn http_get_within(
+    addr: std::net::SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> (Option<String>, TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: casola\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let line = status_line_within(&mut stream, wait).await;
+    (line, stream)
+}
+
+/// The status line read from `stream` within `wait`, if any.
+async fn status_line_within(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(wait, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) => Some(String::from_utf8_lossy(&head).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_on_the_admin_and_console_ports_are_capped_and_closed() {
+    // Before: both ports were axum's plain listeners, with no cap and no timeout; idle
+    // connections there took file descriptors without bound (the gRPC port's own room).
+    const CAP: usize = 4;
+    let mut config = test_config(None);
+    config.console.enabled = true;
+    config.limits.side_max_connections = CAP;
+    config.limits.side_idle_timeout_ms = 2_000;
+    let server = TestServer::with_config(config, None).await;
+    let grpc = server.running.grpc_addr;
+    let ports = [
+        ("admin", server.running.admin_addr, "/healthz"),
+        (
+            "console",
+            server.running.console_addr.expect("enabled"),
+            "/",
+        ),
+    ];
+    for (port, addr, path) in ports {
+        let mut idle = Vec::with_capacity(CAP);
+        for _ in 0..CAP {
+            idle.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // The cap is full of idle connections: a request on one more connection waits in
+        // the kernel's backlog, unanswered, while the gRPC port answers as ever.
+        let (answered, mut waiting) = http_get_within(addr, path, Duration::from_millis(300)).await;
+        assert_eq!(answered, None, "{port}: served past its cap");
+        assert_eq!(
+            health_on_a_new_connection(grpc).await,
+            ServingStatus::Serving
+        );
+        // The idle ones are closed after the idle timeout, and the waiting one is served.
+        for (n, stream) in idle.iter_mut().enumerate() {
+            assert!(
+                closed_by_server(stream).await,
+                "{port}: idle connection {n} closed after the idle timeout"
+            );
+        }
+        let line = status_line_within(&mut waiting, Duration::from_secs(30)).await;
+        assert_eq!(
+            line.as_deref(),
+            Some("HTTP/1.1 200"),
+            "{port}: the waiting request served once a slot freed"
+        );
+    }
+}
