@@ -59,7 +59,6 @@ pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     decision_deadline: Duration,
     lag: Arc<QueueLag>,
-    log: Arc<OverloadLog>,
 }
 
 impl AdmissionLayer {
@@ -73,7 +72,6 @@ impl AdmissionLayer {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             decision_deadline: settings.decision_deadline,
             lag,
-            log: Arc::new(OverloadLog::default()),
         }
     }
 }
@@ -159,14 +157,12 @@ where
                 && waited * QUEUE_TRIPS > d
             {
                 metrics::counter!(LIMITED_TOTAL, "limit" => limits::QUEUE_DELAY).increment(1);
-                self.layer.log.shed(waited);
                 return Box::pin(async move { Ok(status::queued_too_long(waited).into_http()) });
             }
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     metrics::counter!(LIMITED_TOTAL, "limit" => limits::IN_FLIGHT).increment(1);
-                    self.layer.log.shed(waited);
                     return Box::pin(async { Ok(status::overloaded().into_http()) });
                 }
             }
@@ -176,7 +172,6 @@ where
         let called = now.checked_sub(behind).unwrap_or(now);
         let expires = deadline.map(|d| (d, called + d));
         let lag = self.layer.lag.clone();
-        let log = self.layer.log.clone();
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -184,91 +179,18 @@ where
         Box::pin(async move {
             let Some((deadline, at)) = expires else {
                 let answer = future.await?;
-                return Ok(answer.map(|body| Body::new(Guarded::new(body, permit, None, lag, log))));
+                return Ok(answer.map(|body| Body::new(Guarded::new(body, permit, None, lag))));
             };
             match tokio::time::timeout_at(at, future).await {
                 // `timeout_at` polls the call before its timer: an answer that became
                 // ready only after the deadline (a starved task, a long poll) would
                 // still be sent. The caller has given up on it: never a late OK.
-                Ok(Ok(answer)) if tokio::time::Instant::now() <= at => Ok(answer.map(|body| {
-                    Body::new(Guarded::new(body, permit, Some((deadline, at)), lag, log))
-                })),
+                Ok(Ok(answer)) if tokio::time::Instant::now() <= at => Ok(answer
+                    .map(|body| Body::new(Guarded::new(body, permit, Some((deadline, at)), lag)))),
                 Ok(Err(e)) => Err(e),
-                _ => {
-                    log.late(lag.current());
-                    Ok(status::deadline_exceeded(deadline).into_http())
-                }
+                _ => Ok(status::deadline_exceeded(deadline).into_http()),
             }
         })
-    }
-}
-
-/// Calls shed or cut off at their deadline, logged as one WARN line a second at most
-/// while it lasts. Each call's own line is DEBUG for these codes (`transport::telemetry`):
-/// at WARN, a flood would write a line for every refusal, tens of thousands a second, and
-/// spend on logging the CPU it lacks. The metrics count every call.
-#[derive(Debug)]
-struct OverloadLog {
-    shed: AtomicU64,
-    late: AtomicU64,
-    /// When the last line was written (microseconds since `epoch`, plus one period).
-    written: AtomicU64,
-    epoch: std::time::Instant,
-}
-
-impl Default for OverloadLog {
-    fn default() -> Self {
-        Self {
-            shed: AtomicU64::new(0),
-            late: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
-        }
-    }
-}
-
-impl OverloadLog {
-    /// Lines at most this often.
-    const EVERY: Duration = Duration::from_secs(1);
-
-    fn shed(&self, queue_wait: Duration) {
-        self.shed.fetch_add(1, Ordering::Relaxed);
-        self.write(queue_wait);
-    }
-
-    fn late(&self, queue_wait: Duration) {
-        self.late.fetch_add(1, Ordering::Relaxed);
-        self.write(queue_wait);
-    }
-
-    /// Writes the counts since the last line, if that was [`OverloadLog::EVERY`] ago (the
-    /// first call of a burst writes at once; calls after the last line of a burst are
-    /// carried by the next one). Answers whether it wrote.
-    fn write(&self, queue_wait: Duration) -> bool {
-        let every = u64::try_from(Self::EVERY.as_micros()).unwrap_or(u64::MAX);
-        // Offset by one period, so that the first line is written at once.
-        let now = u64::try_from(self.epoch.elapsed().as_micros())
-            .unwrap_or(u64::MAX)
-            .saturating_add(every);
-        let written = self.written.load(Ordering::Relaxed);
-        if now.saturating_sub(written) < every
-            || self
-                .written
-                .compare_exchange(written, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return false;
-        }
-        let shed = self.shed.swap(0, Ordering::Relaxed);
-        let deadline_exceeded = self.late.swap(0, Ordering::Relaxed);
-        tracing::warn!(
-            shed,
-            deadline_exceeded,
-            queue_wait_ms = u64::try_from(queue_wait.as_millis()).unwrap_or(u64::MAX),
-            "overloaded: calls shed (RESOURCE_EXHAUSTED) or past their deadline \
-             (DEADLINE_EXCEEDED) since the last such line"
-        );
-        true
     }
 }
 
@@ -398,7 +320,6 @@ struct Guarded {
     deadline: Option<(Duration, tokio::time::Instant)>,
     /// The queue's wait: the connection's write is still ahead of a message sent now.
     lag: Arc<QueueLag>,
-    log: Arc<OverloadLog>,
     /// A data frame has been passed on (from then on the answer stands).
     sent: bool,
     /// The body ended here (the deadline's trailers were sent).
@@ -411,14 +332,12 @@ impl Guarded {
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<(Duration, tokio::time::Instant)>,
         lag: Arc<QueueLag>,
-        log: Arc<OverloadLog>,
     ) -> Self {
         Self {
             inner,
             _permit: permit,
             deadline,
             lag,
-            log,
             sent: false,
             ended: false,
         }
@@ -433,7 +352,6 @@ impl Guarded {
 
     fn end_late(&mut self, deadline: Duration) -> Frame<Bytes> {
         self.ended = true;
-        self.log.late(self.lag.current());
         // The answer is dropped unsent; its slot is free as of now.
         self._permit = None;
         let mut trailers = http::HeaderMap::new();
@@ -655,26 +573,6 @@ mod tests {
         let (data, status) = frames(answer.into_body()).await;
         assert_eq!(data, [Bytes::from_static(b"answer")]);
         assert_eq!(status.as_deref(), Some("0"));
-    }
-
-    #[test]
-    fn overload_is_logged_once_a_second_with_the_counts_since_the_last_line() {
-        let log = OverloadLog::default();
-        let wait = Duration::from_millis(40);
-        // The first refusal of a burst is written at once.
-        assert!(log.write(wait));
-        // The rest of the second is counted, not written.
-        for _ in 0..1000 {
-            log.shed.fetch_add(1, Ordering::Relaxed);
-            assert!(!log.write(wait));
-        }
-        log.late.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(log.shed.load(Ordering::Relaxed), 1000);
-        // A second later the next one writes them, and starts counting again.
-        std::thread::sleep(OverloadLog::EVERY);
-        assert!(log.write(wait));
-        assert_eq!(log.shed.load(Ordering::Relaxed), 0);
-        assert_eq!(log.late.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -339,10 +339,10 @@ impl axum::serve::Listener for SideListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            let slot = match self.slots.clone().acquire_owned().await {
+                Ok(slot) => slot,
                 // Never closed; were it, waiting for ever is the listener's only answer.
-                std::future::pending::<()>().await;
-                continue;
+                Err(_) => std::future::pending().await,
             };
             match self.inner.accept().await {
                 Ok((stream, addr)) => {

@@ -13,9 +13,12 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, LazyLock, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context as TaskContext, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -319,7 +322,7 @@ fn is_server_error(code: Code) -> bool {
 /// cost nothing unless asked for.
 fn log_level(code: Code, note: &Note, info_on_success: bool) -> Level {
     // Overload's answers come in floods: one WARN line a second sums them up
-    // (`transport::admission`), and the metrics count each.
+    // (`OverloadLog`), and the metrics count each.
     if matches!(code, Code::ResourceExhausted | Code::DeadlineExceeded) {
         return Level::DEBUG;
     }
@@ -334,6 +337,79 @@ fn log_level(code: Code, note: &Note, info_on_success: bool) -> Level {
         Some(DecisionKind::Deny) => Level::INFO,
         _ if info_on_success => Level::INFO,
         _ => Level::DEBUG,
+    }
+}
+
+/// The calls answered RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED (shed by admission or a
+/// fairness limit, a full argon2 queue, past a deadline), logged as one WARN line a second
+/// at most while they last; each call's own line is DEBUG (`log_level`). At WARN, a flood
+/// would write a line for every refusal, tens of thousands a second, and spend on logging
+/// the CPU the replica lacks. The metrics count every call. One for the process: the gRPC
+/// port and the console share it.
+static OVERLOAD_LOG: LazyLock<OverloadLog> = LazyLock::new(OverloadLog::default);
+
+#[derive(Debug)]
+struct OverloadLog {
+    resource_exhausted: AtomicU64,
+    deadline_exceeded: AtomicU64,
+    /// When the last line was written (microseconds since `epoch`, plus one period).
+    written: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for OverloadLog {
+    fn default() -> Self {
+        Self {
+            resource_exhausted: AtomicU64::new(0),
+            deadline_exceeded: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl OverloadLog {
+    /// Lines at most this often.
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Counts a finished call, if its code is one of overload's.
+    fn note(&self, code: Code) {
+        let count = match code {
+            Code::ResourceExhausted => &self.resource_exhausted,
+            Code::DeadlineExceeded => &self.deadline_exceeded,
+            _ => return,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        self.write();
+    }
+
+    /// Writes the counts since the last line, if that was [`OverloadLog::EVERY`] ago (the
+    /// first call of a burst writes at once; calls after the last line of a burst are
+    /// carried by the next one). Answers whether it wrote.
+    fn write(&self) -> bool {
+        let every = u64::try_from(Self::EVERY.as_micros()).unwrap_or(u64::MAX);
+        // Offset by one period, so that the first line is written at once.
+        let now = u64::try_from(self.epoch.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .saturating_add(every);
+        let written = self.written.load(Ordering::Relaxed);
+        if now.saturating_sub(written) < every
+            || self
+                .written
+                .compare_exchange(written, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        let resource_exhausted = self.resource_exhausted.swap(0, Ordering::Relaxed);
+        let deadline_exceeded = self.deadline_exceeded.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            resource_exhausted,
+            deadline_exceeded,
+            "overloaded: calls answered RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED since the \
+             last such line (each call's own line is DEBUG)"
+        );
+        true
     }
 }
 
@@ -366,6 +442,7 @@ impl Drop for Finish {
         let rpc = &*self.method.rpc;
         let code_label = code_name(code);
         self.method.record(code, elapsed);
+        OVERLOAD_LOG.note(code);
 
         let note = self.call.note();
         let span = &self.call.span;
@@ -558,6 +635,27 @@ mod tests {
         assert!(layer.methods[&format!("/{CHECK_METHOD}")].parent_from_handler);
         assert!(!layer.methods["/grpc.health.v1.Health/Check"].traced);
         assert!(layer.methods["/casola.auth.v1.TokenService/RevokeToken"].info_on_success);
+    }
+
+    #[test]
+    fn overload_is_logged_once_a_second_with_the_counts_since_the_last_line() {
+        let log = OverloadLog::default();
+        // The first refusal of a burst is written at once.
+        assert!(log.write());
+        // The rest of the second is counted, not written.
+        for _ in 0..1000 {
+            log.resource_exhausted.fetch_add(1, Ordering::Relaxed);
+            assert!(!log.write());
+        }
+        log.note(Code::DeadlineExceeded);
+        log.note(Code::Ok);
+        assert_eq!(log.resource_exhausted.load(Ordering::Relaxed), 1000);
+        assert_eq!(log.deadline_exceeded.load(Ordering::Relaxed), 1);
+        // A second later the next one writes them, and starts counting again.
+        std::thread::sleep(OverloadLog::EVERY);
+        assert!(log.write());
+        assert_eq!(log.resource_exhausted.load(Ordering::Relaxed), 0);
+        assert_eq!(log.deadline_exceeded.load(Ordering::Relaxed), 0);
     }
 
     #[test]
