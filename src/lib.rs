@@ -15,6 +15,7 @@ pub mod authorize;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod deadline;
 pub mod error;
 pub mod event;
 pub mod manage;

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod explain;
 pub mod fairness;
 pub mod last_used;
+mod pace;
 mod verify_pool;
 
 use std::{net::IpAddr, sync::Arc};
@@ -20,6 +21,8 @@ use self::{
     cache::{Entry, Key, TokenCache},
     fairness::{FairnessLimits, Limited, Source},
     last_used::LastUsed,
+    pace::Pace,
+    verify_pool::finishes_after,
 };
 use crate::{
     error::Error,
@@ -66,6 +69,13 @@ fn source_limited(limited: Limited) -> Error {
 fn cold_reads_full() -> Error {
     metrics::counter!(LIMITED_TOTAL, "limit" => limits::COLD_READS).increment(1);
     Error::ResourceExhausted("too many token lookups in flight; retry with backoff")
+}
+
+/// At the recent pace of cold reads and verifies, the lookup would end after the call's
+/// deadline: refused before it starts, the store and argon2 kept for calls that can finish.
+fn deadline_unmet() -> Error {
+    metrics::counter!(LIMITED_TOTAL, "limit" => limits::DEADLINE_UNMET).increment(1);
+    Error::ResourceExhausted("token lookup would not finish before the call's deadline; retry")
 }
 
 /// Why a token is refused.
@@ -206,6 +216,8 @@ pub struct Authorizer {
     cache: TokenCache,
     fairness: FairnessLimits,
     cold_reads: Arc<Semaphore>,
+    /// How long a cold store read has been taking (the wait for a pooled connection too).
+    read_pace: Arc<Pace>,
 }
 
 /// The bounds of the cold path besides the verify pool.
@@ -238,6 +250,7 @@ impl Authorizer {
             cache,
             fairness: limits.fairness,
             cold_reads: Arc::new(Semaphore::new(limits.max_cold_reads.max(1))),
+            read_pace: Arc::new(Pace::default()),
         }
     }
 
@@ -360,6 +373,9 @@ impl Authorizer {
         // that started it is dropped at its deadline (transport::admission), so the retry
         // finds the verified token instead of paying argon2 again. Without this, a storm of
         // cold tokens slower than the deadline re-verified the same tokens over and over.
+        // It keeps the deadline of the call that starts it: the argon2 pool refuses a verify
+        // that could not finish before it.
+        let deadline = crate::deadline::current();
         let this = self.clone();
         let load = async move {
             this.cache
@@ -367,10 +383,12 @@ impl Authorizer {
                 .await
         }
         .instrument(tracing::Span::current());
-        tokio::spawn(load).await.map_err(|e| {
-            tracing::error!(error = %e, "cold lookup task failed");
-            Error::Internal
-        })?
+        tokio::spawn(crate::deadline::within(deadline, load))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cold lookup task failed");
+                Error::Internal
+            })?
     }
 
     /// A cached entry older than a change to its token: re-read the row, keep the proof of
@@ -407,11 +425,21 @@ impl Authorizer {
         let stamp = self.cache.stamp();
         // Bounded: a flood of unknown lookup ids (each a store read) from many sources must
         // not take the store pool from the tokens that exist.
+        // Nor is work started that could not end before the call's deadline: the read at
+        // its recent pace, then a verify behind the jobs already waiting for argon2.
+        let expected = self.read_pace.mean().unwrap_or_default() + self.pool.time_to_finish();
+        let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
+        if finishes_after(std::time::Instant::now() + expected, deadline) && !self.read_pace.probe()
+        {
+            return Err(deadline_unmet());
+        }
         let Ok(read) = self.cold_reads.try_acquire() else {
             return Err(cold_reads_full());
         };
         // No dummy hash for unknown ids: that would hand attackers a CPU amplifier.
+        let started = std::time::Instant::now();
         let found = self.store.find_by_lookup_id(token.lookup_id()).await;
+        self.read_pace.note(started.elapsed());
         drop(read);
         let Some(mut record) = found? else {
             self.cache.known_wrong(key);

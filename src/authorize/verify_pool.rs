@@ -1,23 +1,27 @@
 //! argon2 verifies on a bounded pool: at most `workers` run at once on blocking threads,
 //! at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
-//! piling up memory (each verify holds m KiB) and latency.
+//! piling up memory (each verify holds m KiB) and latency. A call with a deadline
+//! ([`crate::deadline`]) is also refused at once when the jobs ahead of it, at the pool's
+//! recent pace, would keep its own from finishing before that deadline: it would only
+//! wait, then be dropped at its deadline, its place in the queue wasted.
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::pace::Pace;
 use crate::{
     error::Error,
     telemetry::metrics::{
         ARGON2_QUEUE_DEPTH, ARGON2_QUEUE_WAIT_SECONDS, ARGON2_REJECTED_TOTAL,
-        ARGON2_VERIFY_DURATION_SECONDS, LIMITED_TOTAL,
+        ARGON2_VERIFY_DURATION_SECONDS, LIMITED_TOTAL, limits,
     },
 };
 
@@ -50,8 +54,14 @@ impl VerifyPoolOptions {
 pub struct VerifyPool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    workers: usize,
     queue: usize,
     runs: Arc<AtomicU64>,
+    /// How long one job has been taking, from its worker taken to its result back.
+    pace: Arc<Pace>,
+    /// How long a queued job has been waiting per place it had in the queue: the pace at
+    /// which the queue drains, hand-overs between jobs included.
+    place_pace: Arc<Pace>,
     limit: Option<&'static str>,
     /// The `pool` label of its metrics: `verify` (the gate's) or `create`.
     name: &'static str,
@@ -63,8 +73,11 @@ impl VerifyPool {
         Self {
             permits: Arc::new(Semaphore::new(options.workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
+            workers: options.workers.max(1),
             queue: options.queue,
             runs: Arc::new(AtomicU64::new(0)),
+            pace: Arc::new(Pace::default()),
+            place_pace: Arc::new(Pace::default()),
             limit: None,
             name: "verify",
         }
@@ -115,10 +128,24 @@ impl VerifyPool {
         T: Send + 'static,
     {
         let queued_at = Instant::now();
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+        let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
+        let (permit, place) = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if finishes_after(queued_at + self.time_for(0), deadline) && !self.pace.probe() {
+                    return Err(self.refuse_late());
+                }
+                (permit, 0)
+            }
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+                let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+                if ahead < self.queue
+                    && finishes_after(queued_at + self.time_for(ahead + 1), deadline)
+                    && !self.pace.probe()
+                {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(self.refuse_late());
+                }
+                if ahead >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
                     metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
                     if let Some(limit) = self.limit {
@@ -131,16 +158,22 @@ impl VerifyPool {
                 // Leaves the queue however the wait ends, also when the caller gives up.
                 let _waiting = Waiting::enter(&self.waiting, self.name);
                 let permit = self.permits.clone().acquire_owned().await;
-                permit.map_err(|_| Error::Internal)?
+                (permit.map_err(|_| Error::Internal)?, ahead + 1)
             }
         };
         self.runs.fetch_add(1, Ordering::Relaxed);
         let waited = queued_at.elapsed();
+        if let Ok(place) = u32::try_from(place)
+            && place > 0
+        {
+            self.place_pace.note(waited / place);
+        }
         metrics::histogram!(ARGON2_QUEUE_WAIT_SECONDS, "pool" => self.name)
             .record(waited.as_secs_f64());
         tracing::Span::current().record("queue_wait_ms", waited.as_secs_f64() * 1000.0);
         let pool = self.name;
-        tokio::task::spawn_blocking(move || {
+        let handed = Instant::now();
+        let output = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             yield_cpu_to_the_warm_path();
             let started = Instant::now();
@@ -153,8 +186,47 @@ impl VerifyPool {
         .map_err(|e| {
             tracing::error!(error = %e, "verify task failed");
             Error::Internal
-        })
+        });
+        self.pace.note(handed.elapsed());
+        output
     }
+}
+
+impl VerifyPool {
+    /// About how long a job handed in now would take to finish, at the pool's recent pace:
+    /// its wait (its place in the queue, at the pace the queue has been draining), then its
+    /// own run. Zero before the pool has a pace.
+    pub fn time_to_finish(&self) -> Duration {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        let free = self.permits.available_permits() > 0;
+        self.time_for(if free && waiting == 0 { 0 } else { waiting + 1 })
+    }
+
+    /// The time to finish of a job with `place` jobs before it in the queue, itself
+    /// counted (0: a worker is free).
+    fn time_for(&self, place: usize) -> Duration {
+        let Some(job) = self.pace.mean() else {
+            return Duration::ZERO;
+        };
+        let place = u32::try_from(place).unwrap_or(u32::MAX);
+        // Before any job has waited, the queue drains at one job per worker at a time.
+        let per_place = self
+            .place_pace
+            .mean()
+            .unwrap_or(job / u32::try_from(self.workers).unwrap_or(u32::MAX));
+        job + per_place.saturating_mul(place)
+    }
+
+    fn refuse_late(&self) -> Error {
+        metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
+        metrics::counter!(LIMITED_TOTAL, "limit" => limits::DEADLINE_UNMET).increment(1);
+        Error::ResourceExhausted("token verification would not finish before the call's deadline")
+    }
+}
+
+/// Whether work expected to finish at `finish` would end after `deadline` (none: never).
+pub(super) fn finishes_after(finish: Instant, deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|deadline| finish > deadline)
 }
 
 /// Niceness of threads that run argon2 (0 is normal, 19 lowest).
@@ -214,21 +286,31 @@ mod tests {
         assert_eq!(o.workers, 3);
     }
 
+    /// Takes the pool's only worker with a job that runs until released.
+    async fn occupy(
+        pool: &VerifyPool,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<Option<()>, Error>>,
+    ) {
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(move || release_rx.recv().ok()).await })
+        };
+        while pool.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        (release_tx, busy)
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_instead_of_waiting() {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 1,
         });
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || release_rx.recv().ok()).await })
-        };
-        // Wait until the worker is taken.
-        while pool.permits.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        let (release_tx, busy) = occupy(&pool).await;
         let queued = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.run(|| 2).await })
@@ -244,19 +326,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_that_would_end_after_the_calls_deadline_is_refused_at_once() {
+        use crate::deadline;
+
+        let mut pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 1,
+            queue: 8,
+        });
+        // One probe in the test's whole run.
+        pool.pace = Arc::new(Pace::probing_every(Duration::from_secs(3600)));
+        let in_ms = |ms| Some(tokio::time::Instant::now() + Duration::from_millis(ms));
+        // No pace yet (no job has run): nothing is refused for its deadline.
+        assert_eq!(deadline::within(in_ms(1), pool.run(|| 1)).await.unwrap(), 1);
+        // At 50 ms a job, a free worker, a call with 30 ms left: the first goes anyway, as
+        // the probe that measures the pace again; the next is refused, and 200 ms is not.
+        pool.pace.set(Duration::from_millis(50));
+        assert_eq!(
+            deadline::within(in_ms(30), pool.run(|| 7)).await.unwrap(),
+            7
+        );
+        pool.pace.set(Duration::from_millis(50));
+        let refused = deadline::within(in_ms(30), pool.run(|| 2)).await;
+        assert!(matches!(refused, Err(Error::ResourceExhausted(m)) if m.contains("deadline")));
+        assert_eq!(
+            deadline::within(in_ms(200), pool.run(|| 3)).await.unwrap(),
+            3
+        );
+        // The worker busy and two jobs waiting: a new one ends after four jobs (200 ms).
+        let (release_tx, busy) = occupy(&pool).await;
+        let queued: Vec<_> = (0..2)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run(move || i).await })
+            })
+            .collect();
+        while pool.queue_depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        pool.pace.set(Duration::from_millis(50));
+        assert_eq!(pool.time_to_finish(), Duration::from_millis(200));
+        let refused = deadline::within(in_ms(150), pool.run(|| 4)).await;
+        assert!(matches!(refused, Err(Error::ResourceExhausted(_))));
+        assert_eq!(
+            pool.queue_depth(),
+            2,
+            "a refused call leaves no place taken"
+        );
+        // With time for all four it waits its turn; a call with no deadline always does.
+        let waits = {
+            let pool = pool.clone();
+            tokio::spawn(deadline::within(in_ms(10_000), async move {
+                pool.run(|| 5).await
+            }))
+        };
+        let no_deadline = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(|| 6).await })
+        };
+        while pool.queue_depth() < 4 {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        assert!(busy.await.unwrap().is_ok());
+        for (i, q) in queued.into_iter().enumerate() {
+            assert_eq!(q.await.unwrap().unwrap(), i);
+        }
+        assert_eq!(waits.await.unwrap().unwrap(), 5);
+        assert_eq!(no_deadline.await.unwrap().unwrap(), 6);
+    }
+
+    #[tokio::test]
     async fn a_caller_that_gives_up_leaves_the_queue() {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 1,
         });
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let busy = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.run(move || release_rx.recv().ok()).await })
-        };
-        while pool.permits.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        let (release_tx, busy) = occupy(&pool).await;
         let queued = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.run(|| 2).await })

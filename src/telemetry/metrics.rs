@@ -175,6 +175,9 @@ pub mod limits {
     pub const IN_FLIGHT: &str = "in_flight";
     /// A call whose four waits in the runtime's queue would outlast its deadline, shed.
     pub const QUEUE_DELAY: &str = "queue_delay";
+    /// Cold work (a store read, an argon2 job) refused at once: at its recent pace it would
+    /// not finish before the call's deadline.
+    pub const DEADLINE_UNMET: &str = "deadline_unmet";
 }
 
 /// Buckets for latencies, in seconds: 0.5 ms (a cache hit) to 10 s (a stuck store).

@@ -175,7 +175,9 @@ where
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = inner.call(req);
+        // The deadline goes with the call, so the cold path can refuse work that would
+        // finish after it (the argon2 pool) instead of starting it.
+        let future = crate::deadline::within(expires.map(|(_, at)| at), inner.call(req));
         Box::pin(async move {
             let Some((deadline, at)) = expires else {
                 let answer = future.await?;
@@ -458,6 +460,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(code(&answer), None, "the inner service's own answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_service_sees_the_calls_deadline() {
+        let layer = AdmissionLayer::with_lag(
+            Admission {
+                max_in_flight: 8,
+                decision_deadline: Duration::from_millis(150),
+            },
+            QueueLag::unsampled(),
+        );
+        // The service answers with the time left to the deadline it sees, in ms.
+        let service = layer.layer(BoxCloneService::new(service_fn(
+            |_req: http::Request<()>| async {
+                let left = crate::deadline::current()
+                    .map(|at| (at - tokio::time::Instant::now()).as_millis().to_string());
+                let mut answer = http::Response::new(Body::empty());
+                if let Some(left) = left {
+                    answer.headers_mut().insert("left", left.parse().unwrap());
+                }
+                Ok::<_, Infallible>(answer)
+            },
+        )));
+        let left = |path, timeout| {
+            let service = service.clone();
+            async move {
+                let answer = service.oneshot(request(path, timeout)).await.unwrap();
+                answer
+                    .headers()
+                    .get("left")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            }
+        };
+        let authorize = "/casola.auth.v1.AuthorizationService/Authorize";
+        assert_eq!(left(authorize, Some("200m")).await.as_deref(), Some("150"));
+        assert_eq!(left(authorize, Some("40m")).await.as_deref(), Some("40"));
+        let list = "/casola.auth.v1.TokenService/ListTokens";
+        assert_eq!(left(list, Some("2S")).await.as_deref(), Some("2000"));
+        assert_eq!(left(list, None).await, None, "no deadline, none seen");
     }
 
     #[tokio::test]

@@ -5,13 +5,16 @@
 
 use std::time::Duration;
 
-use casola_auth::{proto::WhoAmIRequest, token::hash::HashParams};
+use casola_auth::{
+    proto::{Decision, WhoAmIRequest},
+    token::hash::HashParams,
+};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::support::{TestServer, authorize, bearer, test_config};
+use crate::support::{TestServer, authorize, bearer, eventually, pg, test_config};
 
 /// argon2 heavy enough that one cold verify stays in flight for a long while (hundreds of
 /// milliseconds), so the test never races it.
@@ -107,4 +110,100 @@ async fn calls_past_the_in_flight_bound_are_shed_while_health_answers() {
         .unwrap()
         .expect("the admitted call is answered");
     assert!(shed > 0, "no probe was shed while the slot was taken");
+}
+
+/// A store turned slow (here: its tokens table locked): cold lookups that could not finish
+/// before their deadline are refused at once, RESOURCE_EXHAUSTED and retryable, instead of
+/// each holding a store connection and a stream until the deadline and answering
+/// DEADLINE_EXCEEDED. The refusal rests on the reads' recent pace, which only reads measure:
+/// one probe every 100 ms goes anyway, so a store that is fast again is seen again (without
+/// it, one stall would refuse every first use for ever).
+#[tokio::test]
+async fn cold_lookups_that_cannot_finish_before_their_deadline_are_refused_at_once() {
+    let db = pg::TestDb::new().await;
+    let url = db.url.clone();
+    let mut config = test_config(Some(&url));
+    config.limits.decision_deadline_ms = 100;
+    let server = TestServer::with_config(config, Some(db)).await;
+    let mut tokens = Vec::new();
+    for i in 0..40 {
+        tokens.push(
+            server
+                .operator_token("acme", &format!("user{i}"), "user-read", &[])
+                .await,
+        );
+    }
+    let mut authz = server.authz();
+
+    // The table locked: the first cold lookup's read waits past the call's deadline.
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    locker
+        .batch_execute("begin; lock table api_tokens in access exclusive mode")
+        .await
+        .unwrap();
+    let status = authz
+        .authorize(tonic::Request::new(authorize(&tokens[0], &[])))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Half a second later the lock goes; the read (it outlives its call) ends, and its time
+    // is the reads' pace: far past the 100 ms any Authorize gets.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    locker.batch_execute("commit").await.unwrap();
+    eventually(Duration::from_secs(10), "the first token verified", || {
+        allowed(server.authz(), vec![tokens[0].clone()])
+    })
+    .await;
+
+    // Cold lookups now: refused at once for their deadline, but for the probes.
+    let (mut refused, mut probed) = (0, 0);
+    for token in &tokens[1..] {
+        match authz
+            .authorize(tonic::Request::new(authorize(token, &[])))
+            .await
+        {
+            Ok(answer) if answer.get_ref().decision() == Decision::Allow => probed += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(
+                    s.message()
+                        .contains("would not finish before the call's deadline"),
+                    "{}",
+                    s.message()
+                );
+                refused += 1;
+            }
+            other => panic!("a cold lookup got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "no cold lookup was refused for its deadline");
+    assert!(probed > 0, "no probe went to the store");
+    // The probes were fast: the pace comes down, and every first use works again.
+    eventually(Duration::from_secs(10), "first uses allowed again", || {
+        allowed(server.authz(), tokens[1..].to_vec())
+    })
+    .await;
+    drop(locker);
+    let _ = connection.await;
+}
+
+/// Whether every one of `tokens` is allowed now.
+async fn allowed(
+    mut authz: casola_auth::proto::authorization_service_client::AuthorizationServiceClient<
+        tonic::transport::Channel,
+    >,
+    tokens: Vec<String>,
+) -> bool {
+    for token in tokens {
+        match authz
+            .authorize(tonic::Request::new(authorize(&token, &[])))
+            .await
+        {
+            Ok(answer) if answer.get_ref().decision() == Decision::Allow => {}
+            _ => return false,
+        }
+    }
+    true
 }
