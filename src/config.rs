@@ -836,6 +836,16 @@ impl Config {
                 "limits.failed_verifies_per_second",
                 u64::from(limits.failed_verifies_per_second),
             ),
+            ("limits.max_in_flight", limits.max_in_flight as u64),
+            ("limits.decision_deadline_ms", limits.decision_deadline_ms),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(limits.max_concurrent_streams),
+            ),
+            (
+                "limits.max_header_list_bytes",
+                u64::from(limits.max_header_list_bytes),
+            ),
             ("limits.max_cold_reads", limits.max_cold_reads as u64),
             ("limits.create_burst", u64::from(limits.create_burst)),
             (
@@ -1047,8 +1057,22 @@ mod tests {
             &[("CASOLA_AUTH_ARGON2__PARALLELISM", "0")],
             "argon2.parallelism",
         );
-        // A zero fairness limit would refuse everything.
+        // A zero limit would refuse everything (no stream, no header, no call in flight,
+        // every decision past its deadline).
         for (var, key) in [
+            ("CASOLA_AUTH_LIMITS__MAX_IN_FLIGHT", "limits.max_in_flight"),
+            (
+                "CASOLA_AUTH_LIMITS__DECISION_DEADLINE_MS",
+                "limits.decision_deadline_ms",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_CONCURRENT_STREAMS",
+                "limits.max_concurrent_streams",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_HEADER_LIST_BYTES",
+                "limits.max_header_list_bytes",
+            ),
             (
                 "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_BURST",
                 "limits.failed_verifies_burst",

@@ -75,7 +75,9 @@ fn cold_reads_full() -> Error {
 /// deadline: refused before it starts, the store and argon2 kept for calls that can finish.
 fn deadline_unmet() -> Error {
     metrics::counter!(LIMITED_TOTAL, "limit" => limits::DEADLINE_UNMET).increment(1);
-    Error::ResourceExhausted("token lookup would not finish before the call's deadline; retry")
+    Error::ResourceExhausted(
+        "token lookup would not finish before the call's deadline; retry with backoff",
+    )
 }
 
 /// Why a token is refused.

@@ -220,7 +220,9 @@ impl VerifyPool {
     fn refuse_late(&self) -> Error {
         metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
         metrics::counter!(LIMITED_TOTAL, "limit" => limits::DEADLINE_UNMET).increment(1);
-        Error::ResourceExhausted("token verification would not finish before the call's deadline")
+        Error::ResourceExhausted(
+            "argon2 hashing would not finish before the call's deadline; retry with backoff",
+        )
     }
 }
 

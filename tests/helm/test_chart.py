@@ -601,6 +601,10 @@ def test_config_toml_defaults(chart):
         "store": {"pool_size": 10},
         # The server's own defaults (src/config.rs LimitsConfig), written out.
         "limits": {
+            "max_in_flight": 2048,
+            "decision_deadline_ms": 150,
+            "max_concurrent_streams": 32,
+            "max_header_list_bytes": 16384,
             "failed_verifies_burst": 100,
             "failed_verifies_per_second": 10,
             "failed_verify_cooldown_seconds": 30,
@@ -609,6 +613,8 @@ def test_config_toml_defaults(chart):
             "creates_per_second": 5,
             "max_connections": 10000,
             "handshake_timeout_ms": 10000,
+            "side_max_connections": 64,
+            "side_idle_timeout_ms": 60000,
         },
         "console": {"enabled": False},
         "envoy": {"routes": []},
@@ -905,3 +911,20 @@ def test_fairness_limits_are_rendered_and_zero_is_refused(chart):
     assert config["limits"]["failed_verifies_burst"] == 100, "unset keys keep their defaults"
     with pytest.raises(helm.HelmValuesError, match="maxConnections"):
         render(chart, {"config": {"limits": {"maxConnections": 0}}})
+
+
+def test_overload_limits_are_rendered_and_zero_is_refused(chart):
+    """Admission, the decision deadline, HTTP/2 and the admin port's limits: a deployment
+    behind a gateway with a shorter ext_authz timeout must be able to lower the deadline."""
+    limits = {"maxInFlight": 512, "decisionDeadlineMs": 80, "maxConcurrentStreams": 64,
+              "maxHeaderListBytes": 8192, "sideMaxConnections": 16, "sideIdleTimeoutMs": 5000}
+    config = config_toml(render(chart, {"config": {"limits": limits}}))["limits"]
+    assert {k: config[k] for k in ("max_in_flight", "decision_deadline_ms", "max_concurrent_streams",
+                                   "max_header_list_bytes", "side_max_connections",
+                                   "side_idle_timeout_ms")} == {
+        "max_in_flight": 512, "decision_deadline_ms": 80, "max_concurrent_streams": 64,
+        "max_header_list_bytes": 8192, "side_max_connections": 16, "side_idle_timeout_ms": 5000,
+    }
+    for key in limits:
+        with pytest.raises(helm.HelmValuesError, match=key):
+            render(chart, {"config": {"limits": {key: 0}}})
