@@ -31,7 +31,9 @@ Variants:
   mean answer time as a ratio of it (`mean_over_floor`);
 - `--cold N --connections 0`: no h2load; the recording client alone cycles N tokens never
   used before (a store read and an argon2 verify each, until verified): a flood of first
-  uses, where the server runs out of work capacity long before the transport's.
+  uses, where the server runs out of work capacity long before the transport's;
+- `--probe-rate N`: the recording client in an open loop, N calls a second sent when due
+  (users behind a gateway do not wait for each other), at most --probe-concurrency in flight.
 The replica's refusals by limit, its argon2 queue waits and its token reads' durations are
 in `server_limited`.
 
@@ -64,12 +66,13 @@ from harness import Postgres, clean_env, run  # noqa: E402
 WORK = REPO / ".tmp/overload"
 
 
-def deadline_run(rep: Replica, tokens: Path, seconds: float, deadline_ms: int, concurrency: int) -> subprocess.Popen:
+def deadline_run(rep: Replica, tokens: Path, seconds: float, deadline_ms: int, concurrency: int,
+                 rate: int = 0) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BENCH), "deadline", "--target", rep.target, "--tokens", str(tokens), "--deadline-ms", str(deadline_ms),
          # Enough connections that no call waits for a stream in the client (32 per connection).
          "--concurrency", str(concurrency), "--connections", str(max(2, -(-concurrency // 32))),
-         "--duration", str(seconds)],
+         "--rate", str(rate), "--duration", str(seconds)],
         stdout=subprocess.PIPE, text=True, env=clean_env(),
     )
 
@@ -213,6 +216,9 @@ def main() -> int:
                          "connection. 0 (the default): closed loop, every stream sends again once answered")
     ap.add_argument("--deadline-ms", type=int, default=200, help="grpc-timeout of every call")
     ap.add_argument("--probe-concurrency", type=int, default=64, help="calls in flight of the recording client")
+    ap.add_argument("--probe-rate", type=int, default=0, metavar="N",
+                    help="the recording client in an open loop: N calls a second, each sent when due, at most "
+                         "--probe-concurrency in flight (0, the default: a closed loop of --probe-concurrency callers)")
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--cold", type=int, default=0, metavar="N",
                     help="the recording client cycles N tokens never used before (first uses: a store read and "
@@ -278,7 +284,7 @@ def main() -> int:
         sampler.start()
         h2 = pressure(a, a.streams, frame, rep.target + PATHS["authorize"]) if a.connections else None
         time.sleep(2)  # h2load's streams open first
-        probe = deadline_run(rep, cold or warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency)
+        probe = deadline_run(rep, cold or warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency, a.probe_rate)
         res["loaded"] = json.loads(probe.communicate(timeout=a.seconds + 120)[0].strip().splitlines()[-1])
         h2out = h2.communicate(timeout=a.seconds + 120)[0] if h2 else ""
         sampler.done.set()

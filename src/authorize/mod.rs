@@ -427,8 +427,12 @@ impl Authorizer {
         let stamp = self.cache.stamp();
         // Bounded: a flood of unknown lookup ids (each a store read) from many sources must
         // not take the store pool from the tokens that exist.
-        // Nor is work started that could not end before the call's deadline: the read at
-        // its recent pace, then a verify behind the jobs already waiting for argon2.
+        // Nor is a token read whose verify the argon2 pool would refuse (its queue full),
+        if let Some(full) = self.pool.full() {
+            return Err(full);
+        }
+        // nor work started that could not end before the call's deadline: the read at its
+        // recent pace, then a verify behind the jobs already waiting for argon2.
         let expected = self.read_pace.mean().unwrap_or_default() + self.pool.time_to_finish();
         let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
         if finishes_after(std::time::Instant::now() + expected, deadline) && !self.read_pace.probe()

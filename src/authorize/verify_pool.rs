@@ -147,13 +147,7 @@ impl VerifyPool {
                 }
                 if ahead >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
-                    if let Some(limit) = self.limit {
-                        metrics::counter!(LIMITED_TOTAL, "limit" => limit).increment(1);
-                    }
-                    return Err(Error::ResourceExhausted(
-                        "too many token verifications queued",
-                    ));
+                    return Err(self.refuse_full());
                 }
                 // Leaves the queue however the wait ends, also when the caller gives up.
                 let _waiting = Waiting::enter(&self.waiting, self.name);
@@ -215,6 +209,22 @@ impl VerifyPool {
             .mean()
             .unwrap_or(job / u32::try_from(self.workers).unwrap_or(u32::MAX));
         job + per_place.saturating_mul(place)
+    }
+
+    /// A refusal now if the queue is full (a job handed in would be refused): lets a caller
+    /// skip the work it would do before the job (the cold path's store read).
+    pub fn full(&self) -> Option<Error> {
+        (self.permits.available_permits() == 0
+            && self.waiting.load(Ordering::Relaxed) >= self.queue)
+            .then(|| self.refuse_full())
+    }
+
+    fn refuse_full(&self) -> Error {
+        metrics::counter!(ARGON2_REJECTED_TOTAL, "pool" => self.name).increment(1);
+        if let Some(limit) = self.limit {
+            metrics::counter!(LIMITED_TOTAL, "limit" => limit).increment(1);
+        }
+        Error::ResourceExhausted("too many token verifications queued")
     }
 
     fn refuse_late(&self) -> Error {
@@ -320,6 +330,10 @@ mod tests {
         while pool.queue_depth() == 0 {
             tokio::task::yield_now().await;
         }
+        assert!(
+            pool.full().is_some(),
+            "the queue is full: said before any work"
+        );
         let refused = pool.run(|| 3).await;
         assert!(matches!(refused, Err(Error::ResourceExhausted(_))));
         release_tx.send(()).unwrap();

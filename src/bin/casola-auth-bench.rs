@@ -168,8 +168,14 @@ struct DeadlineArgs {
     deadline_ms: u64,
     #[arg(long, default_value_t = 2)]
     connections: usize,
+    /// Calls in flight: the closed loop's callers, or the open loop's most (past it a
+    /// call due is not sent, and counted as `not_sent`).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Open loop: this many calls a second in all, each sent when due whether or not
+    /// earlier ones were answered (as users behind a gateway send them). 0: closed loop.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -909,6 +915,8 @@ struct Outcomes {
     late_any: u64,
     /// Other statuses, by code.
     other: HashMap<String, u64>,
+    /// Open loop: calls due while `concurrency` were in flight, not sent.
+    not_sent: u64,
 }
 
 impl Outcomes {
@@ -920,6 +928,27 @@ impl Outcomes {
             expired: histogram(),
             late_any: 0,
             other: HashMap::new(),
+            not_sent: 0,
+        }
+    }
+
+    /// One answer, `took` after its call was sent.
+    fn record(&mut self, answer: Result<(), tonic::Status>, took: Duration, deadline: Duration) {
+        let micros = (took.as_micros().max(1) as u64).min(60_000_000);
+        let late = took > deadline;
+        self.late_any += u64::from(late);
+        match answer {
+            Ok(()) => {
+                let _ = self.ok.record(micros);
+                self.late_ok += u64::from(late);
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                let _ = self.shed.record(micros);
+            }
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                let _ = self.expired.record(micros);
+            }
+            Err(s) => *self.other.entry(format!("{:?}", s.code())).or_default() += 1,
         }
     }
 
@@ -929,6 +958,7 @@ impl Outcomes {
         self.expired.add(&other.expired).expect("merge");
         self.late_ok += other.late_ok;
         self.late_any += other.late_any;
+        self.not_sent += other.not_sent;
         for (code, n) in other.other {
             *self.other.entry(code).or_default() += n;
         }
@@ -957,18 +987,22 @@ async fn deadline_load(args: DeadlineArgs) {
     // One client per connection: the legacy client keeps one HTTP/2 connection per origin.
     let clients: Vec<RawClient> = (0..args.connections.max(1)).map(|_| raw_client()).collect();
     let started = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            tokio::spawn(deadline_worker(
-                plan.clone(),
-                clients[w % clients.len()].clone(),
-                w,
-            ))
-        })
-        .collect();
     let mut all = Outcomes::new();
-    for w in workers {
-        all.add(w.await.expect("worker"));
+    if args.rate > 0 {
+        all = open_loop(plan.clone(), &clients, args.rate).await;
+    } else {
+        let workers: Vec<_> = (0..args.concurrency)
+            .map(|w| {
+                tokio::spawn(deadline_worker(
+                    plan.clone(),
+                    clients[w % clients.len()].clone(),
+                    w,
+                ))
+            })
+            .collect();
+        for w in workers {
+            all.add(w.await.expect("worker"));
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -980,6 +1014,7 @@ async fn deadline_load(args: DeadlineArgs) {
         json!({
             "mode": format!("{:?}", args.mode).to_lowercase(), "deadline_ms": args.deadline_ms,
             "connections": args.connections, "concurrency": args.concurrency, "seconds": elapsed,
+            "rate": args.rate, "not_sent": all.not_sent,
             "requests": requests, "rps": requests as f64 / elapsed,
             "ok": all.ok.len(), "ok_late": all.late_ok, "late_any": all.late_any,
             "ok_p50_ms": ms(&all.ok, 0.5), "ok_p99_ms": ms(&all.ok, 0.99), "ok_max_ms": max(&all.ok),
@@ -994,49 +1029,77 @@ async fn deadline_load(args: DeadlineArgs) {
 
 /// One closed-loop caller of a deadline run.
 async fn deadline_worker(plan: Arc<DeadlinePlan>, client: RawClient, w: usize) -> Outcomes {
-    let mut authz = AuthorizationServiceClient::with_origin(client.clone(), plan.origin.clone());
-    let mut check = AuthorizationClient::with_origin(client, plan.origin.clone());
-    let timeout = MetadataValue::try_from(format!("{}m", plan.deadline.as_millis()))
-        .expect("grpc-timeout value");
     let mut out = Outcomes::new();
     let mut n = w;
     while Instant::now() < plan.end {
         let token = plan.tokens[n % plan.tokens.len()].clone();
         n += plan.concurrency;
         let t0 = Instant::now();
-        let answer = match plan.mode {
-            Mode::Check => {
-                let mut request = Request::new(check_request(&token, &plan.scope));
-                request
-                    .metadata_mut()
-                    .insert("grpc-timeout", timeout.clone());
-                check.check(request).await.map(drop)
-            }
-            _ => {
-                let mut request = Request::new(authorize_request(token, &plan.scope));
-                request
-                    .metadata_mut()
-                    .insert("grpc-timeout", timeout.clone());
-                authz.authorize(request).await.map(drop)
-            }
-        };
-        let took = t0.elapsed();
-        let micros = (took.as_micros().max(1) as u64).min(60_000_000);
-        let late = took > plan.deadline;
-        out.late_any += u64::from(late);
-        match answer {
-            Ok(()) => {
-                let _ = out.ok.record(micros);
-                out.late_ok += u64::from(late);
-            }
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                let _ = out.shed.record(micros);
-            }
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
-                let _ = out.expired.record(micros);
-            }
-            Err(s) => *out.other.entry(format!("{:?}", s.code())).or_default() += 1,
-        }
+        let answer = deadline_call(&plan, client.clone(), token).await;
+        out.record(answer, t0.elapsed(), plan.deadline);
     }
     out
+}
+
+/// The open loop of a deadline run: `rate` calls a second, each sent when due (ticks of
+/// 1 ms, the calls due in each sent together), at most `concurrency` in flight.
+async fn open_loop(plan: Arc<DeadlinePlan>, clients: &[RawClient], rate: u64) -> Outcomes {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(plan.concurrency.max(1)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut out = Outcomes::new();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent: u64 = 0;
+    while Instant::now() < plan.end {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            let n = sent as usize;
+            sent += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                out.not_sent += 1;
+                continue;
+            };
+            let plan = plan.clone();
+            let client = clients[n % clients.len()].clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let token = plan.tokens[n % plan.tokens.len()].clone();
+                let t0 = Instant::now();
+                let answer = deadline_call(&plan, client, token).await;
+                let _ = tx.send((answer, t0.elapsed()));
+                drop(permit);
+            });
+        }
+    }
+    drop(tx);
+    while let Some((answer, took)) = rx.recv().await {
+        out.record(answer, took, plan.deadline);
+    }
+    out
+}
+
+/// One Authorize or Check call with the run's `grpc-timeout`.
+async fn deadline_call(
+    plan: &DeadlinePlan,
+    client: RawClient,
+    token: String,
+) -> Result<(), tonic::Status> {
+    let timeout = MetadataValue::try_from(format!("{}m", plan.deadline.as_millis()))
+        .expect("grpc-timeout value");
+    match plan.mode {
+        Mode::Check => {
+            let mut check = AuthorizationClient::with_origin(client, plan.origin.clone());
+            let mut request = Request::new(check_request(&token, &plan.scope));
+            request.metadata_mut().insert("grpc-timeout", timeout);
+            check.check(request).await.map(drop)
+        }
+        _ => {
+            let mut authz = AuthorizationServiceClient::with_origin(client, plan.origin.clone());
+            let mut request = Request::new(authorize_request(token, &plan.scope));
+            request.metadata_mut().insert("grpc-timeout", timeout);
+            authz.authorize(request).await.map(drop)
+        }
+    }
 }
