@@ -28,6 +28,7 @@
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
 //! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 32 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `limits.failed_verifies_burst` / `failed_verifies_per_second` / `failed_verify_cooldown_seconds` | 100 / 10 / 30 | failed verifies per source, then a cool-down without cold work (docs/security.md) |
+//! | `limits.service_failed_verifies_burst` / `service_failed_verifies_per_second` | 1000 / 100 | failed verifies of an Authorize caller across the clients it names in `client_ip` |
 //! | `limits.max_cold_reads` | 128 | store reads for uncached tokens in flight; past it, shed |
 //! | `limits.create_burst` / `creates_per_second` | 20 / 5 | CreateToken per caller token |
 //! | `limits.max_connections` / `handshake_timeout_ms` | 10000 / 10000 | accepted gRPC connections; time to send the HTTP/2 preface |
@@ -249,10 +250,18 @@ pub struct LimitsConfig {
     pub max_header_list_bytes: u32,
     /// Failed verifies (malformed, unknown, wrong secret) one source may have at once
     /// before `failed_verifies_per_second` applies. The source is Envoy's client address
-    /// for Check, the calling service's address for Authorize.
+    /// for Check; for Authorize, the `client_ip` the calling service names, else the
+    /// calling service's address.
     pub failed_verifies_burst: u32,
     /// Failed verifies per second one source may keep up; past it the source cools down.
     pub failed_verifies_per_second: u32,
+    /// Failed verifies an Authorize caller may have at once across all the clients it names
+    /// in `client_ip`, before `service_failed_verifies_per_second` applies (so that naming
+    /// new clients is no way around the per-source limit).
+    pub service_failed_verifies_burst: u32,
+    /// Failed verifies per second an Authorize caller may keep up across its clients; past
+    /// it every client it names cools down.
+    pub service_failed_verifies_per_second: u32,
     /// How long a source past its failed-verify rate gets no cold work (store read,
     /// argon2) for tokens not verified on this replica: a retryable refusal instead.
     pub failed_verify_cooldown_seconds: u64,
@@ -285,6 +294,8 @@ impl LimitsConfig {
         FairnessOptions {
             failed_verifies_burst: n(self.failed_verifies_burst),
             failed_verifies_per_second: n(self.failed_verifies_per_second),
+            service_failed_verifies_burst: n(self.service_failed_verifies_burst),
+            service_failed_verifies_per_second: n(self.service_failed_verifies_per_second),
             cooldown: Duration::from_secs(self.failed_verify_cooldown_seconds),
             create_burst: n(self.create_burst),
             creates_per_second: n(self.creates_per_second),
@@ -301,6 +312,8 @@ impl Default for LimitsConfig {
             max_header_list_bytes: 16 * 1024,
             failed_verifies_burst: 100,
             failed_verifies_per_second: 10,
+            service_failed_verifies_burst: 1000,
+            service_failed_verifies_per_second: 100,
             failed_verify_cooldown_seconds: 30,
             max_cold_reads: 128,
             create_burst: 20,
@@ -836,6 +849,14 @@ impl Config {
                 "limits.failed_verifies_per_second",
                 u64::from(limits.failed_verifies_per_second),
             ),
+            (
+                "limits.service_failed_verifies_burst",
+                u64::from(limits.service_failed_verifies_burst),
+            ),
+            (
+                "limits.service_failed_verifies_per_second",
+                u64::from(limits.service_failed_verifies_per_second),
+            ),
             ("limits.max_in_flight", limits.max_in_flight as u64),
             ("limits.decision_deadline_ms", limits.decision_deadline_ms),
             (
@@ -1080,6 +1101,14 @@ mod tests {
             (
                 "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_PER_SECOND",
                 "limits.failed_verifies_per_second",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__SERVICE_FAILED_VERIFIES_BURST",
+                "limits.service_failed_verifies_burst",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__SERVICE_FAILED_VERIFIES_PER_SECOND",
+                "limits.service_failed_verifies_per_second",
             ),
             (
                 "CASOLA_AUTH_LIMITS__MAX_COLD_READS",

@@ -10,8 +10,14 @@
 //!   answered at once with a retryable refusal (RESOURCE_EXHAUSTED with a retry hint; 429
 //!   through Envoy), with no store read and no argon2. Cache hits are decided before the
 //!   limiter is asked: a token verified on this replica keeps working from any source.
-//! - The source is Envoy's downstream address for Check, the gRPC peer for Authorize (the
-//!   calling service) and for TokenService's caller authentication. IPv6 addresses count per /64, the block one host usually holds.
+//! - The source is Envoy's downstream address for Check, the gRPC peer for TokenService's
+//!   caller authentication, and for Authorize the client the calling service names in
+//!   `client_ip` (else the calling service itself). IPv6 addresses count per /64, the block
+//!   one host usually holds.
+//! - A calling service that names its clients relays them: one bad client cools down alone,
+//!   not every user behind the service. So that naming new clients is no way around the
+//!   limit, the service's own failures (all its clients together) count too, against a
+//!   larger allowance (`limits.service_failed_verifies_*`); past it the whole service cools.
 //! - Creates per caller token: a second keyed limiter, so one caller's flood is refused
 //!   before it reaches the create pool.
 //!
@@ -61,30 +67,60 @@ impl Entry {
     }
 }
 
-/// Where a request came from, as the limiter keys it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a request came from: the client, and the service that relayed it, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Source {
     entry: Entry,
     addr: IpAddr,
+    relay: Option<IpAddr>,
+}
+
+/// What the limiters count and cool down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    /// A client on an entry point.
+    Client(Entry, IpAddr),
+    /// A calling service, for all the clients it names together.
+    Relay(IpAddr),
+}
+
+/// An IPv6 address stands for its /64 (an IPv4-mapped one for its IPv4 address).
+fn block(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
 }
 
 impl Source {
-    /// The source `addr` on `entry`; an IPv6 address stands for its /64 (an IPv4-mapped one
-    /// for its IPv4 address).
+    /// The source `addr` on `entry`.
     pub fn new(entry: Entry, addr: IpAddr) -> Self {
-        let addr = match addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        };
-        Self { entry, addr }
+        Self {
+            entry,
+            addr: block(addr),
+            relay: None,
+        }
+    }
+
+    /// The client `client` on `entry`, named by the calling service at `relay`.
+    pub fn relayed(entry: Entry, client: IpAddr, relay: IpAddr) -> Self {
+        Self {
+            relay: Some(block(relay)),
+            ..Self::new(entry, client)
+        }
     }
 
     /// The entry point.
     pub fn entry(&self) -> Entry {
         self.entry
+    }
+
+    /// The keys a request from here counts under: its client's, then its relay's.
+    fn keys(&self) -> impl Iterator<Item = Key> {
+        std::iter::once(Key::Client(self.entry, self.addr)).chain(self.relay.map(Key::Relay))
     }
 }
 
@@ -95,6 +131,10 @@ pub struct FairnessOptions {
     pub failed_verifies_burst: NonZeroU32,
     /// Failures per second a source may keep up.
     pub failed_verifies_per_second: NonZeroU32,
+    /// Failures a calling service may have at once, across all the clients it names.
+    pub service_failed_verifies_burst: NonZeroU32,
+    /// Failures per second a calling service may keep up, across all its clients.
+    pub service_failed_verifies_per_second: NonZeroU32,
     /// How long a source that went past the rate is refused cold work.
     pub cooldown: Duration,
     /// Creates a caller token may make at once before the rate applies.
@@ -113,8 +153,9 @@ pub struct Limited {
 /// The per-source failure limiter and the per-caller create limiter. Cheap to clone.
 #[derive(Clone)]
 pub struct FairnessLimits {
-    failures: Arc<DefaultKeyedRateLimiter<Source>>,
-    cooling: moka::sync::Cache<Source, ()>,
+    failures: Arc<DefaultKeyedRateLimiter<Key>>,
+    relayed: Arc<DefaultKeyedRateLimiter<Key>>,
+    cooling: moka::sync::Cache<Key, ()>,
     cooldown: Duration,
     creates: Arc<DefaultKeyedRateLimiter<Uuid>>,
 }
@@ -137,6 +178,10 @@ impl FairnessLimits {
                 options.failed_verifies_burst,
                 options.failed_verifies_per_second,
             ))),
+            relayed: Arc::new(RateLimiter::keyed(quota(
+                options.service_failed_verifies_burst,
+                options.service_failed_verifies_per_second,
+            ))),
             cooling: moka::sync::Cache::builder()
                 .max_capacity(MAX_COOLING_SOURCES)
                 .time_to_live(options.cooldown.max(Duration::from_millis(1)))
@@ -152,10 +197,12 @@ impl FairnessLimits {
     /// Whether `source` is in a cool-down: its tokens that are not verified on this
     /// replica get no cold work until it ends.
     pub fn cooling(&self, source: Option<&Source>) -> Option<Limited> {
-        let source = source?;
-        self.cooling.contains_key(source).then_some(Limited {
-            retry_after: self.cooldown,
-        })
+        source?
+            .keys()
+            .any(|key| self.cooling.contains_key(&key))
+            .then_some(Limited {
+                retry_after: self.cooldown,
+            })
     }
 
     /// Counts a request refused because its source is cooling.
@@ -171,13 +218,22 @@ impl FairnessLimits {
         let Some(source) = source else {
             return;
         };
-        if self.failures.check_key(source).is_err() {
-            if !self.cooling.contains_key(source) {
-                metrics::counter!(SOURCE_COOLDOWNS_TOTAL, "entry" => source.entry.label())
-                    .increment(1);
-                tracing::info!(entry = ?source.entry, cooldown = ?self.cooldown, "a source went past the failed-verify rate");
+        for key in source.keys() {
+            let limiter = match key {
+                Key::Client(..) => &self.failures,
+                Key::Relay(_) => &self.relayed,
+            };
+            if limiter.check_key(&key).is_err() {
+                if !self.cooling.contains_key(&key) {
+                    let label = match key {
+                        Key::Client(entry, _) => entry.label(),
+                        Key::Relay(_) => "authorize_service",
+                    };
+                    metrics::counter!(SOURCE_COOLDOWNS_TOTAL, "entry" => label).increment(1);
+                    tracing::info!(entry = label, cooldown = ?self.cooldown, "a source went past the failed-verify rate");
+                }
+                self.cooling.insert(key, ());
             }
-            self.cooling.insert(*source, ());
         }
     }
 
@@ -197,6 +253,7 @@ impl FairnessLimits {
     /// within one refill), and expired cool-downs.
     pub fn sweep(&self) {
         sweep(&self.failures);
+        sweep(&self.relayed);
         sweep(&self.creates);
         self.cooling.run_pending_tasks();
     }
@@ -217,6 +274,8 @@ mod tests {
             failed_verifies_burst: n(burst),
             // Slow enough that no allowance comes back during a test.
             failed_verifies_per_second: n(1),
+            service_failed_verifies_burst: n(burst * 2),
+            service_failed_verifies_per_second: n(1),
             cooldown,
             create_burst: n(burst),
             creates_per_second: n(1),
@@ -269,6 +328,39 @@ mod tests {
         assert_eq!(
             source(Entry::Check, "::ffff:192.0.2.1"),
             source(Entry::Check, "192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn a_client_named_by_a_service_cools_alone_until_the_service_is_past_its_own_allowance() {
+        // Burst 3 per client, 6 for the service across its clients.
+        let limits = FairnessLimits::new(options(3, Duration::from_secs(3600)));
+        let service: IpAddr = "10.0.0.5".parse().unwrap();
+        let relayed =
+            |client: &str| Source::relayed(Entry::Authorize, client.parse().unwrap(), service);
+        let (mallory, alice) = (relayed("203.0.113.7"), relayed("198.51.100.1"));
+        for _ in 0..4 {
+            limits.failed(Some(&mallory));
+        }
+        assert!(
+            limits.cooling(Some(&mallory)).is_some(),
+            "past the client's burst"
+        );
+        assert!(
+            limits.cooling(Some(&alice)).is_none(),
+            "another client of the same service is not held back"
+        );
+        // Naming new clients is no way around it: the service's own allowance runs out
+        // (4 counted so far, 6 in its burst), and then every client of it cools.
+        for n in 0..3 {
+            limits.failed(Some(&relayed(&format!("192.0.2.{n}"))));
+        }
+        assert!(limits.cooling(Some(&alice)).is_some(), "the service cools");
+        // The service calling without naming a client is another source.
+        assert!(
+            limits
+                .cooling(Some(&source(Entry::Authorize, "10.0.0.5")))
+                .is_none()
         );
     }
 

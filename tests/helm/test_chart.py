@@ -607,6 +607,8 @@ def test_config_toml_defaults(chart):
             "max_header_list_bytes": 16384,
             "failed_verifies_burst": 100,
             "failed_verifies_per_second": 10,
+            "service_failed_verifies_burst": 1000,
+            "service_failed_verifies_per_second": 100,
             "failed_verify_cooldown_seconds": 30,
             "max_cold_reads": 128,
             "create_burst": 20,
@@ -917,13 +919,16 @@ def test_overload_limits_are_rendered_and_zero_is_refused(chart):
     """Admission, the decision deadline, HTTP/2 and the admin port's limits: a deployment
     behind a gateway with a shorter ext_authz timeout must be able to lower the deadline."""
     limits = {"maxInFlight": 512, "decisionDeadlineMs": 80, "maxConcurrentStreams": 64,
-              "maxHeaderListBytes": 8192, "sideMaxConnections": 16, "sideIdleTimeoutMs": 5000}
+              "maxHeaderListBytes": 8192, "sideMaxConnections": 16, "sideIdleTimeoutMs": 5000,
+              "serviceFailedVerifiesBurst": 5000, "serviceFailedVerifiesPerSecond": 500}
     config = config_toml(render(chart, {"config": {"limits": limits}}))["limits"]
     assert {k: config[k] for k in ("max_in_flight", "decision_deadline_ms", "max_concurrent_streams",
                                    "max_header_list_bytes", "side_max_connections",
-                                   "side_idle_timeout_ms")} == {
+                                   "side_idle_timeout_ms", "service_failed_verifies_burst",
+                                   "service_failed_verifies_per_second")} == {
         "max_in_flight": 512, "decision_deadline_ms": 80, "max_concurrent_streams": 64,
         "max_header_list_bytes": 8192, "side_max_connections": 16, "side_idle_timeout_ms": 5000,
+        "service_failed_verifies_burst": 5000, "service_failed_verifies_per_second": 500,
     }
     for key in limits:
         with pytest.raises(helm.HelmValuesError, match=key):

@@ -213,6 +213,91 @@ async fn a_source_past_its_failed_verifies_gets_no_cold_work_while_verified_toke
 }
 
 #[tokio::test]
+async fn one_bad_client_of_a_calling_service_does_not_hold_back_its_other_clients() {
+    // Before: Authorize counted failures per calling service, so one client of a service
+    // spraying unknown tokens cooled the service down, and every other client's first use
+    // of a valid token through it was refused (RESOURCE_EXHAUSTED) for the cool-down.
+    const SERVICE_BURST: u32 = 3 * BURST;
+    let mut config = tight_limits();
+    config.limits.service_failed_verifies_burst = SERVICE_BURST;
+    config.limits.service_failed_verifies_per_second = 1;
+    let server = TestServer::with_config(config, None).await;
+    let alice = server
+        .operator_token("acme", "alice", "user-read", &[])
+        .await;
+    let bob = server.operator_token("acme", "bob", "user-read", &[]).await;
+    let mut authz = server.authz();
+    let from = |token: &str, client: &str| proto::AuthorizeRequest {
+        client_ip: client.into(),
+        ..authorize(token, &[])
+    };
+    let decide = |answer: Result<tonic::Response<proto::AuthorizeResponse>, Status>| {
+        answer
+            .map(|a| a.into_inner().decision())
+            .map_err(|s| s.code())
+    };
+
+    // Mallory, one client of the service, sprays unknown tokens past her allowance.
+    let mut spent = 0;
+    for _ in 0..=BURST {
+        let stranger = PlainToken::generate();
+        let answer = decide(
+            authz
+                .authorize(from(stranger.expose(), "203.0.113.7"))
+                .await,
+        );
+        assert_eq!(answer, Ok(Decision::Deny));
+        spent += 1;
+    }
+    let status = authz
+        .authorize(from(&alice, "203.0.113.7"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "mallory cools: {status:?}"
+    );
+    assert_retry_hint(&status);
+    // Alice, another client of the same service, uses her token for the first time.
+    assert_eq!(
+        decide(authz.authorize(from(&alice, "198.51.100.1")).await),
+        Ok(Decision::Allow),
+        "another client of the service is not held back"
+    );
+
+    // Naming a new client for every guess is no way around the limit: the service's own
+    // allowance runs out, and then its clients' first uses wait for the cool-down.
+    let mut n = 0;
+    while spent <= SERVICE_BURST {
+        let stranger = PlainToken::generate();
+        let answer = decide(
+            authz
+                .authorize(from(stranger.expose(), &format!("192.0.2.{n}")))
+                .await,
+        );
+        assert_eq!(answer, Ok(Decision::Deny), "guess {spent} is still judged");
+        spent += 1;
+        n += 1;
+    }
+    let status = authz
+        .authorize(from(&bob, "198.51.100.2"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "the service cools: {status:?}"
+    );
+    assert_retry_hint(&status);
+    // What was verified keeps working through it.
+    assert_eq!(
+        decide(authz.authorize(from(&alice, "198.51.100.1")).await),
+        Ok(Decision::Allow)
+    );
+}
+
+#[tokio::test]
 async fn token_service_callers_past_their_failed_verifies_cool_down_too() {
     let server = TestServer::with_config(tight_limits(), None).await;
     let warm = server

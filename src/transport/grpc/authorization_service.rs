@@ -100,11 +100,7 @@ impl AuthorizationService for AuthorizationApi {
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
-        // The calling service, for the failed-verify limit (none through the console's
-        // gRPC-Web, which only a signed-in page calls).
-        let source = request
-            .remote_addr()
-            .map(|peer| Source::new(SourceEntry::Authorize, peer.ip()));
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let decision_id = telemetry::call::new_decision_id();
         let mode = scope_match_from_proto(r.r#match)?;
@@ -115,6 +111,14 @@ impl AuthorizationService for AuthorizationApi {
             client_ip: client_ip_from_proto(&r.client_ip)?,
             model: Some(r.model.as_str()).filter(|m| !m.is_empty()),
         };
+        // Whom the failed-verify limit counts: the client the calling service names (one
+        // bad client of a service must not hold back every other), and the service for all
+        // its clients together; else the service. None through the console's gRPC-Web,
+        // which only a signed-in page calls.
+        let source = peer.map(|peer| match facts.client_ip {
+            Some(client) => Source::relayed(SourceEntry::Authorize, client, peer.ip()),
+            None => Source::new(SourceEntry::Authorize, peer.ip()),
+        });
         let decision = self
             .authorizer
             .authorize_from(&r.token, &required, mode, source.as_ref(), &facts)
