@@ -278,8 +278,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// A connection that has not sent the HTTP/2 preface within this is closed.
     pub handshake_timeout_ms: u64,
-    /// Connections open at once on each of the admin and console ports; past it, new ones
-    /// wait in the kernel's backlog until one closes (they cost the process nothing).
+    /// Connections open at once on each of the admin and console ports; at it, a new one
+    /// closes the one quiet longest to make room (an idle flood cannot keep a scrape out).
     pub side_max_connections: usize,
     /// A connection to the admin or console port that sends and receives nothing for this
     /// long is closed.

@@ -171,6 +171,9 @@ pub mod limits {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     /// An admin or console connection idle past `limits.side_idle_timeout_ms`, closed.
     pub const SIDE_IDLE: &str = "side_idle";
+    /// An admin or console connection, the quietest, closed at the cap to make room for a
+    /// new one.
+    pub const SIDE_EVICTED: &str = "side_evicted";
     /// A call past `limits.max_in_flight`, shed at once.
     pub const IN_FLIGHT: &str = "in_flight";
     /// A call whose four waits in the runtime's queue would outlast its deadline, shed.

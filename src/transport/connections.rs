@@ -20,12 +20,15 @@ use std::{
     collections::VecDeque,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use futures::Stream;
+use futures::{Stream, task::AtomicWaker};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -311,15 +314,31 @@ impl Connected for Connection {
 /// The listener of the admin and console ports (plain HTTP, served by axum): at most
 /// `max` connections open at once, each closed after `idle` without a byte either way.
 ///
-/// Past the cap a new connection is not accepted: it waits in the kernel's backlog (no file
-/// descriptor of ours) until a slot frees. So a flood of idle connections on either port
+/// At the cap, a new connection is accepted and the open connection that has been quiet
+/// longest (no byte either way) is closed to make room for it: a flood of idle connections
+/// cannot keep a metrics scrape or the console out for the idle timeout. Until the room is
+/// made the new connection waits, accepted (one file descriptor beyond the cap) while the
+/// next ones wait in the kernel's backlog. So a flood of idle connections on either port
 /// costs at most the cap in file descriptors (both caps fit in [`RESERVED_FDS`]) and never
-/// takes the gRPC port's room, and the idle timeout empties the cap again. (axum's server
-/// sets no timeout of its own: an idle connection stayed open for ever.)
+/// takes the gRPC port's room. (axum's server sets no timeout of its own: an idle
+/// connection stayed open for ever.)
 pub struct SideListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     idle: Duration,
+    /// The connections open, to choose the one to close at the cap.
+    open: Arc<Mutex<Vec<Weak<Quiet>>>>,
+    epoch: Instant,
+}
+
+/// One connection of a [`SideListener`] as its listener sees it.
+struct Quiet {
+    /// When it last moved a byte, in milliseconds since the listener's epoch.
+    since: AtomicU64,
+    /// Told to close, to make room for a new connection.
+    evicted: AtomicBool,
+    /// Its task, woken to close.
+    waker: AtomicWaker,
 }
 
 impl SideListener {
@@ -329,9 +348,50 @@ impl SideListener {
             inner,
             slots: Arc::new(Semaphore::new(max.max(1))),
             idle,
+            open: Arc::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Closes the open connection that has been quiet longest (if it is not already
+    /// closing).
+    fn make_room(&self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|c| c.strong_count() > 0);
+        let quietest = open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.evicted.load(Ordering::Relaxed))
+            .min_by_key(|c| c.since.load(Ordering::Relaxed));
+        if let Some(c) = quietest {
+            c.evicted.store(true, Ordering::Relaxed);
+            c.waker.wake();
+            metrics::counter!(LIMITED_TOTAL, "limit" => limits::SIDE_EVICTED).increment(1);
+        }
+    }
+
+    /// A slot for a connection just accepted: at the cap, made by closing the quietest.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return slot;
+            }
+            self.make_room();
+            // The closed connection frees its slot when its server drops it; should that
+            // take longer, another is chosen.
+            if let Ok(Ok(slot)) =
+                tokio::time::timeout(MAKE_ROOM_WAIT, self.slots.clone().acquire_owned()).await
+            {
+                return slot;
+            }
         }
     }
 }
+
+/// How long a new connection waits for the slot of the one closed for it before another
+/// is closed (it takes well under a millisecond, unless that connection was in the middle
+/// of an answer: it closes once the answer is written).
+const MAKE_ROOM_WAIT: Duration = Duration::from_secs(1);
 
 impl axum::serve::Listener for SideListener {
     type Io = SideConnection;
@@ -339,23 +399,28 @@ impl axum::serve::Listener for SideListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let slot = match self.slots.clone().acquire_owned().await {
-                Ok(slot) => slot,
-                // Never closed; were it, waiting for ever is the listener's only answer.
-                Err(_) => std::future::pending().await,
-            };
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
-                    let idle = Box::pin(tokio::time::sleep(self.idle));
-                    return (
-                        SideConnection {
-                            stream,
-                            _slot: slot,
-                            timeout: self.idle,
-                            idle,
-                        },
-                        addr,
-                    );
+                    let slot = self.slot().await;
+                    let quiet = Arc::new(Quiet {
+                        since: AtomicU64::new(0),
+                        evicted: AtomicBool::new(false),
+                        waker: AtomicWaker::new(),
+                    });
+                    self.open
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Arc::downgrade(&quiet));
+                    let mut connection = SideConnection {
+                        stream,
+                        _slot: slot,
+                        timeout: self.idle,
+                        idle: Box::pin(tokio::time::sleep(self.idle)),
+                        quiet,
+                        epoch: self.epoch,
+                    };
+                    connection.active();
+                    return (connection, addr);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting an admin or console connection failed");
@@ -371,23 +436,38 @@ impl axum::serve::Listener for SideListener {
 }
 
 /// A connection of [`SideListener`]: holds its slot, and fails its reads and writes once it
-/// has been idle for the listener's timeout (the server then closes it).
+/// has been idle for the listener's timeout, or was chosen to make room (the server then
+/// closes it).
 pub struct SideConnection {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     timeout: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
+    quiet: Arc<Quiet>,
+    epoch: Instant,
 }
 
 impl SideConnection {
     fn active(&mut self) {
-        self.idle
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.timeout);
+        let now = tokio::time::Instant::now();
+        self.idle.as_mut().reset(now + self.timeout);
+        let since = now.into_std().saturating_duration_since(self.epoch);
+        self.quiet.since.store(
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
-    /// An error once the connection has been idle too long, else `Pending`.
+    /// An error once the connection has been idle too long or was chosen to make room,
+    /// else `Pending`.
     fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.quiet.waker.register(cx.waker());
+        if self.quiet.evicted.load(Ordering::Relaxed) {
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room for a new connection",
+            ));
+        }
         self.idle.as_mut().poll(cx).map(|()| {
             metrics::counter!(LIMITED_TOTAL, "limit" => limits::SIDE_IDLE).increment(1);
             io::Error::new(io::ErrorKind::TimedOut, "idle connection closed")
