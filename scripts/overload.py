@@ -17,7 +17,9 @@ tokens on it, then holds far more warm Authorize streams in flight than it can s
 - beside it, `casola-auth-bench deadline`: closed-loop Authorize calls with the same
   `grpc-timeout: 200m` through a plain HTTP/2 client that does not enforce the deadline
   itself, recording each answer's gRPC status and latency: OKs delivered after their
-  deadline (must be 0), the admitted calls' p99, the shed calls' latency;
+  deadline (must be 0), the admitted calls' p99, the shed calls' latency, and its own
+  runtime's delay (`client_lag_*`: an answer read late because the client was starved of
+  CPU would show there, not in the server);
 - the replica's RSS (VmRSS) before, its peak during (sampled every 0.2 s) and after, its
   queue-delay gauge (the canary's figure, every second), and
   its own count of answers by status (casola_auth_requests_total).

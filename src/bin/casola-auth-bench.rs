@@ -986,6 +986,7 @@ async fn deadline_load(args: DeadlineArgs) {
     });
     // One client per connection: the legacy client keeps one HTTP/2 connection per origin.
     let clients: Vec<RawClient> = (0..args.connections.max(1)).map(|_| raw_client()).collect();
+    let own_lag = ClientLag::start();
     let started = Instant::now();
     let mut all = Outcomes::new();
     if args.rate > 0 {
@@ -1023,8 +1024,54 @@ async fn deadline_load(args: DeadlineArgs) {
             "deadline_exceeded": all.expired.len(), "deadline_exceeded_p50_ms": ms(&all.expired, 0.5),
             "deadline_exceeded_p99_ms": ms(&all.expired, 0.99), "deadline_exceeded_max_ms": max(&all.expired),
             "other": all.other,
+            "client_lag_p99_ms": ms(&own_lag.histogram(), 0.99), "client_lag_max_ms": max(&own_lag.histogram()),
         })
     );
+}
+
+/// This client's own runtime delay during a deadline run: a thread hands the runtime a tiny
+/// task every 5 ms and records how long it waited to run. An answer that reached this
+/// process in time but was read late (the client starved of CPU beside the load generator
+/// and the server) shows here, not in the server's figures.
+struct ClientLag {
+    waits: Arc<std::sync::Mutex<Histogram<u64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ClientLag {
+    fn start() -> Self {
+        let waits = Arc::new(std::sync::Mutex::new(
+            Histogram::<u64>::new(3).expect("histogram"),
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let (w, s) = (waits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                let sent = Instant::now();
+                let w = w.clone();
+                let _ = runtime.block_on(async move {
+                    tokio::spawn(async move {
+                        let waited = sent.elapsed().as_micros() as u64;
+                        w.lock().expect("lag histogram").record(waited).ok();
+                    })
+                    .await
+                });
+            }
+        });
+        Self { waits, stop }
+    }
+
+    fn histogram(&self) -> Histogram<u64> {
+        self.waits.lock().expect("lag histogram").clone()
+    }
+}
+
+impl Drop for ClientLag {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One closed-loop caller of a deadline run.
