@@ -140,14 +140,13 @@ where
         // its connection's task reads the request, hyper spawns the stream's task, which
         // calls this (behind it: two waits), sends the headers, runs again for the message
         // and trailers, and the connection's task writes them (ahead: two waits). The
-        // queue's wait stands in for each: its current figure in shedding, its longest lately
-        // in the deadline. (Health checks are answered whatever the queue: they keep their
-        // own clock.)
+        // queue's current wait stands in for each, in the deadline and in shedding.
+        // (Health checks are answered whatever the queue: they keep their own clock.)
         let never_shed = path.starts_with(NEVER_SHED_PREFIX);
-        let (waited, longest) = if never_shed {
-            (Duration::ZERO, Duration::ZERO)
+        let waited = if never_shed {
+            Duration::ZERO
         } else {
-            (self.layer.lag.current(), self.layer.lag.longest())
+            self.layer.lag.current()
         };
         let permit = if never_shed {
             None
@@ -169,7 +168,7 @@ where
             }
         };
         let now = tokio::time::Instant::now();
-        let behind = longest * QUEUE_TRIPS_BEHIND;
+        let behind = waited * QUEUE_TRIPS_BEHIND;
         let called = now.checked_sub(behind).unwrap_or(now);
         let expires = deadline.map(|d| (d, called + d));
         let lag = self.layer.lag.clone();
@@ -200,11 +199,9 @@ where
 /// How long a task waits in the runtime's queue right now, measured by a canary: a thread
 /// that hands the runtime a tiny task every [`QueueLag::EVERY`] (or as soon as the last one
 /// ran, if later) and notes how long it took to run (a task handed in from outside the
-/// runtime joins the same global queue the overflowing stream tasks do). The figure that
-/// sheds is the least of the last [`QueueLag::WINDOW`] canaries' waits, so one stall of the
-/// process (a CPU quota's throttling, a page fault) is not taken for a queue, as in CoDel;
-/// the one a deadline is reckoned with is the longest of them ([`QueueLag::longest`]), so
-/// that a call admitted while the queue read at its least is not answered OK after it. A canary
+/// runtime joins the same global queue the overflowing stream tasks do). The figure is the
+/// least of the last [`QueueLag::WINDOW`] canaries' waits, so one stall of the process
+/// (a CPU quota's throttling, a page fault) is not taken for a queue, as in CoDel. A canary
 /// that has not run for [`QueueLag::STALL`] or more counts with its age, so a runtime that
 /// stopped running tasks reads as such, not as the last good figure (shorter waits are left
 /// to the window: a busy test machine stalls a process for tens of milliseconds).
@@ -212,8 +209,6 @@ where
 pub struct QueueLag {
     /// The least wait of the last [`QueueLag::WINDOW`] canaries, in microseconds.
     latest: AtomicU64,
-    /// The longest wait of the last [`QueueLag::WINDOW`] canaries, in microseconds.
-    longest: AtomicU64,
     /// The last canaries' waits (written by the canaries, one at a time).
     recent: std::sync::Mutex<[u64; Self::WINDOW]>,
     /// Canaries run so far.
@@ -251,7 +246,6 @@ impl QueueLag {
     fn unsampled() -> Arc<Self> {
         Arc::new(Self {
             latest: AtomicU64::new(0),
-            longest: AtomicU64::new(0),
             recent: std::sync::Mutex::new([0; Self::WINDOW]),
             runs: AtomicU64::new(0),
             pending: AtomicU64::new(0),
@@ -281,16 +275,12 @@ impl QueueLag {
     /// Records one canary's wait.
     fn note(&self, waited: u64) {
         let run = self.runs.fetch_add(1, Ordering::AcqRel);
-        let (least, longest) = {
+        let least = {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             recent[(run % Self::WINDOW as u64) as usize] = waited;
-            (
-                recent.iter().copied().min().unwrap_or(waited),
-                recent.iter().copied().max().unwrap_or(waited),
-            )
+            recent.iter().copied().min().unwrap_or(waited)
         };
         self.latest.store(least, Ordering::Release);
-        self.longest.store(longest, Ordering::Release);
         self.pending.store(0, Ordering::Release);
         metrics::gauge!(RUNTIME_QUEUE_DELAY_SECONDS).set(least as f64 / 1e6);
     }
@@ -303,27 +293,14 @@ impl QueueLag {
     /// that is past [`QueueLag::STALL`] and more.
     pub fn current(&self) -> Duration {
         let latest = Duration::from_micros(self.latest.load(Ordering::Acquire));
-        let pending = self.pending_age();
+        let pending = match self.pending.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            sent => Duration::from_micros(self.micros().saturating_sub(sent)),
+        };
         if pending >= Self::STALL {
             latest.max(pending)
         } else {
             latest
-        }
-    }
-
-    /// The queue's wait at its longest lately: the longest of the window's canaries, or the
-    /// age of the one still waiting if longer. What a call's deadline is reckoned with (the
-    /// waits it cannot see), where [`QueueLag::current`] decides whether to shed it: a
-    /// call must not be refused for one slow canary, nor answered OK after its deadline
-    /// because it came in when the queue's figure was at its least.
-    pub fn longest(&self) -> Duration {
-        Duration::from_micros(self.longest.load(Ordering::Acquire)).max(self.pending_age())
-    }
-
-    fn pending_age(&self) -> Duration {
-        match self.pending.load(Ordering::Acquire) {
-            0 => Duration::ZERO,
-            sent => Duration::from_micros(self.micros().saturating_sub(sent)),
         }
     }
 }
@@ -372,7 +349,7 @@ impl Guarded {
     /// connection's task has one more wait in the queue ahead of it).
     fn late(&self) -> Option<Duration> {
         let (deadline, at) = self.deadline?;
-        (!self.sent && tokio::time::Instant::now() + self.lag.longest() > at).then_some(deadline)
+        (!self.sent && tokio::time::Instant::now() + self.lag.current() > at).then_some(deadline)
     }
 
     fn end_late(&mut self, deadline: Duration) -> Frame<Bytes> {
@@ -686,47 +663,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_slow_canary_sheds_nothing_but_the_deadline_reckons_with_it() {
-        // The queue's least wait lately is 1 ms, its longest 40 ms: a burst, or a standing
-        // queue seen at its shortest. Found at a queue near the shedding threshold (5,120
-        // streams in the replica): OKs reached the client after its deadline when the
-        // deadline was reckoned with the least.
-        let lag = QueueLag::unsampled();
-        for waited in [40_000, 1_000, 1_000, 1_000] {
-            lag.note(waited);
-        }
-        let layer = AdmissionLayer::with_lag(
-            Admission {
-                max_in_flight: 8,
-                decision_deadline: Duration::from_secs(10),
-            },
-            lag,
-        );
-        let decide = "/casola.auth.v1.AuthorizationService/Authorize";
-        // Admitted (four waits of 1 ms are far within 150 ms), the deadline started two long
-        // waits (80 ms) before the call: 70 ms left. A message ready after 40 ms would be
-        // written after another long wait, at 80 ms: replaced.
-        let answer = layer
-            .layer(late_message(Duration::from_millis(40)))
-            .oneshot(request(decide, Some("150m")))
-            .await
-            .unwrap();
-        assert_eq!(code(&answer), None, "admitted");
-        let (data, status) = frames(answer.into_body()).await;
-        assert!(data.is_empty(), "a message that may land late: {data:?}");
-        assert_eq!(status.as_deref(), Some("4"));
-        // Ready at once, it lands at 40 ms: sent.
-        let answer = layer
-            .layer(late_message(Duration::ZERO))
-            .oneshot(request(decide, Some("150m")))
-            .await
-            .unwrap();
-        let (data, status) = frames(answer.into_body()).await;
-        assert_eq!(data, [Bytes::from_static(b"answer")]);
-        assert_eq!(status.as_deref(), Some("0"));
-    }
-
-    #[tokio::test]
     async fn a_call_holds_its_slot_until_its_answer_is_sent() {
         let layer = AdmissionLayer::new(Admission {
             max_in_flight: 1,
@@ -813,14 +749,8 @@ mod tests {
             lag.note(waited);
         }
         assert_eq!(lag.current(), Duration::from_micros(100));
-        assert_eq!(
-            lag.longest(),
-            Duration::from_millis(100),
-            "the deadline's figure"
-        );
         lag.note(150_000);
         assert_eq!(lag.current(), Duration::from_micros(100));
-        assert_eq!(lag.longest(), Duration::from_millis(150));
         for _ in 0..QueueLag::WINDOW {
             lag.note(90_000);
         }
