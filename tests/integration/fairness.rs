@@ -131,6 +131,13 @@ fn assert_retry_hint(status: &Status) {
     assert!(retry > Duration::ZERO, "{status:?}");
 }
 
+/// An answer refused for a cool-down: RESOURCE_EXHAUSTED with a retry hint.
+fn assert_cooling<T: std::fmt::Debug>(answer: Result<T, Status>, why: &str) {
+    let status = answer.expect_err(why);
+    assert_eq!(status.code(), Code::ResourceExhausted, "{why}: {status:?}");
+    assert_retry_hint(&status);
+}
+
 /// A channel whose connections come from `local` (any 127.0.0.0/8 address is loopback).
 async fn connect_from(addr: std::net::SocketAddr, local: &str) -> tonic::transport::Channel {
     Endpoint::from_shared(format!("http://{addr}"))
@@ -237,28 +244,38 @@ async fn one_bad_client_of_a_calling_service_does_not_hold_back_its_other_client
             .map_err(|s| s.code())
     };
 
+    // An unknown token from `client`: still judged (denied), and counted.
+    async fn guess(
+        authz: &mut proto::authorization_service_client::AuthorizationServiceClient<
+            tonic::transport::Channel,
+        >,
+        client: &str,
+    ) {
+        let request = proto::AuthorizeRequest {
+            client_ip: client.into(),
+            ..authorize(PlainToken::generate().expose(), &[])
+        };
+        let answer = authz
+            .authorize(request)
+            .await
+            .map(|a| a.into_inner().decision());
+        assert_eq!(
+            answer.map_err(|s| s.code()),
+            Ok(Decision::Deny),
+            "from {client}"
+        );
+    }
+
     // Mallory, one client of the service, sprays unknown tokens past her allowance.
     let mut spent = 0;
     for _ in 0..=BURST {
-        let stranger = PlainToken::generate();
-        let answer = decide(
-            authz
-                .authorize(from(stranger.expose(), "203.0.113.7"))
-                .await,
-        );
-        assert_eq!(answer, Ok(Decision::Deny));
+        guess(&mut authz, "203.0.113.7").await;
         spent += 1;
     }
-    let status = authz
-        .authorize(from(&alice, "203.0.113.7"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::ResourceExhausted,
-        "mallory cools: {status:?}"
+    assert_cooling(
+        authz.authorize(from(&alice, "203.0.113.7")).await,
+        "mallory cools",
     );
-    assert_retry_hint(&status);
     // Alice, another client of the same service, uses her token for the first time.
     assert_eq!(
         decide(authz.authorize(from(&alice, "198.51.100.1")).await),
@@ -268,28 +285,14 @@ async fn one_bad_client_of_a_calling_service_does_not_hold_back_its_other_client
 
     // Naming a new client for every guess is no way around the limit: the service's own
     // allowance runs out, and then its clients' first uses wait for the cool-down.
-    let mut n = 0;
     while spent <= SERVICE_BURST {
-        let stranger = PlainToken::generate();
-        let answer = decide(
-            authz
-                .authorize(from(stranger.expose(), &format!("192.0.2.{n}")))
-                .await,
-        );
-        assert_eq!(answer, Ok(Decision::Deny), "guess {spent} is still judged");
+        guess(&mut authz, &format!("192.0.2.{spent}")).await;
         spent += 1;
-        n += 1;
     }
-    let status = authz
-        .authorize(from(&bob, "198.51.100.2"))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::ResourceExhausted,
-        "the service cools: {status:?}"
+    assert_cooling(
+        authz.authorize(from(&bob, "198.51.100.2")).await,
+        "the service cools",
     );
-    assert_retry_hint(&status);
     // What was verified keeps working through it.
     assert_eq!(
         decide(authz.authorize(from(&alice, "198.51.100.1")).await),
