@@ -88,6 +88,13 @@ H2LOAD_GRPC = ["-t", "1", "-c", "4", "-m", "32"]
 H2LOAD_ENVOY = ["-t", "1", "-c", "8", "-m", "16"]
 
 
+def exit_on_sigterm() -> None:
+    """Turns SIGTERM into SystemExit in the main thread, so that a run stopped with `kill`
+    still stops its replicas, Envoy and Postgres (its `finally` blocks) instead of leaving
+    them running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

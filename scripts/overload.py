@@ -208,6 +208,7 @@ def floor(a: argparse.Namespace, frame: Path) -> dict:
 
 
 def main() -> int:
+    bench.exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--connections", type=int, default=40, help="h2load connections")

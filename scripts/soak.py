@@ -133,6 +133,7 @@ def pg_connections(pg: Postgres) -> int:
 
 
 def main() -> int:
+    bench.exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=10.0, help="seconds per window (one sample each)")
