@@ -213,14 +213,21 @@ impl FairnessLimits {
     }
 
     /// A verify from `source` failed (malformed, unknown, wrong secret). Past the rate, the
-    /// source's cool-down starts (or starts again).
+    /// source's cool-down starts (or starts again). A client already cooling is not
+    /// counted against the service that relays it: its failures then cost nothing (only a
+    /// malformed token still reaches here), and one client's flood must not cool the
+    /// service's other clients.
     pub fn failed(&self, source: Option<&Source>) {
         let Some(source) = source else {
             return;
         };
+        let client_cooling = self
+            .cooling
+            .contains_key(&Key::Client(source.entry, source.addr));
         for key in source.keys() {
             let limiter = match key {
                 Key::Client(..) => &self.failures,
+                Key::Relay(_) if client_cooling => continue,
                 Key::Relay(_) => &self.relayed,
             };
             if limiter.check_key(&key).is_err() {
@@ -350,6 +357,12 @@ mod tests {
             limits.cooling(Some(&alice)).is_none(),
             "another client of the same service is not held back"
         );
+        // Her further failures while she cools (malformed tokens still reach the count)
+        // are not the service's.
+        for _ in 0..10 {
+            limits.failed(Some(&mallory));
+        }
+        assert!(limits.cooling(Some(&alice)).is_none(), "still only mallory");
         // Naming new clients is no way around it: the service's own allowance runs out
         // (4 counted so far, 6 in its burst), and then every client of it cools.
         for n in 0..3 {
