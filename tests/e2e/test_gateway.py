@@ -7,6 +7,7 @@ aside; casola-auth runs examples/envoy/casola-auth.toml.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import httpx
@@ -520,3 +521,35 @@ def test_outages_answer_503_never_401_or_403(own_stack, upstream):
     r, marker = send(proxy, "POST", "/openai/v1/chat/completions", used, json={"model": "m", "messages": []})
     assert r.status_code == 503, (r.status_code, r.text)
     assert_not_forwarded(upstream, marker)
+
+
+def test_a_burst_on_a_new_gateway_connection_is_not_refused(auth_server, upstream, tokens):
+    """A fresh Envoy (no connection to casola-auth yet) gets 128 requests at once. It opens
+    its connection and sends their Checks before casola-auth's SETTINGS (at most 32 streams
+    per connection, `limits.max_concurrent_streams`) have arrived: casola-auth refused the
+    streams past 32 (REFUSED_STREAM) and Envoy answered them 503 (status_on_error). The
+    shipped cluster caps its own streams per connection at the server's limit, so Envoy
+    queues the rest for a moment and opens more connections."""
+    proxy = Envoy("burst", ENVOY_CONFIG, auth_server.port, upstream.port).start()
+    try:
+        burst = 128
+        request = (
+            "GET /openai/v1/models HTTP/1.1\r\nHost: gateway\r\n"
+            f"Authorization: Bearer {tokens.read}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        # Connected first, then every request written in one go: one burst at Envoy.
+        conns = [socket.create_connection(("127.0.0.1", proxy.port), timeout=20) for _ in range(burst)]
+        for conn in conns:
+            conn.sendall(request)
+        answers = []
+        for conn in conns:
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            answers.append((int(head.split(b" ", 2)[1]), body[:120]))
+        refused = [a for a in answers if a[0] != 200]
+        assert not refused, f"{len(refused)} of {burst} not allowed, e.g. {refused[:3]}"
+    finally:
+        proxy.stop()
