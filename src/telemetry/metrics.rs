@@ -78,8 +78,12 @@ pub const SOURCE_COOLDOWNS_TOTAL: &str = "casola_auth_source_cooldowns_total";
 /// Gauge: accepted gRPC connections open now (handshaking or serving).
 pub const CONNECTIONS_OPEN: &str = "casola_auth_connections_open";
 /// Gauge: how long a task waits in the runtime's queue now (the admission canary's figure);
-/// a call with a deadline is shed when four such waits are past it.
+/// it stands in for the trips of a call's answer still ahead (and for the ones behind it
+/// where those were not measured).
 pub const RUNTIME_QUEUE_DELAY_SECONDS: &str = "casola_auth_runtime_queue_delay_seconds";
+/// Histogram, label `seen` (see [`call_wait`]): how long a call (health checks aside) had
+/// waited in this process when admission saw it, the figure its deadline starts from.
+pub const CALL_WAIT_SECONDS: &str = "casola_auth_call_wait_seconds";
 /// Counter: reconnects of the revocation listener.
 pub const REVOCATION_LISTENER_RECONNECTS_TOTAL: &str =
     "casola_auth_revocation_listener_reconnects_total";
@@ -107,6 +111,7 @@ pub const ALL: &[&str] = &[
     SOURCE_COOLDOWNS_TOTAL,
     CONNECTIONS_OPEN,
     RUNTIME_QUEUE_DELAY_SECONDS,
+    CALL_WAIT_SECONDS,
     ARGON2_VERIFIES_TOTAL,
     ARGON2_VERIFY_DURATION_SECONDS,
     ARGON2_QUEUE_DEPTH,
@@ -149,6 +154,16 @@ pub mod reasons {
     pub const INTERNAL: &str = "internal";
 }
 
+/// The values of the `seen` label of [`CALL_WAIT_SECONDS`].
+pub mod call_wait {
+    /// From the moment its request's bytes arrived (the connection's read was measured).
+    pub const READ: &str = "read";
+    /// From the moment its request was decoded, plus the canary's wait for the read.
+    pub const DECODED: &str = "decoded";
+    /// Two of the canary's waits: the call was not seen before admission.
+    pub const ESTIMATED: &str = "estimated";
+}
+
 /// The values of the `limit` label of [`LIMITED_TOTAL`].
 pub mod limits {
     /// Check: the end client's address is in a failed-verify cool-down.
@@ -176,7 +191,8 @@ pub mod limits {
     pub const SIDE_EVICTED: &str = "side_evicted";
     /// A call past `limits.max_in_flight`, shed at once.
     pub const IN_FLIGHT: &str = "in_flight";
-    /// A call whose four waits in the runtime's queue would outlast its deadline, shed.
+    /// A call whose waits in the runtime's queue (its own so far, and the canary's for
+    /// the trips of its answer) would outlast its deadline, shed.
     pub const QUEUE_DELAY: &str = "queue_delay";
     /// Cold work (a store read, an argon2 job) refused at once: at its recent pace it would
     /// not finish before the call's deadline.
@@ -262,7 +278,12 @@ pub fn describe() {
     describe_gauge!(
         RUNTIME_QUEUE_DELAY_SECONDS,
         Unit::Seconds,
-        "How long a task waits in the runtime's queue now; calls are shed past a third of their deadline."
+        "How long a task waits in the runtime's queue now (a canary's wait)."
+    );
+    describe_histogram!(
+        CALL_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long a call had waited in this process when admitted or shed, by how it was seen."
     );
     describe_gauge!(
         CHANGE_LOG_POSITION,

@@ -26,20 +26,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::grpc::status;
-use crate::telemetry::metrics::{LIMITED_TOTAL, RUNTIME_QUEUE_DELAY_SECONDS, limits};
+use super::{connections, grpc::status};
+use crate::telemetry::metrics::{
+    CALL_WAIT_SECONDS, LIMITED_TOTAL, RUNTIME_QUEUE_DELAY_SECONDS, call_wait, limits,
+};
 
 /// Calls whose deadline is capped by the decision ceiling.
 const DECISION_METHODS: [&str; 2] = [
     "/casola.auth.v1.AuthorizationService/Authorize",
     "/envoy.service.auth.v3.Authorization/Check",
 ];
-
-/// Trips through the runtime's queue a unary call makes: its connection reads the request,
-/// its task runs (and sends the headers), runs again (the message), its connection writes.
-const QUEUE_TRIPS: u32 = 4;
-/// Of those, the trips behind a call when it is first seen.
-const QUEUE_TRIPS_BEHIND: u32 = 2;
 
 /// Calls never shed (probes must answer on a saturated replica).
 const NEVER_SHED_PREFIX: &str = "/grpc.health.v1.Health/";
@@ -83,15 +79,60 @@ impl<S> Layer<S> for AdmissionLayer {
         Admitted {
             inner,
             layer: self.clone(),
+            copied: None,
         }
     }
 }
 
 /// A service behind admission control.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Admitted<S> {
     inner: S,
     layer: AdmissionLayer,
+    /// For a copy not yet called: since when its request has waited, and whether that
+    /// includes the connection's read. hyper-util's `TowerToHyperService` copies the
+    /// service for each request on the connection's task, as the request's headers are
+    /// decoded, and calls the copy once the stream's own task runs.
+    copied: Option<Arrival>,
+}
+
+/// Since when a call's request has waited in this process.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    since: tokio::time::Instant,
+    /// The connection's task's wait for it (its bytes arrived, the task ran).
+    connection_waited: Duration,
+    /// `since` is when its bytes arrived (the connection's read measured, see
+    /// [`connections::read_since`]), not only when it was decoded.
+    read: bool,
+}
+
+impl Arrival {
+    /// Taken on the connection's task, as the request is decoded.
+    fn now() -> Self {
+        match connections::read_since() {
+            Some(at) => Self {
+                since: tokio::time::Instant::from_std(at),
+                connection_waited: at.elapsed(),
+                read: true,
+            },
+            None => Self {
+                since: tokio::time::Instant::now(),
+                connection_waited: Duration::ZERO,
+                read: false,
+            },
+        }
+    }
+}
+
+impl<S: Clone> Clone for Admitted<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+            copied: Some(Arrival::now()),
+        }
+    }
 }
 
 /// The `grpc-timeout` of a request: up to eight digits and a unit (gRPC over HTTP/2 spec).
@@ -136,28 +177,48 @@ where
             (Some(asked), Some(ceiling)) => Some(asked.min(ceiling)),
             (asked, ceiling) => asked.or(ceiling),
         };
-        // A unary call crosses the runtime's queue four times, and sees none of the waits:
-        // its connection's task reads the request, hyper spawns the stream's task, which
-        // calls this (behind it: two waits), sends the headers, runs again for the message
-        // and trailers, and the connection's task writes them (ahead: two waits). The
-        // queue's current wait stands in for each, in the deadline and in shedding.
+        // A unary call crosses the runtime's queue four times: its connection's task reads
+        // the request, the stream's task calls this (two waits behind it), sends the
+        // headers and runs again for the message, and the connection's task writes them
+        // (two ahead). The waits behind are measured for the call where hyper's copy of
+        // this service saw them arrive (`Arrival`), estimated from the queue's current
+        // wait (the canary) where not. The ones ahead are estimated: the canary's wait for
+        // the message, and for the write the longer of that and the wait the connection's
+        // task had to read this request (a connection starved then is starved now).
         // (Health checks are answered whatever the queue: they keep their own clock.)
         let never_shed = path.starts_with(NEVER_SHED_PREFIX);
-        let waited = if never_shed {
-            Duration::ZERO
+        let now = tokio::time::Instant::now();
+        let (waited, behind, write) = if never_shed {
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO)
         } else {
-            self.layer.lag.current()
+            let waited = self.layer.lag.current();
+            let copied = self.copied.take();
+            let (behind, seen) = match copied {
+                Some(Arrival {
+                    since, read: true, ..
+                }) => (now.saturating_duration_since(since), call_wait::READ),
+                Some(Arrival {
+                    since, read: false, ..
+                }) => (
+                    waited + now.saturating_duration_since(since),
+                    call_wait::DECODED,
+                ),
+                None => (waited * 2, call_wait::ESTIMATED),
+            };
+            metrics::histogram!(CALL_WAIT_SECONDS, "seen" => seen).record(behind.as_secs_f64());
+            let write = copied.map_or(waited, |a| a.connection_waited.max(waited));
+            (waited, behind, write)
         };
         let permit = if never_shed {
             None
         } else {
-            // A call whose four trips through the queue take its whole deadline would be
+            // A call whose waits, so far and ahead, take its whole deadline would be
             // answered late. Shed it now, cheaply, rather than do work nobody reads.
             if let Some(d) = deadline
-                && waited * QUEUE_TRIPS > d
+                && behind + waited + write > d
             {
                 metrics::counter!(LIMITED_TOTAL, "limit" => limits::QUEUE_DELAY).increment(1);
-                return Box::pin(async move { Ok(status::queued_too_long(waited).into_http()) });
+                return Box::pin(async move { Ok(status::queued_too_long(behind).into_http()) });
             }
             match self.layer.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
@@ -167,11 +228,12 @@ where
                 }
             }
         };
-        let now = tokio::time::Instant::now();
-        let behind = waited * QUEUE_TRIPS_BEHIND;
         let called = now.checked_sub(behind).unwrap_or(now);
         let expires = deadline.map(|d| (d, called + d));
-        let lag = self.layer.lag.clone();
+        let lag = Ahead {
+            lag: self.layer.lag.clone(),
+            connection: write,
+        };
         // The ready service is the one to call; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -305,6 +367,19 @@ impl QueueLag {
     }
 }
 
+/// How long the connection's task will take to write a message handed to it now: the
+/// queue's wait, or the wait it had to read the call's request, whichever is longer.
+struct Ahead {
+    lag: Arc<QueueLag>,
+    connection: Duration,
+}
+
+impl Ahead {
+    fn wait(&self) -> Duration {
+        self.lag.current().max(self.connection)
+    }
+}
+
 /// A response body that holds the call's admission permit until it ends, and whose message
 /// is replaced by DEADLINE_EXCEEDED trailers when it is first polled too late to reach the
 /// wire by the deadline (after it, less the queue's current wait: the connection's task
@@ -320,8 +395,8 @@ struct Guarded {
     inner: Body,
     _permit: Option<OwnedSemaphorePermit>,
     deadline: Option<(Duration, tokio::time::Instant)>,
-    /// The queue's wait: the connection's write is still ahead of a message sent now.
-    lag: Arc<QueueLag>,
+    /// The connection's write, still ahead of a message sent now.
+    lag: Ahead,
     /// A data frame has been passed on (from then on the answer stands).
     sent: bool,
     /// The body ended here (the deadline's trailers were sent).
@@ -333,7 +408,7 @@ impl Guarded {
         inner: Body,
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<(Duration, tokio::time::Instant)>,
-        lag: Arc<QueueLag>,
+        lag: Ahead,
     ) -> Self {
         Self {
             inner,
@@ -349,7 +424,7 @@ impl Guarded {
     /// connection's task has one more wait in the queue ahead of it).
     fn late(&self) -> Option<Duration> {
         let (deadline, at) = self.deadline?;
-        (!self.sent && tokio::time::Instant::now() + self.lag.current() > at).then_some(deadline)
+        (!self.sent && tokio::time::Instant::now() + self.lag.wait() > at).then_some(deadline)
     }
 
     fn end_late(&mut self, deadline: Duration) -> Frame<Bytes> {
@@ -657,6 +732,44 @@ mod tests {
             .oneshot(request(decide, Some("200m")))
             .await
             .unwrap();
+        let (data, status) = frames(answer.into_body()).await;
+        assert_eq!(data, [Bytes::from_static(b"answer")]);
+        assert_eq!(status.as_deref(), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn a_calls_own_wait_before_it_is_called_counts_against_its_deadline() {
+        // The queue's canary reads no wait: only the call's own wait counts. (Real time:
+        // the waits are blocking, as a starved task's are; every margin is 50 ms or more.)
+        let layer = AdmissionLayer::with_lag(
+            Admission {
+                max_in_flight: 8,
+                decision_deadline: Duration::from_secs(10),
+            },
+            QueueLag::unsampled(),
+        );
+        let decide = "/casola.auth.v1.AuthorizationService/Authorize";
+        // hyper copies the service as it decodes a request and calls the copy when the
+        // stream's task runs: here 250 ms later, past the call's 200 ms. Shed, no work done.
+        let copy = layer.layer(late_message(Duration::ZERO)).clone();
+        std::thread::sleep(Duration::from_millis(250));
+        let answer = copy.oneshot(request(decide, Some("200m"))).await.unwrap();
+        assert_eq!(code(&answer), Some(Code::ResourceExhausted));
+        // 100 ms later: admitted, with at most 100 ms left. A message ready 150 ms on would
+        // land late: replaced, though the call's own clock (150 < 200 ms) would send it.
+        let copy = layer
+            .layer(late_message(Duration::from_millis(150)))
+            .clone();
+        std::thread::sleep(Duration::from_millis(100));
+        let answer = copy.oneshot(request(decide, Some("200m"))).await.unwrap();
+        assert_eq!(code(&answer), None, "admitted");
+        let (data, status) = frames(answer.into_body()).await;
+        assert!(data.is_empty(), "a message that would land late: {data:?}");
+        assert_eq!(status.as_deref(), Some("4"));
+        // 20 ms, then a message 20 ms on: well in time, sent.
+        let copy = layer.layer(late_message(Duration::from_millis(20))).clone();
+        std::thread::sleep(Duration::from_millis(20));
+        let answer = copy.oneshot(request(decide, Some("200m"))).await.unwrap();
         let (data, status) = frames(answer.into_body()).await;
         assert_eq!(data, [Bytes::from_static(b"answer")]);
         assert_eq!(status.as_deref(), Some("0"));

@@ -213,6 +213,7 @@ async fn handshake(
                     stream,
                     replayed: 0,
                     _open: open,
+                    readable: Arc::default(),
                 }))
                 .await;
         }
@@ -246,6 +247,61 @@ pub struct Connection {
     stream: TcpStream,
     replayed: usize,
     _open: Open,
+    /// When the socket last turned readable while the connection's task waited for it.
+    readable: Arc<Readable>,
+}
+
+/// The waker a connection's reads register: it notes when the socket turned readable
+/// before it wakes the connection's task, so the task's wait in the runtime's queue, with
+/// the request's bytes already here, is measured rather than estimated.
+#[derive(Default)]
+struct Readable {
+    task: AtomicWaker,
+    /// Microseconds since [`Readable::EPOCH`] plus one; zero while not woken.
+    at: AtomicU64,
+}
+
+impl std::task::Wake for Readable {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // The first wake since the last read is when the bytes arrived.
+        let _ = self.at.compare_exchange(
+            0,
+            micros_since_epoch() + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.task.wake();
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+}
+
+thread_local! {
+    /// The task that last read bytes on a connection on this thread, and since when those
+    /// bytes had been waiting for it.
+    static LAST_READ: std::cell::Cell<Option<(tokio::task::Id, Instant)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Since when the bytes the current task read last on a gRPC connection had been waiting:
+/// the moment its socket turned readable, when the task had to be woken for them. Called
+/// on the connection's task as it decodes a request (see `admission::Admitted`'s `Clone`),
+/// it is when the request arrived, to within the reactor's own delay. `None` off such a
+/// task, or when another task has read on this thread since.
+pub fn read_since() -> Option<Instant> {
+    let (task, at) = LAST_READ.with(std::cell::Cell::get)?;
+    (tokio::task::try_id() == Some(task)).then_some(at)
 }
 
 impl AsyncRead for Connection {
@@ -261,7 +317,22 @@ impl AsyncRead for Connection {
             self.replayed += n;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        self.readable.task.register(cx.waker());
+        let waker = std::task::Waker::from(self.readable.clone());
+        // A wake before this read (for these bytes, or for nothing) is this read's.
+        let woken = self.readable.at.swap(0, Ordering::Relaxed);
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(&mut Context::from_waker(&waker), buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = Instant::now();
+            let since = woken
+                .checked_sub(1)
+                .map_or(now, |us| (epoch() + Duration::from_micros(us)).min(now));
+            if let Some(task) = tokio::task::try_id() {
+                LAST_READ.with(|last| last.set(Some((task, since))));
+            }
+        }
+        read
     }
 }
 
@@ -522,7 +593,73 @@ impl AsyncWrite for SideConnection {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+
+    /// A served connection on loopback (its preface already replayed) and its peer.
+    async fn served() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let connection = Connection {
+            stream,
+            replayed: PREFACE.len(),
+            _open: Open::new(slot),
+            readable: Arc::default(),
+        };
+        (connection, peer)
+    }
+
+    #[tokio::test]
+    async fn a_read_notes_since_when_its_bytes_waited_for_the_task() {
+        let (mut connection, mut peer) = served().await;
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            // Nothing yet: the read waits for the socket.
+            let waited = std::future::poll_fn(|cx| {
+                let mut read = ReadBuf::new(&mut buf);
+                Poll::Ready(
+                    Pin::new(&mut connection)
+                        .poll_read(cx, &mut read)
+                        .is_pending(),
+                )
+            })
+            .await;
+            assert!(waited);
+            peer.write_all(b"a request").await.unwrap();
+            // The reactor wakes the task for the bytes...
+            let started = Instant::now();
+            while connection.readable.at.load(Ordering::Relaxed) == 0 {
+                assert!(started.elapsed() < Duration::from_secs(10), "never woken");
+                tokio::task::yield_now().await;
+            }
+            let woken = Instant::now();
+            // ... and the task is busy elsewhere for 50 ms (a long queue) before it reads.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(connection.read(&mut buf).await.unwrap() > 0);
+            let since = read_since().expect("noted for the task that read");
+            assert!(since <= woken, "since the wake, not the read");
+            assert!(since.elapsed() >= Duration::from_millis(50));
+            // Read again at once: no wait since.
+            peer.write_all(b"another").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(connection.read(&mut buf).await.unwrap() > 0);
+            assert!(read_since().unwrap().elapsed() < Duration::from_millis(50));
+        });
+        reader.await.unwrap();
+        // Another task (or none) on the same thread does not see it.
+        assert!(
+            tokio::spawn(async { read_since() })
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(read_since().is_none());
+    }
 
     #[test]
     fn the_cap_stays_below_the_open_file_limit() {

@@ -463,6 +463,15 @@ async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
     assert_eq!(decision("allow", "none"), 3.0);
     assert_eq!(decision("deny", "malformed"), 1.0);
     assert_eq!(decision("deny", "unknown"), 1.0);
+    // Every call's wait was measured from its bytes' arrival: hyper copies the service on
+    // the connection's task as it decodes a request, where the connection's read noted when
+    // the bytes came (none fell back to a decode time or to the queue canary's estimate).
+    let waits = |seen| {
+        after.histogram_count("casola_auth_call_wait_seconds", &[("seen", seen)])
+            - before.histogram_count("casola_auth_call_wait_seconds", &[("seen", seen)])
+    };
+    assert_eq!(waits("read"), 8.0, "6 Authorize and 2 Check calls");
+    assert_eq!(waits("decoded") + waits("estimated"), 0.0);
     let check_decision = |decision, reason| {
         delta(
             "casola_auth_decisions_total",
@@ -541,6 +550,7 @@ async fn metrics_are_prometheus_text_on_the_admin_port_and_move_with_traffic() {
         "casola_auth_argon2_queue_depth",
         "casola_auth_argon2_rejected_total",
         "casola_auth_store_call_duration_seconds",
+        "casola_auth_call_wait_seconds",
         "casola_auth_last_used_flushes_total",
         "casola_auth_last_used_flush_size",
         "casola_auth_last_used_flush_errors_total",
