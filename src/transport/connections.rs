@@ -257,7 +257,7 @@ pub struct Connection {
 #[derive(Default)]
 struct Readable {
     task: AtomicWaker,
-    /// Microseconds since [`Readable::EPOCH`] plus one; zero while not woken.
+    /// When woken: microseconds since [`epoch`], plus one; zero while not woken.
     at: AtomicU64,
 }
 
@@ -278,6 +278,7 @@ impl std::task::Wake for Readable {
     }
 }
 
+/// The process's reference instant for [`Readable::at`].
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
