@@ -214,6 +214,7 @@ async fn handshake(
                     replayed: 0,
                     _open: open,
                     readable: Arc::default(),
+                    round: None,
                 }))
                 .await;
         }
@@ -249,6 +250,11 @@ pub struct Connection {
     _open: Open,
     /// When the socket last turned readable while the connection's task waited for it.
     readable: Arc<Readable>,
+    /// Since when the bytes of the current round of reads have waited: set by a round's
+    /// first read, kept while the socket may hold more of what was there (a read that
+    /// filled the buffer, or one the runtime's budget cut short), ended by a read that
+    /// finds the socket drained.
+    round: Option<Instant>,
 }
 
 /// The waker a connection's reads register: it notes when the socket turned readable
@@ -296,10 +302,13 @@ thread_local! {
 }
 
 /// Since when the bytes the current task read last on a gRPC connection had been waiting:
-/// the moment its socket turned readable, when the task had to be woken for them. Called
-/// on the connection's task as it decodes a request (see `admission::Admitted`'s `Clone`),
-/// it is when the request arrived, to within the reactor's own delay. `None` off such a
-/// task, or when another task has read on this thread since.
+/// the moment its socket turned readable, when the task had to be woken for them, or, for
+/// bytes a previous read left in the socket (it filled its buffer), that read's moment
+/// (they were there all along; h2 reads until the socket is drained before it hands out
+/// any request, so a burst's requests are all decoded after its last read). Called on the
+/// connection's task as it decodes a request (see `admission::Admitted`'s `Clone`), it is
+/// when the request arrived, to within the reactor's own delay. `None` off such a task, or
+/// when another task has read on this thread since.
 pub fn read_since() -> Option<Instant> {
     let (task, at) = LAST_READ.with(std::cell::Cell::get)?;
     (tokio::task::try_id() == Some(task)).then_some(at)
@@ -322,16 +331,29 @@ impl AsyncRead for Connection {
         let waker = std::task::Waker::from(self.readable.clone());
         // A wake before this read (for these bytes, or for nothing) is this read's.
         let woken = self.readable.at.swap(0, Ordering::Relaxed);
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining());
         let read = Pin::new(&mut self.stream).poll_read(&mut Context::from_waker(&waker), buf);
-        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let now = Instant::now();
-            let since = woken
-                .checked_sub(1)
-                .map_or(now, |us| (epoch() + Duration::from_micros(us)).min(now));
-            if let Some(task) = tokio::task::try_id() {
-                LAST_READ.with(|last| last.set(Some((task, since))));
+        let got = buf.filled().len() - before;
+        match read {
+            Poll::Ready(Ok(())) if got > 0 => {
+                let now = Instant::now();
+                let since = *self.round.get_or_insert_with(|| {
+                    woken
+                        .checked_sub(1)
+                        .map_or(now, |us| (epoch() + Duration::from_micros(us)).min(now))
+                });
+                if got < room {
+                    // The socket is drained: bytes read next arrive after this read.
+                    self.round = None;
+                }
+                if let Some(task) = tokio::task::try_id() {
+                    LAST_READ.with(|last| last.set(Some((task, since))));
+                }
             }
+            // The runtime's budget for this poll ran out before the socket was read: what
+            // is in it still waits from the round's start.
+            Poll::Pending if !tokio::task::coop::has_budget_remaining() => {}
+            _ => self.round = None,
         }
         read
     }
@@ -611,6 +633,7 @@ mod tests {
             replayed: PREFACE.len(),
             _open: Open::new(slot),
             readable: Arc::default(),
+            round: None,
         };
         (connection, peer)
     }
@@ -660,6 +683,49 @@ mod tests {
                 .is_none()
         );
         assert!(read_since().is_none());
+    }
+
+    #[tokio::test]
+    async fn bytes_a_full_read_left_in_the_socket_keep_their_wait() {
+        let (mut connection, mut peer) = served().await;
+        let reader = tokio::spawn(async move {
+            let waited = std::future::poll_fn(|cx| {
+                let mut buf = [0u8; 16];
+                let mut read = ReadBuf::new(&mut buf);
+                Poll::Ready(
+                    Pin::new(&mut connection)
+                        .poll_read(cx, &mut read)
+                        .is_pending(),
+                )
+            })
+            .await;
+            assert!(waited);
+            // A burst larger than the reader's buffer, then a long queue before the read.
+            peer.write_all(&[7u8; 100]).await.unwrap();
+            let started = Instant::now();
+            while connection.readable.at.load(Ordering::Relaxed) == 0 {
+                assert!(started.elapsed() < Duration::from_secs(10), "never woken");
+                tokio::task::yield_now().await;
+            }
+            let woken = Instant::now();
+            std::thread::sleep(Duration::from_millis(50));
+            let mut small = [0u8; 10];
+            assert_eq!(connection.read(&mut small).await.unwrap(), 10);
+            let first = read_since().expect("noted for the task that read");
+            assert!(first <= woken);
+            // The rest was in the socket all along: no wake came for it, and it waited as
+            // long as the first ten bytes.
+            std::thread::sleep(Duration::from_millis(5));
+            let mut rest = [0u8; 256];
+            assert_eq!(connection.read(&mut rest).await.unwrap(), 90);
+            assert_eq!(read_since(), Some(first));
+            // That read drained the socket: what comes next is new.
+            peer.write_all(b"later").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(connection.read(&mut rest).await.unwrap() > 0);
+            assert!(read_since().unwrap() > woken);
+        });
+        reader.await.unwrap();
     }
 
     #[test]
