@@ -638,30 +638,37 @@ mod tests {
         (connection, peer)
     }
 
+    /// Reads `connection` while its socket is empty (the read waits), has the peer send
+    /// `bytes`, and returns once the reactor has woken the reading task for them, the task
+    /// not having read them yet.
+    async fn woken_for(connection: &mut Connection, peer: &mut TcpStream, bytes: &[u8]) -> Instant {
+        let waited = std::future::poll_fn(|cx| {
+            let mut buf = [0u8; 16];
+            let mut read = ReadBuf::new(&mut buf);
+            Poll::Ready(
+                Pin::new(&mut *connection)
+                    .poll_read(cx, &mut read)
+                    .is_pending(),
+            )
+        })
+        .await;
+        assert!(waited, "the socket was not empty");
+        peer.write_all(bytes).await.unwrap();
+        let started = Instant::now();
+        while connection.readable.at.load(Ordering::Relaxed) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "never woken");
+            tokio::task::yield_now().await;
+        }
+        Instant::now()
+    }
+
     #[tokio::test]
     async fn a_read_notes_since_when_its_bytes_waited_for_the_task() {
         let (mut connection, mut peer) = served().await;
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 64];
-            // Nothing yet: the read waits for the socket.
-            let waited = std::future::poll_fn(|cx| {
-                let mut read = ReadBuf::new(&mut buf);
-                Poll::Ready(
-                    Pin::new(&mut connection)
-                        .poll_read(cx, &mut read)
-                        .is_pending(),
-                )
-            })
-            .await;
-            assert!(waited);
-            peer.write_all(b"a request").await.unwrap();
             // The reactor wakes the task for the bytes...
-            let started = Instant::now();
-            while connection.readable.at.load(Ordering::Relaxed) == 0 {
-                assert!(started.elapsed() < Duration::from_secs(10), "never woken");
-                tokio::task::yield_now().await;
-            }
-            let woken = Instant::now();
+            let woken = woken_for(&mut connection, &mut peer, b"a request").await;
             // ... and the task is busy elsewhere for 50 ms (a long queue) before it reads.
             std::thread::sleep(Duration::from_millis(50));
             assert!(connection.read(&mut buf).await.unwrap() > 0);
@@ -689,25 +696,8 @@ mod tests {
     async fn bytes_a_full_read_left_in_the_socket_keep_their_wait() {
         let (mut connection, mut peer) = served().await;
         let reader = tokio::spawn(async move {
-            let waited = std::future::poll_fn(|cx| {
-                let mut buf = [0u8; 16];
-                let mut read = ReadBuf::new(&mut buf);
-                Poll::Ready(
-                    Pin::new(&mut connection)
-                        .poll_read(cx, &mut read)
-                        .is_pending(),
-                )
-            })
-            .await;
-            assert!(waited);
             // A burst larger than the reader's buffer, then a long queue before the read.
-            peer.write_all(&[7u8; 100]).await.unwrap();
-            let started = Instant::now();
-            while connection.readable.at.load(Ordering::Relaxed) == 0 {
-                assert!(started.elapsed() < Duration::from_secs(10), "never woken");
-                tokio::task::yield_now().await;
-            }
-            let woken = Instant::now();
+            let woken = woken_for(&mut connection, &mut peer, &[7u8; 100]).await;
             std::thread::sleep(Duration::from_millis(50));
             let mut small = [0u8; 10];
             assert_eq!(connection.read(&mut small).await.unwrap(), 10);
