@@ -692,17 +692,27 @@ mod tests {
         assert!(read_since().is_none());
     }
 
+    /// A burst of 100 bytes, a long queue (50 ms) before the woken task reads, and a first
+    /// read that fills its 10-byte buffer: when the task was woken, and the read's
+    /// [`read_since`].
+    async fn a_burst_read_in_part(
+        connection: &mut Connection,
+        peer: &mut TcpStream,
+    ) -> (Instant, Instant) {
+        let woken = woken_for(connection, peer, &[7u8; 100]).await;
+        std::thread::sleep(Duration::from_millis(50));
+        let mut small = [0u8; 10];
+        assert_eq!(connection.read(&mut small).await.unwrap(), 10);
+        let first = read_since().expect("noted for the task that read");
+        assert!(first <= woken, "since the wake, not the read");
+        (woken, first)
+    }
+
     #[tokio::test]
     async fn bytes_a_full_read_left_in_the_socket_keep_their_wait() {
         let (mut connection, mut peer) = served().await;
         let reader = tokio::spawn(async move {
-            // A burst larger than the reader's buffer, then a long queue before the read.
-            let woken = woken_for(&mut connection, &mut peer, &[7u8; 100]).await;
-            std::thread::sleep(Duration::from_millis(50));
-            let mut small = [0u8; 10];
-            assert_eq!(connection.read(&mut small).await.unwrap(), 10);
-            let first = read_since().expect("noted for the task that read");
-            assert!(first <= woken);
+            let (woken, first) = a_burst_read_in_part(&mut connection, &mut peer).await;
             // The rest was in the socket all along: no wake came for it, and it waited as
             // long as the first ten bytes.
             std::thread::sleep(Duration::from_millis(5));
@@ -714,6 +724,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(connection.read(&mut rest).await.unwrap() > 0);
             assert!(read_since().unwrap() > woken);
+        });
+        reader.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_burst_cut_short_by_the_runtimes_budget_keeps_its_wait() {
+        let (mut connection, mut peer) = served().await;
+        let reader = tokio::spawn(async move {
+            let (_, first) = a_burst_read_in_part(&mut connection, &mut peer).await;
+            // The task's budget runs out before its next read: tokio refuses the read
+            // (and wakes the task again) though the rest of the burst is in the socket.
+            let refused = std::future::poll_fn(|cx| {
+                let mut spent = 0;
+                while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+                    progress.made_progress();
+                    spent += 1;
+                    assert!(spent < 10_000, "the task has no budget to spend");
+                }
+                let mut buf = [0u8; 256];
+                let mut read = ReadBuf::new(&mut buf);
+                Poll::Ready(
+                    Pin::new(&mut connection)
+                        .poll_read(cx, &mut read)
+                        .is_pending(),
+                )
+            })
+            .await;
+            assert!(refused);
+            let mut rest = [0u8; 256];
+            assert_eq!(connection.read(&mut rest).await.unwrap(), 90);
+            assert_eq!(
+                read_since(),
+                Some(first),
+                "the rest waited from the burst's wake"
+            );
         });
         reader.await.unwrap();
     }
