@@ -4,6 +4,7 @@
     python3 scripts/overload.py [--seconds 20] [--connections 40] [--streams 256] [--no-build]
                                 [--binary PATH] [--server-env KEY=VALUE ...] [--pin]
                                 [--rate N] [--floor] [--cold N] [--probe-concurrency 64]
+                                [--pressure authorize|check]
 
 Starts a throwaway PostgreSQL and one replica of the release binary (or --binary, e.g. an
 older build for an A/B) with the default configuration (limits.max_in_flight 2048,
@@ -35,9 +36,11 @@ Variants:
   used before (a store read and an argon2 verify each, until verified): a flood of first
   uses, where the server runs out of work capacity long before the transport's;
 - `--probe-rate N`: the recording client in an open loop, N calls a second sent when due
-  (users behind a gateway do not wait for each other), at most --probe-concurrency in flight.
-The replica's refusals by limit, its argon2 queue waits and its token reads' durations are
-in `server_limited`.
+  (users behind a gateway do not wait for each other), at most --probe-concurrency in flight;
+- `--pressure check`: h2load floods with Envoy's CheckRequest instead (a larger message, so
+  a connection's burst spans more reads); its answers by status in `server_codes_check`.
+The replica's refusals by limit, its argon2 queue waits, its token reads' durations and the
+waits behind its calls (`casola_auth_call_wait_seconds`) are in `server_limited`.
 
 The same client runs alone first (no pressure), for comparison. Prints one JSON document
 and writes it to .tmp/overload/results.json. A tool, not a test: it asserts nothing.
@@ -233,6 +236,9 @@ def main() -> int:
     ap.add_argument("--binary", type=Path, default=BIN, help="the replica's binary (default: this build's)")
     ap.add_argument("--pin", action="store_true",
                     help="the replica on CPU 0, the load generators on CPU 1 (they stop taking its CPU)")
+    ap.add_argument("--pressure", choices=("authorize", "check"), default="authorize",
+                    help="the RPC h2load floods with (check: Envoy's CheckRequest, a larger message, "
+                         "so a connection's burst spans more reads); the recording client calls Authorize")
     ap.add_argument("--floor", action="store_true",
                     help="then the same h2load shape against noop-ext-authz (answers at once, does nothing): "
                          "the least time any answer takes at this load on this machine")
@@ -272,8 +278,8 @@ def main() -> int:
         if a.pin:
             run(["taskset", "-a", "-p", "-c", "0", str(rep.pid)])
             os.sched_setaffinity(0, {1})  # inherited by h2load and the recording client
-        frame = WORK / "authorize.frame"
-        run([BENCH, "frame", "--mode", "authorize", "--tokens", warm, "--out", frame])
+        frame = WORK / f"{a.pressure}.frame"
+        run([BENCH, "frame", "--mode", a.pressure, "--tokens", warm, "--out", frame])
         bench.probe(rep.target, "authorize", warm)
 
         # Unloaded: the recording client alone.
@@ -283,11 +289,12 @@ def main() -> int:
 
         res["rss_before_kib"] = rep.rss_kib()
         codes0 = codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize")
+        check_codes0 = codes_of(rep, "envoy.service.auth.v3.Authorization/Check")
         limited0 = limited(rep)
         buckets0 = duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize")
         sampler = RssSampler(rep)
         sampler.start()
-        h2 = pressure(a, a.streams, frame, rep.target + PATHS["authorize"]) if a.connections else None
+        h2 = pressure(a, a.streams, frame, rep.target + PATHS[a.pressure]) if a.connections else None
         time.sleep(2)  # h2load's streams open first
         probe = deadline_run(rep, cold or warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency, a.probe_rate)
         res["loaded"] = json.loads(probe.communicate(timeout=a.seconds + 120)[0].strip().splitlines()[-1])
@@ -302,6 +309,8 @@ def main() -> int:
         res["rss_after_kib"] = rep.rss_kib()
         res["server_codes"] = diff(codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize"), codes0)
         res["server_limited"] = diff(limited(rep), limited0)
+        if a.pressure == "check":
+            res["server_codes_check"] = diff(codes_of(rep, "envoy.service.auth.v3.Authorization/Check"), check_codes0)
         res["server_duration_buckets"] = diff(duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize"),
                                               buckets0)
         log(f"loaded: {res['loaded']}")
