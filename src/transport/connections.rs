@@ -302,10 +302,10 @@ thread_local! {
 }
 
 /// Since when the bytes the current task read last on a gRPC connection had been waiting:
-/// the moment its socket turned readable, when the task had to be woken for them, or, for
-/// bytes a previous read left in the socket (it filled its buffer), that read's moment
-/// (they were there all along; h2 reads until the socket is drained before it hands out
-/// any request, so a burst's requests are all decoded after its last read). Called on the
+/// the moment its socket turned readable, when the task had to be woken for them; for
+/// bytes a previous read left in the socket (it filled its buffer), the moment of the
+/// burst they came with (h2 reads until the socket is drained before it hands out any
+/// request, so a burst's requests are all decoded after its last read). Called on the
 /// connection's task as it decodes a request (see `admission::Admitted`'s `Clone`), it is
 /// when the request arrived, to within the reactor's own delay. `None` off such a task, or
 /// when another task has read on this thread since.
