@@ -354,21 +354,38 @@ def perf_top(data: Path, children: bool) -> list[tuple[float, str]]:
 
 
 def start_envoy(casola_port: int, noop_port: int, *, answer_port: int | None = None, base_id: int = 4242,
-                work: Path = WORK) -> tuple[subprocess.Popen, dict[str, int]]:
+                work: Path = WORK, ext_authz_timeout_ms: int | None = None, max_requests: int | None = None,
+                concurrency: int = 1) -> tuple[subprocess.Popen, dict[str, int]]:
     """Envoy from scripts/bench/envoy.yaml on free ports, its ext_authz pointed at casola-auth,
     the no-op server and (`answer_port`) the no-op server answering with casola-auth's
     content; returns the process and its ports (plain, noop, casola, admin, and answer when
-    that server runs) once it is ready. scripts/soak.py uses it too."""
+    that server runs) once it is ready. `ext_authz_timeout_ms` replaces the configs' 1 s
+    ext_authz timeout (scripts/overload.py: Envoy's default, 200 ms), `max_requests` the
+    casola_auth cluster's circuit breaker (the configs' 100,000, so that a benchmark is never
+    refused by it); `concurrency` is Envoy's worker threads. scripts/soak.py and
+    scripts/overload.py use it too."""
     ports = {"plain": free_port(), "noop": free_port(), "casola": free_port(), "answer": free_port(), "admin": free_port()}
     text = ENVOY_CONFIG.read_text()
     for old, new in ((18080, ports["plain"]), (18081, ports["noop"]), (18082, ports["casola"]), (18083, ports["answer"]),
                      (19901, ports["admin"]), (50051, casola_port), (50061, noop_port),
                      (50062, answer_port or free_port())):
         text = re.sub(rf"port_value: {old}\b", f"port_value: {new}", text)
+    if ext_authz_timeout_ms is not None:
+        # The grpc_service timeouts only (the clusters' connect_timeout lines stay).
+        text, n = re.subn(r"^(\s+)timeout: 1s$", rf"\g<1>timeout: {ext_authz_timeout_ms / 1000}s", text,
+                          flags=re.MULTILINE)
+        assert n == 3, f"{n} ext_authz timeouts in {ENVOY_CONFIG}"
+    if max_requests is not None:
+        head, cluster, rest = text.partition("  - name: casola_auth\n")
+        rest, n = re.subn(r"max_requests: 100000", f"max_requests: {max_requests}", rest, count=1)
+        assert cluster and n == 1, f"no casola_auth circuit breaker in {ENVOY_CONFIG}"
+        text = head + cluster + rest
     cfg = work / f"envoy-{base_id}.yaml"
     cfg.write_text(text)
-    # One worker thread: Envoy, the ext_authz server and h2load then share 2 cores about evenly.
-    envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", str(base_id), "-l", "warning", "--concurrency", "1"])
+    # One worker thread by default: Envoy, the ext_authz server and h2load then share 2 cores
+    # about evenly.
+    envoy = spawn("envoy", [harness.envoy_bin(), "-c", cfg, "--base-id", str(base_id), "-l", "warning",
+                            "--concurrency", str(concurrency)])
     wait_until("envoy", lambda: harness.http_get(f"http://127.0.0.1:{ports['admin']}/ready")[0] == 200, 60, envoy)
     if answer_port is None:
         del ports["answer"]  # its ext_authz server is not running

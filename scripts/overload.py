@@ -5,6 +5,8 @@
                                 [--binary PATH] [--server-env KEY=VALUE ...] [--pin]
                                 [--rate N] [--floor] [--cold N] [--probe-concurrency 64]
                                 [--pressure authorize|check]
+                                [--via envoy [--envoy-concurrency 1] [--envoy-max-requests N]
+                                             [--envoy-cpu N]]
 
 Starts a throwaway PostgreSQL and one replica of the release binary (or --binary, e.g. an
 older build for an A/B) with the default configuration (limits.max_in_flight 2048,
@@ -38,7 +40,23 @@ Variants:
 - `--probe-rate N`: the recording client in an open loop, N calls a second sent when due
   (users behind a gateway do not wait for each other), at most --probe-concurrency in flight;
 - `--pressure check`: h2load floods with Envoy's CheckRequest instead (a larger message, so
-  a connection's burst spans more reads); its answers by status in `server_codes_check`.
+  a connection's burst spans more reads); its answers by status in `server_codes_check`;
+- `--via envoy`: the whole gate. A real Envoy (scripts/bench/envoy.yaml's casola listener,
+  its ext_authz timeout set to --deadline-ms, Envoy's default 200 ms; --envoy-concurrency
+  workers) in front of the replica; h2load floods it with plain GETs carrying a warm token
+  (each one a Check from Envoy to the replica) and the recording client sends its GETs
+  through it too (`deadline --gateway`: 200 is OK, 503 is shed, anything else, a 401 or 403
+  of a valid token above all, is wrong and counted under `other`). Envoy's own counters
+  (`envoy_stats`: ext_authz ok/denied/error, the casola_auth cluster's timeouts, resets and
+  requests) say how many Checks it gave up on; `server_codes_check` how many the replica
+  answered, and how: OKs of the replica's that Envoy never used would be work for nobody.
+  `--envoy-max-requests N` sets the casola_auth cluster's circuit breaker (the bound
+  docs/reliability.md recommends: past it Envoy answers 503 at once, without a Check).
+  `--envoy-cpu N` gives Envoy CPU N to itself and everything else (the replica, Postgres,
+  the load generators) the other CPUs, as a gateway on its own machine would have; without
+  it Envoy competes for the same cores, and its own delays count against the Checks'
+  timeout. `gate` sums it up: Envoy's Check timeouts, and the replica's answers Envoy never
+  applied. With `--cold N` the recording client's GETs carry tokens never used before.
 The replica's refusals by limit, its argon2 queue waits, its token reads' durations and the
 waits behind its calls (`casola_auth_call_wait_seconds`) are in `server_limited`.
 
@@ -71,13 +89,13 @@ from harness import Postgres, clean_env, run  # noqa: E402
 WORK = REPO / ".tmp/overload"
 
 
-def deadline_run(rep: Replica, tokens: Path, seconds: float, deadline_ms: int, concurrency: int,
-                 rate: int = 0) -> subprocess.Popen:
+def deadline_run(target: str, tokens: Path, seconds: float, deadline_ms: int, concurrency: int,
+                 rate: int = 0, gateway: bool = False) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(BENCH), "deadline", "--target", rep.target, "--tokens", str(tokens), "--deadline-ms", str(deadline_ms),
+        [str(BENCH), "deadline", "--target", target, "--tokens", str(tokens), "--deadline-ms", str(deadline_ms),
          # Enough connections that no call waits for a stream in the client (32 per connection).
          "--concurrency", str(concurrency), "--connections", str(max(2, -(-concurrency // 32))),
-         "--rate", str(rate), "--duration", str(seconds)],
+         "--rate", str(rate), "--duration", str(seconds), *(["--gateway"] if gateway else [])],
         stdout=subprocess.PIPE, text=True, env=clean_env(),
     )
 
@@ -121,6 +139,35 @@ def limited(rep: Replica) -> dict[str, float]:
     return out
 
 
+def envoy_stats(admin_port: int) -> dict[str, float]:
+    """Envoy's counters of the gate: the casola listener's ext_authz decisions and answers,
+    and the casola_auth cluster's requests, timeouts and resets."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{admin_port}/stats?filter=casola")
+    wanted = re.compile(r"^(http\.casola\.(ext_authz\.|downstream_rq_[0-9]xx)|"
+                        r"cluster\.casola_auth\.(upstream_rq_|upstream_cx_total|upstream_cx_active|"
+                        r"upstream_cx_destroy|internal\.upstream_rq_))")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if wanted.match(name) and re.fullmatch(r"\d+", value.strip()):
+            out[name] = float(value)
+    return out
+
+
+def envoy_check_times(admin_port: int) -> dict[str, float]:
+    """Envoy's own histogram of its Checks' times (the casola_auth cluster's upstream_rq_time,
+    ms, from the request's start to its answer's end): cumulative count per bucket bound.
+    Envoy merges histograms at its stats flush (every 5 s), so sample at least 5 s after
+    the traffic to count."""
+    _, body = bench.harness.http_get(f"http://127.0.0.1:{admin_port}/stats/prometheus")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("envoy_cluster_upstream_rq_time_bucket{") and 'envoy_cluster_name="casola_auth"' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
@@ -157,7 +204,9 @@ def parse_h2load(out: str) -> dict:
                     r"(\d+) timeout", out)
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     t = re.search(r"time for request:\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     return {
+        "status_codes": dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, codes.groups()))) if codes else None,
         "rps": float(rps.group(1)) if rps else None,
         "done": int(req.group(3)) if req else None, "succeeded": int(req.group(4)) if req else None,
         "failed": int(req.group(5)) if req else None, "errored": int(req.group(6)) if req else None,
@@ -165,12 +214,16 @@ def parse_h2load(out: str) -> dict:
     }
 
 
-def pressure(a: argparse.Namespace, streams: int, frame: Path, url: str) -> subprocess.Popen:
-    """h2load in the run's shape: --connections x `streams`, closed loop or at --rate."""
+def pressure(a: argparse.Namespace, streams: int, frame: Path | None, url: str,
+             headers: tuple[str, ...] | None = None) -> subprocess.Popen:
+    """h2load in the run's shape: --connections x `streams`, closed loop or at --rate. gRPC
+    calls of `frame` by default; with `headers` (and no frame) plain GETs, as through Envoy."""
+    if headers is None:
+        headers = (*GRPC_HEADERS, f"grpc-timeout: {a.deadline_ms}m")
     return subprocess.Popen(
         ["h2load", "-D", str(round(a.seconds)), "-t", "1", "-c", str(a.connections), "-m", str(streams),
          *(["--rps", str(max(1, a.rate // a.connections))] if a.rate else []),
-         "-d", str(frame), *[x for h in (*GRPC_HEADERS, f"grpc-timeout: {a.deadline_ms}m") for x in ("-H", h)],
+         *(["-d", str(frame)] if frame else []), *[x for h in headers for x in ("-H", h)],
          url],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(),
     )
@@ -242,8 +295,22 @@ def main() -> int:
     ap.add_argument("--floor", action="store_true",
                     help="then the same h2load shape against noop-ext-authz (answers at once, does nothing): "
                          "the least time any answer takes at this load on this machine")
+    ap.add_argument("--via", choices=("direct", "envoy"), default="direct",
+                    help="envoy: the load and the recording client go through a real Envoy (ext_authz timeout "
+                         "--deadline-ms) in front of the replica, as plain GETs")
+    ap.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy's worker threads (--via envoy)")
+    ap.add_argument("--envoy-cpu", type=int, default=None, metavar="N",
+                    help="--via envoy: Envoy alone on CPU N, everything else on the other CPUs")
+    ap.add_argument("--envoy-max-requests", type=int, default=None, metavar="N",
+                    help="the casola_auth cluster's circuit breaker (--via envoy; default the config's 100,000)")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args()
+    if a.via == "envoy" and (a.floor or a.pressure != "authorize"):
+        ap.error("--via envoy floods with GETs of warm tokens: not with --floor or --pressure")
+    if a.envoy_cpu is not None and (a.via != "envoy" or a.pin):
+        ap.error("--envoy-cpu needs --via envoy, and not --pin")
+    # With --envoy-cpu: the CPUs of everything but Envoy.
+    rest = ",".join(map(str, sorted(os.sched_getaffinity(0) - {a.envoy_cpu}))) if a.envoy_cpu is not None else None
     server_env = dict(kv.split("=", 1) for kv in a.server_env)
     a.replica_streams = int(server_env.get("CASOLA_AUTH_LIMITS__MAX_CONCURRENT_STREAMS", 32))
     command = "python3 scripts/overload.py " + " ".join(shlex.quote(x) for x in sys.argv[1:] if x != "--no-build")
@@ -256,8 +323,14 @@ def main() -> int:
                  "binary": str(a.binary),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     pg = Postgres("overload", settings={"max_connections": "100"}).start()
-    rep = None
+    rep = envoy = None
     try:
+        if rest:
+            # The postmaster and its processes now; its backends inherit it when forked.
+            for pid in (pg.proc.pid, *map(int, subprocess.run(["pgrep", "-P", str(pg.proc.pid)], text=True,
+                                                              capture_output=True).stdout.split())):
+                run(["taskset", "-a", "-p", "-c", rest, str(pid)])
+            os.sched_setaffinity(0, {int(c) for c in rest.split(",")})  # inherited by the replica and the clients
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
         # Tokens never used before the loaded run: each call of the recording client is then a
@@ -281,9 +354,23 @@ def main() -> int:
         frame = WORK / f"{a.pressure}.frame"
         run([BENCH, "frame", "--mode", a.pressure, "--tokens", warm, "--out", frame])
         bench.probe(rep.target, "authorize", warm)
+        # Where the load goes: the replica itself, or Envoy's casola listener in front of it.
+        target, gateway = rep.target, a.via == "envoy"
+        if gateway:
+            envoy, ports = bench.start_envoy(rep.port, bench.free_port(), base_id=4444, work=WORK,
+                                             ext_authz_timeout_ms=a.deadline_ms, max_requests=a.envoy_max_requests,
+                                             concurrency=a.envoy_concurrency)
+            target = f"http://127.0.0.1:{ports['casola']}/"
+            if a.envoy_cpu is not None:
+                run(["taskset", "-a", "-p", "-c", str(a.envoy_cpu), str(envoy.pid)])
+            token = warm.read_text().split("\n", 1)[0].split()[1]
+            status, _ = bench.http_get_with(target, {"authorization": f"Bearer {token}"})
+            assert status == 200, f"envoy with a warm token: {status}"
+            status, _ = bench.http_get_with(target, {})
+            assert status == 401, f"envoy without a token: {status}"
 
         # Unloaded: the recording client alone.
-        quiet = deadline_run(rep, warm, min(a.seconds, 10), a.deadline_ms, a.probe_concurrency)
+        quiet = deadline_run(target, warm, min(a.seconds, 10), a.deadline_ms, a.probe_concurrency, gateway=gateway)
         res["unloaded"] = json.loads(quiet.communicate(timeout=120)[0].strip().splitlines()[-1])
         log(f"unloaded: {res['unloaded']}")
 
@@ -291,12 +378,22 @@ def main() -> int:
         codes0 = codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize")
         check_codes0 = codes_of(rep, "envoy.service.auth.v3.Authorization/Check")
         limited0 = limited(rep)
+        if gateway:
+            time.sleep(5.5)  # Envoy's stats flush: the unloaded pass's Check times counted before
+            envoy0, times0 = envoy_stats(ports["admin"]), envoy_check_times(ports["admin"])
         buckets0 = duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize")
+        check_buckets0 = duration_buckets(rep, "envoy.service.auth.v3.Authorization/Check")
         sampler = RssSampler(rep)
         sampler.start()
-        h2 = pressure(a, a.streams, frame, rep.target + PATHS[a.pressure]) if a.connections else None
+        if not a.connections:
+            h2 = None
+        elif gateway:
+            h2 = pressure(a, a.streams, None, target, headers=(f"authorization: Bearer {token}",))
+        else:
+            h2 = pressure(a, a.streams, frame, rep.target + PATHS[a.pressure])
         time.sleep(2)  # h2load's streams open first
-        probe = deadline_run(rep, cold or warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency, a.probe_rate)
+        probe = deadline_run(target, cold or warm, a.seconds - 4, a.deadline_ms, a.probe_concurrency, a.probe_rate,
+                             gateway=gateway)
         res["loaded"] = json.loads(probe.communicate(timeout=a.seconds + 120)[0].strip().splitlines()[-1])
         h2out = h2.communicate(timeout=a.seconds + 120)[0] if h2 else ""
         sampler.done.set()
@@ -309,8 +406,28 @@ def main() -> int:
         res["rss_after_kib"] = rep.rss_kib()
         res["server_codes"] = diff(codes_of(rep, "casola.auth.v1.AuthorizationService/Authorize"), codes0)
         res["server_limited"] = diff(limited(rep), limited0)
-        if a.pressure == "check":
+        if a.pressure == "check" or gateway:
             res["server_codes_check"] = diff(codes_of(rep, "envoy.service.auth.v3.Authorization/Check"), check_codes0)
+            res["server_duration_buckets_check"] = diff(
+                duration_buckets(rep, "envoy.service.auth.v3.Authorization/Check"), check_buckets0)
+        if gateway:
+            time.sleep(4)  # with the 2 s above, past Envoy's stats flush
+            res["envoy_stats"] = e = diff(envoy_stats(ports["admin"]), envoy0)
+            res["envoy_check_time_buckets_ms"] = diff(envoy_check_times(ports["admin"]), times0)
+            res["envoy_rss_kib"] = bench.rss_kib(envoy.pid)
+            timeouts = e.get("cluster.casola_auth.upstream_rq_timeout", 0)
+            res["gate"] = {
+                # Checks Envoy gave up on at its timeout (each a 503), and the rest of the
+                # streams it reset (h2load's own, cut off at the end of the run).
+                "envoy_check_timeouts": timeouts,
+                "envoy_other_resets": e.get("cluster.casola_auth.upstream_rq_tx_reset", 0) - timeouts,
+                # Answers with a decision (an allow, or a deny: a refusal of the replica's is a
+                # 503 deny) that the replica sent and Envoy never applied: it had timed out or
+                # reset the stream first. Work for nobody.
+                "replica_answers_unused": res["server_codes_check"].get("OK", 0)
+                - e.get("http.casola.ext_authz.ok", 0) - e.get("http.casola.ext_authz.denied", 0),
+            }
+            log(f"envoy: {res['envoy_stats']}; gate: {res['gate']}")
         res["server_duration_buckets"] = diff(duration_buckets(rep, "casola.auth.v1.AuthorizationService/Authorize"),
                                               buckets0)
         log(f"loaded: {res['loaded']}")
@@ -327,6 +444,8 @@ def main() -> int:
             res["floor"]["mean_over_floor"] = ratio(res["h2load"], res["floor"])
             log(f"floor: {res['floor']}")
     finally:
+        if envoy is not None:
+            bench.stop(envoy, timeout=10)
         if rep is not None:
             rep.stop()
         pg.stop()

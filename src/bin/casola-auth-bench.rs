@@ -18,7 +18,9 @@
 //! - `deadline`: closed-loop Authorize or Check with a `grpc-timeout` on every call, through
 //!   a plain HTTP/2 client that does not enforce the deadline itself, recording each answer's
 //!   status and latency: how many OKs arrived after their deadline, the admitted calls'
-//!   latency, the shed calls' latency (`scripts/overload.py`).
+//!   latency, the shed calls' latency (`scripts/overload.py`). With `--gateway` the calls are
+//!   HTTP GETs through Envoy instead (200 counted as OK, 503 as shed), for the overload run
+//!   through a real gateway (`overload.py --via envoy`).
 //! - `decision-ids`: the time to make a decision id, and its text.
 //!
 //! It is a benchmark tool, not a test: it asserts nothing about speed.
@@ -181,6 +183,14 @@ struct DeadlineArgs {
     duration: f64,
     #[arg(long, default_value = "user:read")]
     scope: String,
+    /// Through a gateway instead: `--target` is Envoy's listener and every call an HTTP/2
+    /// GET of `/` with `Authorization: Bearer <token>` and no deadline of its own (the
+    /// gateway's ext_authz timeout is the deadline). 200 counts as OK, 503 (Envoy's
+    /// `status_on_error`: a shed or late Check, or Envoy's own timeout) as shed, any other
+    /// status under `other` as `http_<status>`; `--deadline-ms` is then only the line for
+    /// `ok_late`. `--mode` is ignored.
+    #[arg(long)]
+    gateway: bool,
 }
 
 #[derive(Args)]
@@ -899,6 +909,33 @@ struct DeadlinePlan {
     deadline: Duration,
     concurrency: usize,
     end: Instant,
+    /// HTTP GETs through a gateway (`deadline --gateway`), not gRPC calls.
+    gateway: bool,
+}
+
+/// One answer of a deadline run.
+enum Answer {
+    /// gRPC OK (allowed or denied: a decision), or through a gateway HTTP 200.
+    Ok,
+    /// RESOURCE_EXHAUSTED, or through a gateway 503.
+    Shed,
+    /// DEADLINE_EXCEEDED.
+    Expired,
+    /// Anything else: the gRPC code's name, or `http_<status>`.
+    Other(String),
+}
+
+impl From<Result<(), tonic::Status>> for Answer {
+    fn from(result: Result<(), tonic::Status>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(s) => match s.code() {
+                tonic::Code::ResourceExhausted => Self::Shed,
+                tonic::Code::DeadlineExceeded => Self::Expired,
+                code => Self::Other(format!("{code:?}")),
+            },
+        }
+    }
 }
 
 /// Each answer of a deadline run, by status.
@@ -933,22 +970,22 @@ impl Outcomes {
     }
 
     /// One answer, `took` after its call was sent.
-    fn record(&mut self, answer: Result<(), tonic::Status>, took: Duration, deadline: Duration) {
+    fn record(&mut self, answer: Answer, took: Duration, deadline: Duration) {
         let micros = (took.as_micros().max(1) as u64).min(60_000_000);
         let late = took > deadline;
         self.late_any += u64::from(late);
         match answer {
-            Ok(()) => {
+            Answer::Ok => {
                 let _ = self.ok.record(micros);
                 self.late_ok += u64::from(late);
             }
-            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            Answer::Shed => {
                 let _ = self.shed.record(micros);
             }
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+            Answer::Expired => {
                 let _ = self.expired.record(micros);
             }
-            Err(s) => *self.other.entry(format!("{:?}", s.code())).or_default() += 1,
+            Answer::Other(what) => *self.other.entry(what).or_default() += 1,
         }
     }
 
@@ -983,6 +1020,7 @@ async fn deadline_load(args: DeadlineArgs) {
         deadline: Duration::from_millis(args.deadline_ms),
         concurrency: args.concurrency,
         end: Instant::now() + Duration::from_secs_f64(args.duration),
+        gateway: args.gateway,
     });
     // One client per connection: the legacy client keeps one HTTP/2 connection per origin.
     let clients: Vec<RawClient> = (0..args.connections.max(1)).map(|_| raw_client()).collect();
@@ -1013,7 +1051,8 @@ async fn deadline_load(args: DeadlineArgs) {
     println!(
         "{}",
         json!({
-            "mode": format!("{:?}", args.mode).to_lowercase(), "deadline_ms": args.deadline_ms,
+            "mode": if args.gateway { "gateway".to_owned() } else { format!("{:?}", args.mode).to_lowercase() },
+            "deadline_ms": args.deadline_ms,
             "connections": args.connections, "concurrency": args.concurrency, "seconds": elapsed,
             "rate": args.rate, "not_sent": all.not_sent,
             "requests": requests, "rps": requests as f64 / elapsed,
@@ -1027,6 +1066,32 @@ async fn deadline_load(args: DeadlineArgs) {
             "client_lag_p99_ms": ms(&own_lag.histogram(), 0.99), "client_lag_max_ms": max(&own_lag.histogram()),
         })
     );
+}
+
+/// One GET through the gateway, its HTTP status in the deadline run's terms: 200 is OK, 503
+/// (Envoy's `status_on_error`) is counted with the shed calls, any other status apart.
+async fn gateway_get(plan: &DeadlinePlan, client: &RawClient, token: &str) -> Answer {
+    let request = http::Request::get(plan.origin.clone())
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(tonic::body::Body::empty())
+        .expect("gateway request");
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(_) => return Answer::Other("transport_error".to_owned()),
+    };
+    let status = response.status();
+    // The answer is whole once its body has been read.
+    if http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .is_err()
+    {
+        return Answer::Other("body_error".to_owned());
+    }
+    match status {
+        http::StatusCode::OK => Answer::Ok,
+        http::StatusCode::SERVICE_UNAVAILABLE => Answer::Shed,
+        other => Answer::Other(format!("http_{}", other.as_u16())),
+    }
 }
 
 /// This client's own runtime delay during a deadline run: a thread hands the runtime a tiny
@@ -1127,15 +1192,14 @@ async fn open_loop(plan: Arc<DeadlinePlan>, clients: &[RawClient], rate: u64) ->
     out
 }
 
-/// One Authorize or Check call with the run's `grpc-timeout`.
-async fn deadline_call(
-    plan: &DeadlinePlan,
-    client: RawClient,
-    token: String,
-) -> Result<(), tonic::Status> {
+/// One Authorize or Check call with the run's `grpc-timeout`, or through a gateway one GET.
+async fn deadline_call(plan: &DeadlinePlan, client: RawClient, token: String) -> Answer {
+    if plan.gateway {
+        return gateway_get(plan, &client, &token).await;
+    }
     let timeout = MetadataValue::try_from(format!("{}m", plan.deadline.as_millis()))
         .expect("grpc-timeout value");
-    match plan.mode {
+    let result = match plan.mode {
         Mode::Check => {
             let mut check = AuthorizationClient::with_origin(client, plan.origin.clone());
             let mut request = Request::new(check_request(&token, &plan.scope));
@@ -1148,5 +1212,6 @@ async fn deadline_call(
             request.metadata_mut().insert("grpc-timeout", timeout);
             authz.authorize(request).await.map(drop)
         }
-    }
+    };
+    result.into()
 }
