@@ -86,14 +86,17 @@ class Cli:
         self.db_url = db_url
         self.bin = casola_auth_bin()
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return run([self.bin, *args], env=clean_env(DATABASE_URL=self.db_url), check=check, timeout=timeout)
+    def __call__(self, *args: str, check: bool = True, timeout: float = 120,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run([self.bin, *args], env=clean_env(DATABASE_URL=self.db_url, **(env or {})), check=check,
+                   timeout=timeout)
 
     def migrate(self) -> None:
         self("migrate", "--database-url", self.db_url)
 
     def create_token(self, name: str, *, preset: str | None = None, scopes: tuple[str, ...] = (), expires_in_days: int | None = None,
-                     allow_networks: tuple[str, ...] = (), allow_models: tuple[str, ...] = ()) -> str:
+                     allow_networks: tuple[str, ...] = (), allow_models: tuple[str, ...] = (),
+                     env: dict[str, str] | None = None) -> str:
         args = ["token", "create", "--database-url", self.db_url, "--org", ORG, "--user", USER, "--name", name]
         if preset:
             args += ["--preset", preset]
@@ -105,7 +108,7 @@ class Cli:
             args += ["--allow-model", m]
         if expires_in_days is not None:
             args += ["--expires-in-days", str(expires_in_days)]
-        cp = self(*args)
+        cp = self(*args, env=env)
         lines = [line for line in cp.stdout.splitlines() if line.strip()]
         assert len(lines) == 1, f"token create must print the secret alone on one stdout line, got {cp.stdout!r}"
         secret = lines[0].strip()
