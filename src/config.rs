@@ -26,7 +26,7 @@
 //! | `cache.max_entries` / `idle_seconds` / `poll_interval_ms` / `negative_ttl_ms` / `wrong_secret_budget` / `max_staleness_seconds` | 100000 / 3600 / 1000 / 1000 / 8 / 30 | verified-token cache, change-log poll, lockout bounds |
 //! | `catalog.file` | none | operator scope catalog (TOML), added to the defaults |
 //! | `envoy.*` | see [`EnvoyConfig`] | ext_authz Check |
-//! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` | 2048 / 150 / 32 / 16384 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
+//! | `limits.max_in_flight` / `decision_deadline_ms` / `max_concurrent_streams` / `max_header_list_bytes` / `max_pending_accept_reset_streams` | 2048 / 150 / 32 / 16384 / 256 | admission control, deadlines, HTTP/2 limits (docs/reliability.md) |
 //! | `limits.failed_verifies_burst` / `failed_verifies_per_second` / `failed_verify_cooldown_seconds` | 100 / 10 / 30 | failed verifies per source, then a cool-down without cold work (docs/security.md) |
 //! | `limits.service_failed_verifies_burst` / `service_failed_verifies_per_second` | 1000 / 100 | failed verifies of an Authorize caller across the clients it names in `client_ip` |
 //! | `limits.max_cold_reads` | 128 | store reads for uncached tokens in flight; past it, shed |
@@ -248,6 +248,12 @@ pub struct LimitsConfig {
     pub max_concurrent_streams: u32,
     /// Largest header list a request may send, in bytes.
     pub max_header_list_bytes: u32,
+    /// Streams one connection may open and then reset (RST_STREAM) before this replica has
+    /// taken them up; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM (the
+    /// bound that keeps a reset flood from piling up streams in memory). A gateway whose
+    /// ext_authz timeouts fire while its streams wait to be read resets a whole round of
+    /// them at once, so keep it several times `max_concurrent_streams`.
+    pub max_pending_accept_reset_streams: u32,
     /// Failed verifies (malformed, unknown, wrong secret) one source may have at once
     /// before `failed_verifies_per_second` applies. The source is Envoy's client address
     /// for Check; for Authorize, the `client_ip` the calling service names, else the
@@ -310,6 +316,7 @@ impl Default for LimitsConfig {
             decision_deadline_ms: 150,
             max_concurrent_streams: 32,
             max_header_list_bytes: 16 * 1024,
+            max_pending_accept_reset_streams: 256,
             failed_verifies_burst: 100,
             failed_verifies_per_second: 10,
             service_failed_verifies_burst: 1000,
@@ -867,6 +874,10 @@ impl Config {
                 "limits.max_header_list_bytes",
                 u64::from(limits.max_header_list_bytes),
             ),
+            (
+                "limits.max_pending_accept_reset_streams",
+                u64::from(limits.max_pending_accept_reset_streams),
+            ),
             ("limits.max_cold_reads", limits.max_cold_reads as u64),
             ("limits.create_burst", u64::from(limits.create_burst)),
             (
@@ -1093,6 +1104,10 @@ mod tests {
             (
                 "CASOLA_AUTH_LIMITS__MAX_HEADER_LIST_BYTES",
                 "limits.max_header_list_bytes",
+            ),
+            (
+                "CASOLA_AUTH_LIMITS__MAX_PENDING_ACCEPT_RESET_STREAMS",
+                "limits.max_pending_accept_reset_streams",
             ),
             (
                 "CASOLA_AUTH_LIMITS__FAILED_VERIFIES_BURST",

@@ -464,6 +464,10 @@ fn grpc_router(
         // Bounds per connection (streams, header bytes); admission bounds the total.
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
+        // h2's default (20) takes a saturated gateway's burst of timeouts for a reset flood.
+        .http2_max_pending_accept_reset_streams(Some(
+            limits.max_pending_accept_reset_streams as usize,
+        ))
         // Telemetry outside admission: shed and late calls are counted and logged too.
         .layer(grpc_telemetry)
         .layer(AdmissionLayer::new(Admission {

@@ -605,6 +605,7 @@ def test_config_toml_defaults(chart):
             "decision_deadline_ms": 150,
             "max_concurrent_streams": 32,
             "max_header_list_bytes": 16384,
+            "max_pending_accept_reset_streams": 256,
             "failed_verifies_burst": 100,
             "failed_verifies_per_second": 10,
             "service_failed_verifies_burst": 1000,
@@ -920,15 +921,18 @@ def test_overload_limits_are_rendered_and_zero_is_refused(chart):
     behind a gateway with a shorter ext_authz timeout must be able to lower the deadline."""
     limits = {"maxInFlight": 512, "decisionDeadlineMs": 80, "maxConcurrentStreams": 64,
               "maxHeaderListBytes": 8192, "sideMaxConnections": 16, "sideIdleTimeoutMs": 5000,
-              "serviceFailedVerifiesBurst": 5000, "serviceFailedVerifiesPerSecond": 500}
+              "serviceFailedVerifiesBurst": 5000, "serviceFailedVerifiesPerSecond": 500,
+              "maxPendingAcceptResetStreams": 1024}
     config = config_toml(render(chart, {"config": {"limits": limits}}))["limits"]
     assert {k: config[k] for k in ("max_in_flight", "decision_deadline_ms", "max_concurrent_streams",
                                    "max_header_list_bytes", "side_max_connections",
                                    "side_idle_timeout_ms", "service_failed_verifies_burst",
-                                   "service_failed_verifies_per_second")} == {
+                                   "service_failed_verifies_per_second",
+                                   "max_pending_accept_reset_streams")} == {
         "max_in_flight": 512, "decision_deadline_ms": 80, "max_concurrent_streams": 64,
         "max_header_list_bytes": 8192, "side_max_connections": 16, "side_idle_timeout_ms": 5000,
         "service_failed_verifies_burst": 5000, "service_failed_verifies_per_second": 500,
+        "max_pending_accept_reset_streams": 1024,
     }
     for key in limits:
         with pytest.raises(helm.HelmValuesError, match=key):

@@ -14,6 +14,7 @@ mod lifecycle;
 mod observability;
 mod overload;
 mod postgres_tls;
+mod resets;
 mod restrictions;
 mod rotation;
 mod security;
