@@ -12,10 +12,15 @@ A replica sheds in two places, each pinned here with a server of its own and a t
 The tokens' first uses cost a slow argon2 verify (64 MiB, the cost written into each token's
 hash when it was created), so first uses sent at once overlap for certain: the first one
 holds the limit while the others arrive.
+
+And a late gateway's resets: a round of Checks Envoy timed out before the replica read them
+arrives with their resets in one read; the replica keeps the connection (h2's own bound, 20,
+closed it: the finding is kept as the first half of the test).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -124,3 +129,65 @@ def test_first_uses_past_the_argon2_queue_get_casola_auths_own_503_with_retry_af
         assert err["code"] == "service_unavailable" and "retry" in err["message"], err
     assert counter(metrics, "casola_auth_argon2_rejected_total") > 0, metrics
     assert retried and all(c[-1] == 200 for c in retried.values()), retried
+
+
+# ----------------------------------------------------------------------------------------
+# A late gateway's resets (docs/reliability.md "A saturated gateway's resets")
+
+GOAWAY_LINE = "remotely-reset pending-accept streams reached limit"
+ROUND = 32  # the shipped cluster's max_concurrent_streams: one upstream connection's worth
+
+
+def envoy_counter(proxy: Envoy, name: str) -> int:
+    _, body = http_get(proxy.admin_url + f"/stats?filter=^cluster\\.casola_auth\\.{name}$")
+    values = [int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if line.strip()]
+    assert len(values) == 1, body
+    return values[0]
+
+
+def late_gateway_round(pg, cli, upstream, tmp_path, name: str, limits: str) -> tuple[bool, int, int]:
+    """A round of Checks that Envoy times out while the replica is not reading (stopped, as a
+    starved replica or a late gateway would have it), so that the replica reads each Check and
+    its reset in one go. Returns whether the replica closed the connection for it (its h2
+    log line), and Envoy's upstream connections destroyed and opened meanwhile."""
+    config = tmp_path / f"{name}.toml"
+    text = CASOLA_CONFIG.read_text()
+    config.write_text(text.replace("[limits]\n", limits, 1))
+    token = cli.create_token(f"late gateway {name}", preset="user-read")
+    server = AuthServer(name, pg.url, config).start()
+    proxy = None
+    try:
+        proxy = Envoy(name, ENVOY_CONFIG, server.port, upstream.port).start()
+        auth = {"authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=proxy.url, timeout=30) as client:
+            # Warm: the token verified, and Envoy's one connection to the replica open.
+            assert client.get(PATH, headers=auth).status_code == 200
+        destroyed0, opened0 = envoy_counter(proxy, "upstream_cx_destroy"), envoy_counter(proxy, "upstream_cx_total")
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            # A round of Checks written to a replica that does not read them: Envoy times each
+            # out (the shipped 1 s) and resets its stream, 503 to the client.
+            answers = first_uses_at_once(proxy.url, [token] * ROUND)
+            assert [a.status_code for a in answers] == [503] * ROUND, [a.status_code for a in answers]
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        # The replica reads the Checks and their resets together; a request after them passes.
+        codes = passes_when_tried_again(proxy.url, token)
+        assert codes[-1] == 200, codes
+        closed = GOAWAY_LINE in server.proc.e2e_log.read_text(errors="replace")
+        return (closed, envoy_counter(proxy, "upstream_cx_destroy") - destroyed0,
+                envoy_counter(proxy, "upstream_cx_total") - opened0)
+    finally:
+        if proxy:
+            proxy.stop()
+        server.stop()
+
+
+def test_a_round_of_checks_reset_by_a_late_gateway_keeps_its_connection(pg, cli, upstream, tmp_path):
+    # The finding, kept: h2's own bound (20) closes the gateway's connection for its timeouts.
+    closed, destroyed, opened = late_gateway_round(
+        pg, cli, upstream, tmp_path, "resets-h2-default", "[limits]\nmax_pending_accept_reset_streams = 20\n")
+    assert closed and destroyed >= 1 and opened >= 1, (closed, destroyed, opened)
+    # The shipped bound (256): the same round, and the connection stays.
+    closed, destroyed, opened = late_gateway_round(pg, cli, upstream, tmp_path, "resets-default", "[limits]\n")
+    assert (closed, destroyed, opened) == (False, 0, 0)
