@@ -249,10 +249,10 @@ pub struct LimitsConfig {
     /// Largest header list a request may send, in bytes.
     pub max_header_list_bytes: u32,
     /// Streams one connection may open and then reset (RST_STREAM) before this replica has
-    /// taken them up; past it the connection is closed with GOAWAY ENHANCE_YOUR_CALM (the
-    /// bound that keeps a reset flood from piling up streams in memory). A gateway whose
-    /// ext_authz timeouts fire while its streams wait to be read resets a whole round of
-    /// them at once, so keep it several times `max_concurrent_streams`.
+    /// taken them up, at once (the backlog of one read); past it the connection is closed
+    /// with GOAWAY ENHANCE_YOUR_CALM. A gateway whose ext_authz timeouts fire while its
+    /// streams wait to be read resets a whole round of them at once, so keep it several
+    /// times `max_concurrent_streams`. At most [`MAX_PENDING_ACCEPT_RESET_STREAMS`].
     pub max_pending_accept_reset_streams: u32,
     /// Failed verifies (malformed, unknown, wrong secret) one source may have at once
     /// before `failed_verifies_per_second` applies. The source is Envoy's client address
@@ -582,6 +582,9 @@ const MAX_CACHE_SECONDS: u64 = 365 * 24 * 3600;
 /// The most argon2 workers: each is a thread of the blocking pool (512 by default), and the
 /// default queue is 64 per worker.
 const MAX_VERIFY_WORKERS: usize = 1024;
+/// The most streams a connection may reset before they are taken up, at once: 128 rounds of
+/// the default 32 streams. Far past it the bound is as good as off.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: u64 = 4096;
 /// Largest argon2 memory cost accepted, in KiB (4 GiB: more would exhaust a replica).
 const ARGON2_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 /// Largest argon2 pass count accepted (each pass costs a full sweep of the memory).
@@ -831,6 +834,11 @@ impl Config {
                 "limits.handshake_timeout_ms",
                 self.limits.handshake_timeout_ms,
                 MAX_CACHE_SECONDS * 1000,
+            ),
+            (
+                "limits.max_pending_accept_reset_streams",
+                u64::from(self.limits.max_pending_accept_reset_streams),
+                MAX_PENDING_ACCEPT_RESET_STREAMS,
             ),
             (
                 "expiry.sweep_interval_ms",
@@ -1163,6 +1171,14 @@ mod tests {
                 "99999999999",
             )],
             "limits.failed_verify_cooldown_seconds",
+        );
+        // Past this the bound on a read's backlog of reset streams is as good as off.
+        refused(
+            &[(
+                "CASOLA_AUTH_LIMITS__MAX_PENDING_ACCEPT_RESET_STREAMS",
+                "4097",
+            )],
+            "limits.max_pending_accept_reset_streams",
         );
         refused(
             &[("CASOLA_AUTH_EXPIRY__SOON_DAYS", "0")],
