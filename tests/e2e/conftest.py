@@ -34,12 +34,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 import pytest
 
@@ -225,6 +228,33 @@ class Envoy:
     def stop(self) -> None:
         if self.proc:
             stop(self.proc, signal.SIGTERM, timeout=10)
+
+    def cluster_counter(self, name: str) -> int:
+        """One counter of the `casola_auth` cluster (`upstream_cx_total`, ...) from /stats."""
+        _, body = http_get(self.admin_url + f"/stats?filter=^cluster\\.casola_auth\\.{name}$")
+        values = [int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if line.strip()]
+        assert len(values) == 1, body
+        return values[0]
+
+
+def at_once(url: str, path: str, headers: list[dict[str, str]]) -> list[httpx.Response]:
+    """One GET of `path` per entry of `headers`, sent together (a client and a thread each,
+    released by a barrier)."""
+    answers: list[httpx.Response | None] = [None] * len(headers)
+    barrier = threading.Barrier(len(headers))
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            barrier.wait(timeout=30)
+            answers[i] = client.get(path, headers=headers[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(headers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(a is not None for a in answers), "a request got no answer"
+    return answers  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------

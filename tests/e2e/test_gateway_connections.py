@@ -6,7 +6,7 @@ such a connection, not even the HTTP/2 preface, until it has a stream or a keep-
 to send; casola-auth starts HTTP/2 on a connection only once it has sent the preface, and
 closes one that has not within `limits.handshake_timeout_ms` (10 s; the defence against
 idle-connection floods, docs/reliability.md). With the shipped configs' keep-alive every 30 s
-the replica closed every such connection at 10 s (a gateway that then picked it lost the
+the replica closed every such connection at 10 s (a gateway that then picked it would lose the
 request); every 5 s, Envoy's PING completes the handshake first.
 
 Spare connections are made certain here instead of a matter of timing: Envoy's preconnect
@@ -22,10 +22,9 @@ import subprocess
 import threading
 import time
 
-import httpx
 import pytest
 
-from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, http_get
+from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, at_once, http_get
 
 PATH = "/openai/v1/models"
 HANDSHAKE_TIMEOUT_S = 10  # casola-auth's default limits.handshake_timeout_ms
@@ -70,27 +69,9 @@ def handshake_timeouts(server: AuthServer) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def envoy_counter(proxy: Envoy, name: str) -> int:
-    _, body = http_get(proxy.admin_url + f"/stats?filter=^cluster\\.casola_auth\\.{name}$")
-    return int(body.decode().split(":", 1)[1])
-
-
 def burst(url: str, n: int) -> list[int]:
     """`n` requests at once (no token: each a Check answered 401)."""
-    codes: list[int] = []
-    barrier = threading.Barrier(n)
-
-    def one() -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            barrier.wait(timeout=30)
-            codes.append(client.get(PATH).status_code)
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return codes
+    return [r.status_code for r in at_once(url, PATH, [{}] * n)]
 
 
 @pytest.mark.usefixtures("cli")  # the database migrated
@@ -126,7 +107,7 @@ def test_envoys_spare_connections_complete_their_handshake_before_the_replica_gi
 
         assert handshake_timeouts(server) == 0, "the replica closed Envoy's spare connections as idle handshakes"
         # (Envoy closes each connection itself after its one Check: not the replica's doing.)
-        assert envoy_counter(proxy, "upstream_cx_destroy_remote") == 0
+        assert proxy.cluster_counter("upstream_cx_destroy_remote") == 0
         assert silent_connections(server.port) == 0, "every connection has sent its preface by now"
         # And the spares serve the next Checks.
         assert set(burst(proxy.url, 2)) == {401}

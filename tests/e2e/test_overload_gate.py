@@ -21,12 +21,11 @@ closed it: the finding is kept as the first half of the test).
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import httpx
 
-from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, http_get
+from conftest import CASOLA_CONFIG, ENVOY_CONFIG, AuthServer, Envoy, at_once, http_get
 
 PATH = "/openai/v1/models"
 AT_ONCE = 12
@@ -39,22 +38,8 @@ def slow_tokens(cli, label: str) -> list[str]:
 
 
 def first_uses_at_once(url: str, tokens: list[str]) -> list[httpx.Response]:
-    """Every token's first use, sent together (one client each, released by a barrier)."""
-    answers: list[httpx.Response | None] = [None] * len(tokens)
-    barrier = threading.Barrier(len(tokens))
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            barrier.wait(timeout=30)
-            answers[i] = client.get(PATH, headers={"authorization": f"Bearer {tokens[i]}"})
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(tokens))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert all(a is not None for a in answers), "a first use got no answer"
-    return answers
+    """Every token's first use, sent together."""
+    return at_once(url, PATH, [{"authorization": f"Bearer {t}"} for t in tokens])
 
 
 def passes_when_tried_again(url: str, token: str) -> list[int]:
@@ -138,13 +123,6 @@ GOAWAY_LINE = "remotely-reset pending-accept streams reached limit"
 ROUND = 32  # the shipped cluster's max_concurrent_streams: one upstream connection's worth
 
 
-def envoy_counter(proxy: Envoy, name: str) -> int:
-    _, body = http_get(proxy.admin_url + f"/stats?filter=^cluster\\.casola_auth\\.{name}$")
-    values = [int(line.rsplit(":", 1)[1]) for line in body.decode().splitlines() if line.strip()]
-    assert len(values) == 1, body
-    return values[0]
-
-
 def late_gateway_round(pg, cli, upstream, tmp_path, name: str, limits: str) -> tuple[bool, int, int]:
     """A round of Checks that Envoy times out while the replica is not reading (stopped, as a
     starved replica or a late gateway would have it), so that the replica reads each Check and
@@ -161,12 +139,12 @@ def late_gateway_round(pg, cli, upstream, tmp_path, name: str, limits: str) -> t
         # Warm: the token verified, and Envoy's one connection to the replica open.
         codes = passes_when_tried_again(proxy.url, token)
         assert codes[-1] == 200, codes
-        destroyed0, opened0 = envoy_counter(proxy, "upstream_cx_destroy"), envoy_counter(proxy, "upstream_cx_total")
+        destroyed0, opened0 = proxy.cluster_counter("upstream_cx_destroy"), proxy.cluster_counter("upstream_cx_total")
         server.proc.send_signal(signal.SIGSTOP)
         try:
             # A round of Checks written to a replica that does not read them: Envoy times each
             # out (the shipped 1 s) and resets its stream, 503 to the client.
-            answers = first_uses_at_once(proxy.url, [token] * ROUND)
+            answers = at_once(proxy.url, PATH, [{"authorization": f"Bearer {token}"}] * ROUND)
             assert [a.status_code for a in answers] == [503] * ROUND, [a.status_code for a in answers]
         finally:
             server.proc.send_signal(signal.SIGCONT)
@@ -174,8 +152,8 @@ def late_gateway_round(pg, cli, upstream, tmp_path, name: str, limits: str) -> t
         codes = passes_when_tried_again(proxy.url, token)
         assert codes[-1] == 200, codes
         closed = GOAWAY_LINE in server.proc.e2e_log.read_text(errors="replace")
-        return (closed, envoy_counter(proxy, "upstream_cx_destroy") - destroyed0,
-                envoy_counter(proxy, "upstream_cx_total") - opened0)
+        return (closed, proxy.cluster_counter("upstream_cx_destroy") - destroyed0,
+                proxy.cluster_counter("upstream_cx_total") - opened0)
     finally:
         if proxy:
             proxy.stop()
