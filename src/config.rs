@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use crate::telemetry::LogFormat;
 use crate::{
     authorize::fairness::FairnessOptions,
     scope::{Catalog, CatalogSpec, ScopeMatch},
@@ -102,17 +103,6 @@ impl fmt::Debug for DatabaseUrl {
         let scheme = self.expose().split("://").next().unwrap_or("");
         write!(f, "DatabaseUrl({scheme}://…)")
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable, for terminals.
-    #[default]
-    Text,
-    /// One JSON object per line, for production.
-    Json,
 }
 
 /// argon2 pool sizes; unset values come from the machine.

@@ -37,7 +37,17 @@ use tracing_subscriber::{
 };
 
 pub use self::call::{Verdict, note_token_id, record};
-use crate::config::LogFormat;
+
+/// Log output format (`log_format` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for terminals.
+    #[default]
+    Text,
+    /// One JSON object per line, for production.
+    Json,
+}
 
 /// The `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` sets one.
 pub const DEFAULT_SERVICE_NAME: &str = "casola-auth";
