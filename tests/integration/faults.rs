@@ -207,10 +207,8 @@ async fn sigterm_under_load_fails_no_call_sent_before_it_and_flushes_last_used()
         // Only the shutdown flush can write last_used_at in this test.
         ("CASOLA_AUTH_LAST_USED__FLUSH_INTERVAL_MS", "3600000"),
     ]);
-    let channel = server.channel().await;
-
     // A health watch opened before the signal must report NOT_SERVING before the end.
-    let mut watch = HealthClient::new(channel.clone())
+    let mut watch = HealthClient::new(server.channel().await)
         .watch(HealthCheckRequest {
             service: String::new(),
         })
@@ -238,14 +236,14 @@ async fn sigterm_under_load_fails_no_call_sent_before_it_and_flushes_last_used()
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
+    // Four connections of four workers each, as a gateway's pool would have (the health
+    // watch has its own).
+    let mut pool = Vec::new();
+    for _ in 0..4 {
+        pool.push(server.channel().await);
+    }
     for w in 0..16 {
-        // Four connections, as a gateway's pool would have.
-        let channel = if w % 4 == 0 {
-            server.channel().await
-        } else {
-            channel.clone()
-        };
-        let mut client = AuthorizationServiceClient::new(channel);
+        let mut client = AuthorizationServiceClient::new(pool[w % pool.len()].clone());
         let token = tokens[w % tokens.len()].clone();
         let (done, stop) = (done.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
