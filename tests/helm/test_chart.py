@@ -598,6 +598,8 @@ def test_config_toml_defaults(chart):
         "shutdown_grace_seconds": 10,
         "log_format": "json",
         "argon2": {"memory_kib": 1024, "iterations": 1, "parallelism": 1},
+        # The verify pool's size follows the machine unless set (src/server.rs).
+        "verify": {"create_workers": 1, "create_queue": 32},
         "store": {"pool_size": 10},
         # The server's own defaults (src/config.rs LimitsConfig), written out.
         "limits": {
@@ -643,6 +645,7 @@ def test_config_toml_production(chart):
     config = config_toml(docs)
     assert config["shutdown_grace_seconds"] == 15
     assert config["store"] == {"pool_size": 8}
+    assert config["verify"] == {"workers": 2, "queue": 256, "create_workers": 1, "create_queue": 16}
     assert config["catalog"] == {"file": "/etc/casola-auth/scopes.toml"}
     expected_routes = []
     for route in values["config"]["envoy"]["routes"]:
@@ -914,6 +917,19 @@ def test_fairness_limits_are_rendered_and_zero_is_refused(chart):
     assert config["limits"]["failed_verifies_burst"] == 100, "unset keys keep their defaults"
     with pytest.raises(helm.HelmValuesError, match="maxConnections"):
         render(chart, {"config": {"limits": {"maxConnections": 0}}})
+
+
+def test_argon2_pools_are_rendered_and_zero_is_refused(chart):
+    """The gate's verify pool and CreateToken's own (issue 11: creates never queue ahead of
+    the gate) are sized from the chart; unset verify sizes follow the container's CPUs."""
+    verify = {"workers": 4, "queue": 512, "createWorkers": 2, "createQueue": 8}
+    config = config_toml(render(chart, {"config": {"verify": verify}}))
+    assert config["verify"] == {"workers": 4, "queue": 512, "create_workers": 2, "create_queue": 8}
+    config = config_toml(render(chart, {"config": {"verify": {"createQueue": 64}}}))
+    assert config["verify"] == {"create_workers": 1, "create_queue": 64}
+    for key in verify:
+        with pytest.raises(helm.HelmValuesError, match=key):
+            render(chart, {"config": {"verify": {key: 0}}})
 
 
 def test_overload_limits_are_rendered_and_zero_is_refused(chart):
