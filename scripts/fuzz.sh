@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bounded fuzzing of the parsers (docs/reliability.md, "Fuzzing"): builds every cargo-fuzz
-# target in fuzz/ once, then runs each for a fixed budget (FUZZ_RUNS, default 100000, seed 1) from its committed
-# seeds in fuzz/corpus/<target>/ (and dictionary fuzz/<target>.dict, if any) plus what earlier
+# target in fuzz/ once, then runs each for a fixed budget (FUZZ_RUNS, default 100000, seed 1)
+# from its committed seeds in fuzz/corpus/<target>/ only (and dictionary fuzz/<target>.dict,
+# if any); time-bounded runs (FUZZ_SECONDS) also start from, and add to, what earlier such
 # runs kept in target/fuzz/corpus/<target>/.
 # Fails on the first crash, panic, timeout or out-of-memory; the input that did it is left in
 # target/fuzz/artifacts/<target>/ (replay: the target binary with that file as argument).
