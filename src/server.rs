@@ -79,6 +79,13 @@ pub const STORE_BOUND_SERVICES: [&str; 4] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// Streams one connection's peer may have refused or reset for its own faults over the
+/// connection's life, streams opened past `limits.max_concurrent_streams` among them; past
+/// it the connection is closed with GOAWAY ENHANCE_YOUR_CALM. hyper's default, set here on
+/// purpose: a client that honours the server's SETTINGS never meets it (docs/reliability.md,
+/// "Overload: deadlines and shedding").
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -468,6 +475,7 @@ fn grpc_router(
         .http2_max_pending_accept_reset_streams(Some(
             limits.max_pending_accept_reset_streams as usize,
         ))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         // Telemetry outside admission: shed and late calls are counted and logged too.
         .layer(grpc_telemetry)
         .layer(AdmissionLayer::new(Admission {

@@ -6,9 +6,11 @@
 //! `limits.max_pending_accept_reset_streams` (256): a round of resets keeps the connection, a
 //! burst past the bound in one read still closes it. Frames are written as they are on the wire (h2's own
 //! frame codec), so that a burst of HEADERS and RST_STREAM arrives in one read, before the
-//! server accepts any of its streams: what a late gateway sends.
+//! server accepts any of its streams: what a late gateway sends. The last test pins the other
+//! bound of its kind: streams opened past `max_concurrent_streams` are refused, and a peer
+//! that keeps opening them is cut off after `MAX_LOCAL_ERROR_RESET_STREAMS` refusals.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -18,6 +20,8 @@ use h2::{
 };
 use http::{HeaderMap, HeaderValue, Method};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use casola_auth::server::MAX_LOCAL_ERROR_RESET_STREAMS;
 
 use crate::support::{TestServer, test_config};
 
@@ -84,6 +88,26 @@ impl RawConnection {
                 .expect("queued");
         }
         SinkExt::flush(&mut self.codec).await.expect("written");
+    }
+
+    /// Reads until the server's GOAWAY: how many streams it refused (RST_STREAM
+    /// REFUSED_STREAM) before it, and the GOAWAY's reason.
+    async fn refusals_until_goaway(&mut self) -> (usize, Reason) {
+        let mut refused = 0;
+        while let Some(frame) = self.codec.next().await {
+            match frame.expect("a well-formed frame") {
+                Frame::Settings(s) if !s.is_ack() => {
+                    self.codec
+                        .send(Settings::ack().into())
+                        .await
+                        .expect("acked");
+                }
+                Frame::Reset(r) if r.reason() == Reason::REFUSED_STREAM => refused += 1,
+                Frame::GoAway(g) => return (refused, g.reason()),
+                _ => {}
+            }
+        }
+        panic!("the connection closed without a GOAWAY after {refused} refusals");
     }
 
     /// A health check (an empty message) on a new stream, and what came back for it.
@@ -161,6 +185,41 @@ async fn a_reset_burst_past_the_configured_bound_closes_the_connection() {
     assert_eq!(
         conn.health_check().await,
         Answer::GoAway(Reason::ENHANCE_YOUR_CALM)
+    );
+    // The server itself is unharmed: a new connection is answered.
+    let mut fresh = RawConnection::open(server.running.grpc_addr).await;
+    assert_eq!(fresh.health_check().await, Answer::GrpcStatus("0".into()));
+}
+
+/// Streams past `max_concurrent_streams` are refused (REFUSED_STREAM, safe to retry), and
+/// each refusal counts toward h2's lifetime bound of errors a connection's peer may cause:
+/// a client that ignores the server's SETTINGS and keeps opening streams is cut off after
+/// `MAX_LOCAL_ERROR_RESET_STREAMS` refusals. A gateway that honours SETTINGS never meets it
+/// (Envoy over-sends only on a new connection, before the SETTINGS frame, at most a burst).
+#[tokio::test]
+async fn a_client_that_keeps_opening_streams_past_the_limit_is_cut_off_at_the_lifetime_bound() {
+    let config = test_config(None);
+    let limit = config.limits.max_concurrent_streams as usize;
+    let server = TestServer::with_config(config, None).await;
+    let mut conn = RawConnection::open(server.running.grpc_addr).await;
+    assert_eq!(conn.health_check().await, Answer::GrpcStatus("0".into()));
+
+    // Every stream the connection may have, held open (HEADERS, the message never sent)...
+    for _ in 0..limit {
+        conn.start_call(HEALTH_CHECK).await;
+    }
+    // ...then the bound of streams past it, and one more, in one write.
+    for _ in 0..=MAX_LOCAL_ERROR_RESET_STREAMS {
+        conn.start_call(HEALTH_CHECK).await;
+    }
+    SinkExt::flush(&mut conn.codec).await.expect("written");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), conn.refusals_until_goaway())
+        .await
+        .expect("the connection is closed at the bound, not kept refusing for ever");
+    assert_eq!(
+        outcome,
+        (MAX_LOCAL_ERROR_RESET_STREAMS, Reason::ENHANCE_YOUR_CALM),
+        "each stream past the limit refused, until the bound"
     );
     // The server itself is unharmed: a new connection is answered.
     let mut fresh = RawConnection::open(server.running.grpc_addr).await;
