@@ -90,18 +90,29 @@ impl RawConnection {
         SinkExt::flush(&mut self.codec).await.expect("written");
     }
 
-    /// Reads until the server's GOAWAY: how many streams it refused (RST_STREAM
-    /// REFUSED_STREAM) before it, and the GOAWAY's reason.
-    async fn refusals_until_goaway(&mut self) -> (usize, Reason) {
-        let mut refused = 0;
-        while let Some(frame) = self.codec.next().await {
-            match frame.expect("a well-formed frame") {
+    /// The server's next frame, its SETTINGS acknowledged on the way; `None` once the
+    /// connection is closed.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            let frame = self.codec.next().await?.expect("a well-formed frame");
+            match frame {
                 Frame::Settings(s) if !s.is_ack() => {
                     self.codec
                         .send(Settings::ack().into())
                         .await
                         .expect("acked");
                 }
+                frame => return Some(frame),
+            }
+        }
+    }
+
+    /// Reads until the server's GOAWAY: how many streams it refused (RST_STREAM
+    /// REFUSED_STREAM) before it, and the GOAWAY's reason.
+    async fn refusals_until_goaway(&mut self) -> (usize, Reason) {
+        let mut refused = 0;
+        while let Some(frame) = self.next_frame().await {
+            match frame {
                 Frame::Reset(r) if r.reason() == Reason::REFUSED_STREAM => refused += 1,
                 Frame::GoAway(g) => return (refused, g.reason()),
                 _ => {}
@@ -116,14 +127,8 @@ impl RawConnection {
         let mut message = Data::new(id, Bytes::from_static(&[0, 0, 0, 0, 0]));
         message.set_end_stream(true);
         self.codec.send(message.into()).await.expect("written");
-        while let Some(frame) = self.codec.next().await {
-            match frame.expect("a well-formed frame") {
-                Frame::Settings(s) if !s.is_ack() => {
-                    self.codec
-                        .send(Settings::ack().into())
-                        .await
-                        .expect("acked");
-                }
+        while let Some(frame) = self.next_frame().await {
+            match frame {
                 Frame::Headers(h) if h.stream_id() == id && h.is_end_stream() => {
                     let status = h.fields().get("grpc-status").expect("grpc-status");
                     return Answer::GrpcStatus(status.to_str().expect("ascii").to_owned());
