@@ -22,7 +22,7 @@ use self::{
     fairness::{FairnessLimits, Limited, Source},
     last_used::LastUsed,
     pace::Pace,
-    verify_pool::finishes_after,
+    verify_pool::{Place, finishes_after},
 };
 use crate::{
     error::Error,
@@ -427,13 +427,14 @@ impl Authorizer {
         let stamp = self.cache.stamp();
         // Bounded: a flood of unknown lookup ids (each a store read) from many sources must
         // not take the store pool from the tokens that exist.
-        // Nor is a token read whose verify the argon2 pool would refuse (its queue full),
-        if let Some(full) = self.pool.full() {
-            return Err(full);
-        }
+        // Nor is a token read whose verify the argon2 pool would refuse: the read holds a
+        // place in its queue, refused now when the queue and the reads ahead fill it,
+        let place = self.pool.hold()?;
         // nor work started that could not end before the call's deadline: the read at its
-        // recent pace, then a verify behind the jobs already waiting for argon2.
-        let expected = self.read_pace.mean().unwrap_or_default() + self.pool.time_to_finish();
+        // recent pace, then a verify behind the jobs waiting for argon2 and the reads ahead.
+        let expected = self
+            .pool
+            .time_to_finish(&place, self.read_pace.mean().unwrap_or_default());
         let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
         if finishes_after(std::time::Instant::now() + expected, deadline) && !self.read_pace.probe()
         {
@@ -448,6 +449,7 @@ impl Authorizer {
         self.read_pace.note(started.elapsed());
         drop(read);
         let Some(mut record) = found? else {
+            drop(place);
             self.cache.known_wrong(key);
             return Err(UNKNOWN_TOKEN);
         };
@@ -455,7 +457,8 @@ impl Authorizer {
         if !self.cache.take_verify(&lookup_id) {
             return Err(budget_spent());
         }
-        let (verification, rehash) = match self.verify(token, record.secret_hash.clone()).await {
+        let verified = self.verify(place, token, record.secret_hash.clone()).await;
+        let (verification, rehash) = match verified {
             Ok(done) => done,
             Err(e) => {
                 // Not judged: the verify goes back to the budget.
@@ -495,13 +498,14 @@ impl Authorizer {
     /// the stored one has outdated parameters.
     async fn verify(
         &self,
+        place: Place,
         token: PlainToken,
         stored: SecretHash,
     ) -> Result<(Result<Verification, HashError>, Option<SecretHash>), Error> {
         let hasher = self.hasher.clone();
         let (verification, rehash) = self
             .pool
-            .run(move || {
+            .run_in(place, move || {
                 let verification = hasher.verify(&token, &stored);
                 let rehash = match verification {
                     Ok(Verification::Match { needs_rehash: true }) => hasher.hash(&token).ok(),

@@ -4,6 +4,10 @@
 //! ([`crate::deadline`]) is also refused at once when the jobs ahead of it, at the pool's
 //! recent pace, would keep its own from finishing before that deadline: it would only
 //! wait, then be dropped at its deadline, its place in the queue wasted.
+//!
+//! A caller with work to do before its job (the cold path's store read) holds a [`Place`]
+//! through it: the places held count as taken, so that no more reads start than the queue
+//! can take verifies from, and a refusal comes before the read rather than after it.
 
 use std::{
     sync::{
@@ -54,6 +58,8 @@ impl VerifyPoolOptions {
 pub struct VerifyPool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
+    /// Places held for jobs not handed in yet ([`Place`]).
+    held: Arc<AtomicUsize>,
     workers: usize,
     queue: usize,
     runs: Arc<AtomicU64>,
@@ -73,6 +79,7 @@ impl VerifyPool {
         Self {
             permits: Arc::new(Semaphore::new(options.workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
+            held: Arc::new(AtomicUsize::new(0)),
             workers: options.workers.max(1),
             queue: options.queue,
             runs: Arc::new(AtomicU64::new(0)),
@@ -107,9 +114,63 @@ impl VerifyPool {
         self.runs.load(Ordering::Relaxed)
     }
 
+    /// Places held now for jobs not handed in yet.
+    pub fn places_held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Holds a place for a job handed in later with [`Self::run_in`], after work of its own
+    /// (a store read): refused now, as a job handed in now would be, when the jobs waiting
+    /// and the places already held fill the queue and the free workers.
+    pub fn hold(&self) -> Result<Place, Error> {
+        let before = self.held.fetch_add(1, Ordering::AcqRel);
+        // Given up on every way out from here, the refusal's too.
+        let mut place = Place {
+            held: self.held.clone(),
+            ahead: 0,
+        };
+        let ahead = self.waiting.load(Ordering::Relaxed) + before;
+        let free = self.permits.available_permits();
+        if ahead >= self.queue + free {
+            return Err(self.refuse_full());
+        }
+        // Its place in the queue once handed in, itself counted (0: a worker is free).
+        place.ahead = (ahead + 1).saturating_sub(free);
+        Ok(place)
+    }
+
+    /// About how long the job `place` was held for would take to finish if handed in after
+    /// `lead` (the work before it), at the pool's recent pace: the queue drains while the
+    /// lead runs, so the later of the two, then the job's own run. `lead` alone before the
+    /// pool has a pace.
+    pub fn time_to_finish(&self, place: &Place, lead: Duration) -> Duration {
+        let Some(job) = self.pace.mean() else {
+            return lead;
+        };
+        lead.max(self.time_for(place.ahead) - job) + job
+    }
+
     /// Runs `work` on a blocking thread once a worker is free. Observed: queue depth, wait
     /// and compute time, refusals; a child span when called inside a traced request.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_traced(None, work).await
+    }
+
+    /// [`Self::run`] for the job `place` was held for; the place is given up as the job
+    /// joins the queue (or takes a free worker).
+    pub async fn run_in<T, F>(&self, place: Place, work: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_traced(Some(place), work).await
+    }
+
+    async fn run_traced<T, F>(&self, place: Option<Place>, work: F) -> Result<T, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -119,10 +180,10 @@ impl VerifyPool {
         } else {
             tracing::info_span!("argon2", queue_wait_ms = tracing::field::Empty)
         };
-        self.run_observed(work).instrument(span).await
+        self.run_observed(place, work).instrument(span).await
     }
 
-    async fn run_observed<T, F>(&self, work: F) -> Result<T, Error>
+    async fn run_observed<T, F>(&self, held: Option<Place>, work: F) -> Result<T, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -131,6 +192,7 @@ impl VerifyPool {
         let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
         let (permit, place) = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                drop(held);
                 if finishes_after(queued_at + self.time_for(0), deadline) && !self.pace.probe() {
                     return Err(self.refuse_late());
                 }
@@ -138,6 +200,8 @@ impl VerifyPool {
             }
             Err(_) => {
                 let ahead = self.waiting.fetch_add(1, Ordering::AcqRel);
+                // In the queue now: the place held for it is no longer needed.
+                drop(held);
                 if ahead < self.queue
                     && finishes_after(queued_at + self.time_for(ahead + 1), deadline)
                     && !self.pace.probe()
@@ -187,15 +251,6 @@ impl VerifyPool {
 }
 
 impl VerifyPool {
-    /// About how long a job handed in now would take to finish, at the pool's recent pace:
-    /// its wait (its place in the queue, at the pace the queue has been draining), then its
-    /// own run. Zero before the pool has a pace.
-    pub fn time_to_finish(&self) -> Duration {
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        let free = self.permits.available_permits() > 0;
-        self.time_for(if free && waiting == 0 { 0 } else { waiting + 1 })
-    }
-
     /// The time to finish of a job with `place` jobs before it in the queue, itself
     /// counted (0: a worker is free).
     fn time_for(&self, place: usize) -> Duration {
@@ -209,14 +264,6 @@ impl VerifyPool {
             .mean()
             .unwrap_or(job / u32::try_from(self.workers).unwrap_or(u32::MAX));
         job + per_place.saturating_mul(place)
-    }
-
-    /// A refusal now if the queue is full (a job handed in would be refused): lets a caller
-    /// skip the work it would do before the job (the cold path's store read).
-    pub fn full(&self) -> Option<Error> {
-        (self.permits.available_permits() == 0
-            && self.waiting.load(Ordering::Relaxed) >= self.queue)
-            .then(|| self.refuse_full())
     }
 
     fn refuse_full(&self) -> Error {
@@ -264,6 +311,21 @@ fn yield_cpu_to_the_warm_path() {
             }
         }
     });
+}
+
+/// A place in a pool's queue held for a job not handed in yet ([`VerifyPool::hold`]); given
+/// up when dropped, also when the caller gives up before its job.
+#[derive(Debug)]
+pub struct Place {
+    held: Arc<AtomicUsize>,
+    /// Its place in the queue as held, itself counted (0: a worker was free).
+    ahead: usize,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One call counted in the queue (already added to `waiting`) until dropped.
@@ -331,9 +393,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(
-            pool.full().is_some(),
+            pool.hold().is_err(),
             "the queue is full: said before any work"
         );
+        assert_eq!(pool.places_held(), 0, "a refused hold keeps no place");
         let refused = pool.run(|| 3).await;
         assert!(matches!(refused, Err(Error::ResourceExhausted(_))));
         release_tx.send(()).unwrap();
@@ -380,7 +443,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         pool.pace.set(Duration::from_millis(50));
-        assert_eq!(pool.time_to_finish(), Duration::from_millis(200));
+        let place = pool.hold().unwrap();
+        assert_eq!(
+            pool.time_to_finish(&place, Duration::ZERO),
+            Duration::from_millis(200)
+        );
+        drop(place);
         let refused = deadline::within(in_ms(150), pool.run(|| 4)).await;
         assert!(matches!(refused, Err(Error::ResourceExhausted(_))));
         assert_eq!(
@@ -409,6 +477,87 @@ mod tests {
         }
         assert_eq!(waits.await.unwrap().unwrap(), 5);
         assert_eq!(no_deadline.await.unwrap().unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn places_held_for_later_jobs_count_as_taken_until_their_jobs_join_the_queue() {
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 1,
+            queue: 2,
+        });
+        // A free worker and two places in the queue: three holds, and no fourth.
+        let first = pool.hold().unwrap();
+        let second = pool.hold().unwrap();
+        let third = pool.hold().unwrap();
+        assert!(matches!(pool.hold(), Err(Error::ResourceExhausted(_))));
+        assert_eq!(pool.places_held(), 3);
+        // A place given up without its job (a token not found) is free again.
+        drop(third);
+        let third = pool.hold().unwrap();
+        assert_eq!(pool.places_held(), 3);
+        // Each job gives up its place as it joins the pool.
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run_in(first, move || release_rx.recv().ok()).await })
+        };
+        while pool.places_held() > 2 {
+            tokio::task::yield_now().await;
+        }
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run_in(second, || 2).await })
+        };
+        while pool.queue_depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.places_held(), 1);
+        // One held, one waiting, the worker busy: the queue is full.
+        assert!(pool.hold().is_err());
+        // The last held place's job still finds its place in the queue.
+        let last = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run_in(third, || 3).await })
+        };
+        while pool.queue_depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.places_held(), 0);
+        release_tx.send(()).unwrap();
+        assert!(busy.await.unwrap().is_ok());
+        assert_eq!(queued.await.unwrap().unwrap(), 2);
+        assert_eq!(last.await.unwrap().unwrap(), 3);
+        assert_eq!((pool.places_held(), pool.queue_depth()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_held_place_finishes_after_its_lead_or_the_queue_ahead_whichever_is_later() {
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 1,
+            queue: 8,
+        });
+        let lead = Duration::from_millis(30);
+        let place = pool.hold().unwrap();
+        assert_eq!(
+            pool.time_to_finish(&place, lead),
+            lead,
+            "no pace yet: the lead"
+        );
+        pool.pace.set(Duration::from_millis(50));
+        pool.place_pace.set(Duration::from_millis(50));
+        // A free worker: the lead, then the job.
+        assert_eq!(pool.time_to_finish(&place, lead), Duration::from_millis(80));
+        // Two more held: the third waits for the two jobs ahead of it (100 ms) while its lead
+        // runs, then runs its own.
+        let (_second, third) = (pool.hold().unwrap(), pool.hold().unwrap());
+        assert_eq!(
+            pool.time_to_finish(&third, lead),
+            Duration::from_millis(150)
+        );
+        assert_eq!(
+            pool.time_to_finish(&third, Duration::from_millis(120)),
+            Duration::from_millis(170)
+        );
     }
 
     #[tokio::test]

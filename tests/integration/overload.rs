@@ -189,6 +189,107 @@ async fn cold_lookups_that_cannot_finish_before_their_deadline_are_refused_at_on
     let _ = connection.await;
 }
 
+/// A flood of first uses starts no more store reads than the argon2 queue can take verifies
+/// from: each read holds a place in the queue, and a call with no place left is refused
+/// before its read, at once, instead of after it (a read for nobody, and a refusal as late
+/// as the read). Here one worker and one place in the queue: two reads, held up by a lock
+/// on the tokens table; the other first uses are refused while those two still wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_uses_past_the_argon2_queue_are_refused_before_their_store_read() {
+    let db = pg::TestDb::new().await;
+    let url = db.url.clone();
+    let mut config = test_config(Some(&url));
+    config.verify.workers = Some(1);
+    config.verify.queue = Some(1);
+    // Calls that outlast the lock: their reads wait for it, not their deadline.
+    config.limits.decision_deadline_ms = 60_000;
+    let server = TestServer::with_config(config, Some(db)).await;
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(
+            server
+                .operator_token("acme", &format!("user{i}"), "user-read", &[])
+                .await,
+        );
+    }
+
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    locker
+        .batch_execute("begin; lock table api_tokens in access exclusive mode")
+        .await
+        .unwrap();
+    let calls: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let mut authz = server.authz();
+            let request = authorize(token, &[]);
+            tokio::spawn(async move { authz.authorize(tonic::Request::new(request)).await })
+        })
+        .collect();
+
+    // Two reads reach the store and wait on the lock; the other four are refused.
+    let (watcher, watching) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let watching = tokio::spawn(watching);
+    let waiting_reads = || async {
+        let row = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity \
+                 where wait_event_type = 'Lock' and query like '%\"lookup_id\" = $1%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    eventually(
+        Duration::from_secs(10),
+        "two reads waiting on the lock",
+        || async {
+            waiting_reads().await == 2 && calls.iter().filter(|c| c.is_finished()).count() == 4
+        },
+    )
+    .await;
+    let mut answered = 0;
+    let mut pending = Vec::new();
+    for call in calls {
+        if !call.is_finished() {
+            pending.push(call);
+            continue;
+        }
+        let status = call.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("too many token verifications queued"),
+            "{}",
+            status.message()
+        );
+        answered += 1;
+    }
+    assert_eq!((answered, pending.len()), (4, 2));
+    assert_eq!(
+        waiting_reads().await,
+        2,
+        "no read started for a refused call"
+    );
+
+    // The lock goes: the two reads end, and their tokens are verified and allowed.
+    locker.batch_execute("commit").await.unwrap();
+    for call in pending {
+        let answer = call.await.unwrap().expect("a call that held a place");
+        assert_eq!(answer.get_ref().decision(), Decision::Allow);
+    }
+    drop((locker, watcher));
+    let _ = connection.await;
+    let _ = watching.await;
+}
+
 /// Whether every one of `tokens` is allowed now.
 async fn allowed(
     mut authz: casola_auth::proto::authorization_service_client::AuthorizationServiceClient<
