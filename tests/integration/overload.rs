@@ -125,25 +125,11 @@ async fn cold_lookups_that_cannot_finish_before_their_deadline_are_refused_at_on
     let mut config = test_config(Some(&url));
     config.limits.decision_deadline_ms = 100;
     let server = TestServer::with_config(config, Some(db)).await;
-    let mut tokens = Vec::new();
-    for i in 0..40 {
-        tokens.push(
-            server
-                .operator_token("acme", &format!("user{i}"), "user-read", &[])
-                .await,
-        );
-    }
+    let tokens = user_read_tokens(&server, 40).await;
     let mut authz = server.authz();
 
     // The table locked: the first cold lookup's read waits past the call's deadline.
-    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    locker
-        .batch_execute("begin; lock table api_tokens in access exclusive mode")
-        .await
-        .unwrap();
+    let (locker, connection) = lock_tokens_table(&url).await;
     let status = authz
         .authorize(tonic::Request::new(authorize(&tokens[0], &[])))
         .await
@@ -204,23 +190,9 @@ async fn first_uses_past_the_argon2_queue_are_refused_before_their_store_read() 
     // Calls that outlast the lock: their reads wait for it, not their deadline.
     config.limits.decision_deadline_ms = 60_000;
     let server = TestServer::with_config(config, Some(db)).await;
-    let mut tokens = Vec::new();
-    for i in 0..6 {
-        tokens.push(
-            server
-                .operator_token("acme", &format!("user{i}"), "user-read", &[])
-                .await,
-        );
-    }
+    let tokens = user_read_tokens(&server, 6).await;
 
-    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    locker
-        .batch_execute("begin; lock table api_tokens in access exclusive mode")
-        .await
-        .unwrap();
+    let (locker, connection) = lock_tokens_table(&url).await;
     let calls: Vec<_> = tokens
         .iter()
         .map(|token| {
@@ -288,6 +260,38 @@ async fn first_uses_past_the_argon2_queue_are_refused_before_their_store_read() 
     drop((locker, watcher));
     let _ = connection.await;
     let _ = watching.await;
+}
+
+/// `n` new tokens of as many users, each with the user-read preset.
+async fn user_read_tokens(server: &TestServer, n: usize) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        tokens.push(
+            server
+                .operator_token("acme", &format!("user{i}"), "user-read", &[])
+                .await,
+        );
+    }
+    tokens
+}
+
+/// A transaction holding the tokens table locked (every read of it waits) until it commits,
+/// and its connection's task.
+async fn lock_tokens_table(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (locker, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    locker
+        .batch_execute("begin; lock table api_tokens in access exclusive mode")
+        .await
+        .unwrap();
+    (locker, connection)
 }
 
 /// Whether every one of `tokens` is allowed now.
