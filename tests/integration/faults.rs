@@ -41,14 +41,38 @@ type Answer = Result<(Decision, DenyReason), Code>;
 
 /// One Authorize of `token` (no scopes): the decision, or the error code.
 async fn outcome(client: &mut AuthorizationServiceClient<Channel>, token: &str) -> Answer {
-    client
-        .authorize(authorize(token, &[]))
-        .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.decision(), r.deny_reason())
-        })
-        .map_err(|s| s.code())
+    status_of(client, token).await.map_err(|s| s.code())
+}
+
+/// [`outcome`] with the whole error.
+async fn status_of(
+    client: &mut AuthorizationServiceClient<Channel>,
+    token: &str,
+) -> Result<(Decision, DenyReason), tonic::Status> {
+    client.authorize(authorize(token, &[])).await.map(|r| {
+        let r = r.into_inner();
+        (r.decision(), r.deny_reason())
+    })
+}
+
+/// A call the client never wrote: hyper hands a request back, CANCELLED with "connection
+/// closed" (or "connection was not ready") as the cause, when its connection ended before
+/// the request was given a stream (`hyper::client::dispatch`: the request was still in the
+/// connection's queue). The server never saw it; a client sees it only when it started the
+/// call as the server's GOAWAY arrived.
+fn never_written(status: &tonic::Status) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if ["connection closed", "connection was not ready"]
+            .iter()
+            .any(|m| text.contains(m))
+        {
+            return status.code() == Code::Cancelled;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 const ALLOW: (Decision, DenyReason) = (Decision::Allow, DenyReason::Unspecified);
@@ -247,12 +271,13 @@ async fn sigterm_under_load_fails_no_call_sent_before_it_and_flushes_last_used()
         let token = tokens[w % tokens.len()].clone();
         let (done, stop) = (done.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
-            let mut calls: Vec<(Instant, Answer)> = Vec::new();
+            let mut calls: Vec<(Instant, Answer, bool)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                let answer = outcome(&mut client, &token).await;
+                let answer = status_of(&mut client, &token).await;
                 let failed = answer.is_err();
-                calls.push((sent, answer));
+                let unwritten = answer.as_ref().is_err_and(never_written);
+                calls.push((sent, answer.map_err(|s| s.code()), unwritten));
                 done.fetch_add(1, Ordering::Relaxed);
                 if failed {
                     // The server is going: this worker has seen it.
@@ -274,22 +299,28 @@ async fn sigterm_under_load_fails_no_call_sent_before_it_and_flushes_last_used()
 
     let mut before = 0;
     let mut failed_before = Vec::new();
+    // Started before the signal but still unwritten when the GOAWAY came: never sent.
+    let mut unwritten_before = 0;
     let mut after = HashMap::<String, usize>::new();
     for w in workers {
-        for (sent, answer) in w.await.unwrap() {
-            if sent < signalled {
+        for (sent, answer, unwritten) in w.await.unwrap() {
+            if sent < signalled && unwritten {
+                unwritten_before += 1;
+            } else if sent < signalled {
                 before += 1;
                 if answer != Ok(ALLOW) {
                     failed_before.push(answer);
                 }
             } else {
-                *after.entry(format!("{answer:?}")).or_default() += 1;
+                let unwritten = if unwritten { " unwritten" } else { "" };
+                *after.entry(format!("{answer:?}{unwritten}")).or_default() += 1;
             }
         }
     }
     println!(
-        "SIGTERM under load: {} of {before} calls sent before the signal failed; exit {status} \
-         {exit_after:?} after the signal; after it: {after:?}",
+        "SIGTERM under load: {} of {before} calls sent before the signal failed \
+         ({unwritten_before} more started then, unwritten by the client when the GOAWAY came); \
+         exit {status} {exit_after:?} after the signal; after it: {after:?}",
         failed_before.len()
     );
     assert!(
