@@ -917,8 +917,10 @@ struct DeadlinePlan {
 enum Answer {
     /// gRPC OK (allowed or denied: a decision), or through a gateway HTTP 200.
     Ok,
-    /// RESOURCE_EXHAUSTED, or through a gateway 503.
-    Shed,
+    /// RESOURCE_EXHAUSTED, or through a gateway 503, with the refusal's reason: its message
+    /// with the numbers taken out ("waited N ms for a worker"), so the slow refusals can be
+    /// told apart by cause.
+    Shed(String),
     /// DEADLINE_EXCEEDED.
     Expired,
     /// Anything else: the gRPC code's name, or `http_<status>`.
@@ -930,12 +932,30 @@ impl From<Result<(), tonic::Status>> for Answer {
         match result {
             Ok(()) => Self::Ok,
             Err(s) => match s.code() {
-                tonic::Code::ResourceExhausted => Self::Shed,
+                tonic::Code::ResourceExhausted => Self::Shed(shed_reason(s.message())),
                 tonic::Code::DeadlineExceeded => Self::Expired,
                 code => Self::Other(format!("{code:?}")),
             },
         }
     }
+}
+
+/// A refusal's message with its numbers replaced by `N`: its reason, whatever the wait.
+fn shed_reason(message: &str) -> String {
+    let mut reason = String::with_capacity(message.len());
+    let mut in_number = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() || (in_number && c == '.') {
+            if !in_number {
+                reason.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            reason.push(c);
+        }
+    }
+    reason
 }
 
 /// Each answer of a deadline run, by status.
@@ -946,6 +966,8 @@ struct Outcomes {
     late_ok: u64,
     /// RESOURCE_EXHAUSTED.
     shed: Histogram<u64>,
+    /// RESOURCE_EXHAUSTED by reason.
+    shed_by_reason: HashMap<String, Histogram<u64>>,
     /// DEADLINE_EXCEEDED.
     expired: Histogram<u64>,
     /// Any answer after its deadline, whatever its status.
@@ -962,6 +984,7 @@ impl Outcomes {
             ok: histogram(),
             late_ok: 0,
             shed: histogram(),
+            shed_by_reason: HashMap::new(),
             expired: histogram(),
             late_any: 0,
             other: HashMap::new(),
@@ -979,8 +1002,13 @@ impl Outcomes {
                 let _ = self.ok.record(micros);
                 self.late_ok += u64::from(late);
             }
-            Answer::Shed => {
+            Answer::Shed(reason) => {
                 let _ = self.shed.record(micros);
+                let _ = self
+                    .shed_by_reason
+                    .entry(reason)
+                    .or_insert_with(histogram)
+                    .record(micros);
             }
             Answer::Expired => {
                 let _ = self.expired.record(micros);
@@ -992,6 +1020,16 @@ impl Outcomes {
     fn add(&mut self, other: Outcomes) {
         self.ok.add(&other.ok).expect("merge");
         self.shed.add(&other.shed).expect("merge");
+        for (reason, h) in other.shed_by_reason {
+            match self.shed_by_reason.entry(reason) {
+                std::collections::hash_map::Entry::Occupied(mut mine) => {
+                    mine.get_mut().add(&h).expect("merge")
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(h);
+                }
+            }
+        }
         self.expired.add(&other.expired).expect("merge");
         self.late_ok += other.late_ok;
         self.late_any += other.late_any;
@@ -1062,6 +1100,11 @@ async fn deadline_load(args: DeadlineArgs) {
             "shed_max_ms": max(&all.shed),
             // The must-show's figure: how many shed answers came back within 5 ms of the call.
             "shed_within_5ms": all.shed.count_between(0, 5_000),
+            // The same, by the refusal's reason: which refusals are the slow ones.
+            "shed_by_reason": all.shed_by_reason.iter().map(|(reason, h)| (reason.clone(), json!({
+                "n": h.len(), "within_5ms": h.count_between(0, 5_000),
+                "p50_ms": ms(h, 0.5), "p99_ms": ms(h, 0.99),
+            }))).collect::<serde_json::Map<_, _>>(),
             "deadline_exceeded": all.expired.len(), "deadline_exceeded_p50_ms": ms(&all.expired, 0.5),
             "deadline_exceeded_p99_ms": ms(&all.expired, 0.99), "deadline_exceeded_max_ms": max(&all.expired),
             "other": all.other,
@@ -1091,7 +1134,7 @@ async fn gateway_get(plan: &DeadlinePlan, client: &RawClient, token: &str) -> An
     }
     match status {
         http::StatusCode::OK => Answer::Ok,
-        http::StatusCode::SERVICE_UNAVAILABLE => Answer::Shed,
+        http::StatusCode::SERVICE_UNAVAILABLE => Answer::Shed("http_503".to_owned()),
         other => Answer::Other(format!("http_{}", other.as_u16())),
     }
 }
