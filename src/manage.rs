@@ -1418,7 +1418,8 @@ mod tests {
             VerifyPool::new(VerifyPoolOptions {
                 workers: 1,
                 queue: 1,
-            }),
+            })
+            .unwrap(),
             TokenCache::new(CacheConfig::default(), true),
             FairnessLimits::new(crate::config::LimitsConfig::default().fairness()),
         )

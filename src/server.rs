@@ -106,6 +106,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The argon2 pools' threads could not be started.
+    #[error("starting the argon2 threads: {0}")]
+    Threads(#[source] std::io::Error),
     /// Anything else during start-up.
     #[error("{0}")]
     Other(String),
@@ -184,13 +187,15 @@ impl Services {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers,
             queue: config.verify.queue.unwrap_or(workers * 64),
-        });
+        })
+        .map_err(StartError::Threads)?;
         // Hashing for creates has its own workers and queue: a create flood fills this
         // queue, never the gate's (issue 11: 250 creates in flight refused fresh tokens).
         let create_pool = VerifyPool::new(VerifyPoolOptions {
             workers: config.verify.create_workers,
             queue: config.verify.create_queue,
         })
+        .map_err(StartError::Threads)?
         .named("create")
         .refusals_counted_as(telemetry::metrics::limits::CREATE_QUEUE);
         let fairness = FairnessLimits::new(config.limits.fairness());

@@ -1,5 +1,5 @@
-//! argon2 verifies on a bounded pool: at most `workers` run at once on blocking threads,
-//! at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
+//! argon2 verifies on a bounded pool: at most `workers` run at once on the pool's own
+//! threads, at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
 //! piling up memory (each verify holds m KiB) and latency. A call with a deadline
 //! ([`crate::deadline`]) is also refused at once when the jobs ahead of it, at the pool's
 //! recent pace, would keep its own from finishing before that deadline: it would only
@@ -8,6 +8,12 @@
 //! A caller with work to do before its job (the cold path's store read) holds a [`Place`]
 //! through it: the places held count as taken, so that no more reads start than the queue
 //! can take verifies from, and a refusal comes before the read rather than after it.
+//!
+//! The pool's threads run in the idle scheduling class (`SCHED_IDLE`): argon2 gets every
+//! cycle nothing else wants, and any runtime worker that wakes takes the core from it at
+//! once, so a flood of cold verifies delays neither the warm path nor a refusal. They are
+//! the pool's own, not tokio's blocking threads: a thread cannot raise its priority back
+//! without privilege, and tokio's blocking threads also run the store driver's DNS lookups.
 
 use std::{
     sync::{
@@ -53,9 +59,14 @@ impl VerifyPoolOptions {
     }
 }
 
-/// The bounded verify pool. Cheap to clone.
+/// A job for the pool's threads.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The bounded verify pool. Cheap to clone; its threads end when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct VerifyPool {
+    /// Jobs for the pool's threads: at most `workers` at once (each holds a permit).
+    jobs: crossbeam_channel::Sender<Job>,
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     /// Places held for jobs not handed in yet ([`Place`]).
@@ -74,9 +85,11 @@ pub struct VerifyPool {
 }
 
 impl VerifyPool {
-    /// A pool of this size.
-    pub fn new(options: VerifyPoolOptions) -> Self {
-        Self {
+    /// A pool of this size, its `workers` threads started (`argon2-N`); fails only when the
+    /// system refuses a thread.
+    pub fn new(options: VerifyPoolOptions) -> std::io::Result<Self> {
+        Ok(Self {
+            jobs: start_workers(options.workers.max(1))?,
             permits: Arc::new(Semaphore::new(options.workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             held: Arc::new(AtomicUsize::new(0)),
@@ -87,7 +100,7 @@ impl VerifyPool {
             place_pace: Arc::new(Pace::default()),
             limit: None,
             name: "verify",
-        }
+        })
     }
 
     /// The pool's `pool` metric label (`verify` by default), so that the create pool's queue
@@ -150,7 +163,7 @@ impl VerifyPool {
         lead.max(self.time_for(place.ahead) - job) + job
     }
 
-    /// Runs `work` on a blocking thread once a worker is free. Observed: queue depth, wait
+    /// Runs `work` on one of the pool's threads once a worker is free. Observed: queue depth, wait
     /// and compute time, refusals; a child span when called inside a traced request.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
@@ -231,20 +244,30 @@ impl VerifyPool {
         tracing::Span::current().record("queue_wait_ms", waited.as_secs_f64() * 1000.0);
         let pool = self.name;
         let handed = Instant::now();
-        let output = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            yield_cpu_to_the_warm_path();
+        let (done, output) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let started = Instant::now();
-            let output = work();
+            let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS, "pool" => pool)
                 .record(started.elapsed().as_secs_f64());
-            output
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "verify task failed");
-            Error::Internal
+            // The worker is given back by the caller, on a runtime thread: this thread wakes
+            // one task, not two, and takes no lock a runtime worker may wait on. A caller
+            // that gave up (its deadline) has the permit dropped here.
+            let _ = done.send((output, permit));
         });
+        // The threads end only with the last sender: while this pool lives they are there.
+        self.jobs.send(job).map_err(|_| Error::Internal)?;
+        let output = match output.await {
+            Ok((Ok(output), _permit)) => Ok(output),
+            Ok((Err(_), _permit)) => {
+                tracing::error!(pool, "argon2 job panicked");
+                Err(Error::Internal)
+            }
+            Err(_) => {
+                tracing::error!(pool, "argon2 job dropped without a result");
+                Err(Error::Internal)
+            }
+        };
         self.pace.note(handed.elapsed());
         output
     }
@@ -288,29 +311,51 @@ pub(super) fn finishes_after(finish: Instant, deadline: Option<Instant>) -> bool
     deadline.is_some_and(|deadline| finish > deadline)
 }
 
-/// Niceness of threads that run argon2 (0 is normal, 19 lowest).
-const ARGON2_NICE: i32 = 10;
-
-/// Lowers the scheduling priority of the current blocking thread, once per thread: argon2
-/// still gets every idle cycle, but the warm path (cache hits on the runtime's workers) is
-/// not made to wait behind a flood of cold verifies when the cores are busy. Linux keeps the
-/// nice value per thread; lowering one's own priority needs no privilege.
-fn yield_cpu_to_the_warm_path() {
-    thread_local! {
-        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Starts `workers` threads that run the jobs sent on the returned channel, each in the
+/// idle scheduling class, until the channel's last sender is dropped.
+fn start_workers(workers: usize) -> std::io::Result<crossbeam_channel::Sender<Job>> {
+    let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+    for n in 0..workers {
+        let queue = queue.clone();
+        // On an error the threads started so far end as `jobs` is dropped.
+        std::thread::Builder::new()
+            .name(format!("argon2-{n}"))
+            .spawn(move || {
+                yield_cpu_to_everything_else();
+                for job in queue {
+                    job();
+                }
+            })?;
     }
-    LOWERED.with(|lowered| {
-        if !lowered.replace(true) {
-            // SAFETY: gettid and setpriority on the calling thread only; no memory involved.
-            let result = unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, ARGON2_NICE)
-            };
-            if result != 0 {
-                tracing::debug!("could not lower the argon2 thread's priority");
-            }
-        }
-    });
+    Ok(jobs)
+}
+
+/// Nice value of argon2 threads where the idle class is refused (19 is the lowest).
+const ARGON2_FALLBACK_NICE: i32 = 19;
+
+/// Moves the calling thread to the idle scheduling class: it runs only when no other thread
+/// wants the core, and a waking runtime worker preempts it at once (at nice 10, until
+/// 2026-12-03, it kept the core for a slice: refusals and warm answers waited behind
+/// verifies; docs/reliability.md, "argon2 in the idle class"). Where the idle class is
+/// refused (a seccomp profile), the lowest nice value. Lowering one's own priority needs no
+/// privilege; Linux keeps both per thread.
+fn yield_cpu_to_everything_else() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        return;
+    }
+    let error = std::io::Error::last_os_error();
+    // SAFETY: gettid and setpriority on the calling thread only; no memory involved.
+    let niced = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, ARGON2_FALLBACK_NICE)
+    };
+    if niced == 0 {
+        tracing::info!(%error, nice = ARGON2_FALLBACK_NICE, "argon2 thread not in the idle class; at the lowest nice value instead");
+    } else {
+        tracing::warn!(%error, "argon2 thread at normal priority: verifies compete with the warm path for the cores");
+    }
 }
 
 /// A place in a pool's queue held for a job not handed in yet ([`VerifyPool::hold`]); given
@@ -360,6 +405,52 @@ mod tests {
         assert_eq!(o.workers, 3);
     }
 
+    /// The calling thread's scheduling policy and nice value.
+    fn scheduling() -> (i32, i32) {
+        // SAFETY: reads of the calling thread's own scheduling; no memory involved.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, tid),
+            )
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn jobs_run_on_the_pools_own_threads_in_the_idle_class_and_tokios_stay_normal() {
+        let pool = VerifyPool::new(VerifyPoolOptions {
+            workers: 2,
+            queue: 4,
+        })
+        .unwrap();
+        for _ in 0..4 {
+            let (policy, name) = pool
+                .run(|| {
+                    (
+                        scheduling().0,
+                        std::thread::current().name().map(str::to_owned),
+                    )
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                policy,
+                libc::SCHED_IDLE,
+                "argon2 yields the core to anything"
+            );
+            assert!(
+                name.as_deref().is_some_and(|n| n.starts_with("argon2-")),
+                "on the pool's own threads, not tokio's: {name:?}"
+            );
+        }
+        // tokio's blocking threads (the store driver's DNS lookups run there) and the
+        // runtime's workers are left as they were: a thread cannot raise itself back.
+        let blocking = tokio::task::spawn_blocking(scheduling).await.unwrap();
+        assert_eq!(blocking, (libc::SCHED_OTHER, 0));
+        assert_eq!(scheduling(), (libc::SCHED_OTHER, 0));
+    }
+
     /// Takes the pool's only worker with a job that runs until released.
     async fn occupy(
         pool: &VerifyPool,
@@ -383,7 +474,8 @@ mod tests {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 1,
-        });
+        })
+        .unwrap();
         let (release_tx, busy) = occupy(&pool).await;
         let queued = {
             let pool = pool.clone();
@@ -411,7 +503,8 @@ mod tests {
         let mut pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 8,
-        });
+        })
+        .unwrap();
         // One probe in the test's whole run.
         pool.pace = Arc::new(Pace::probing_every(Duration::from_secs(3600)));
         let in_ms = |ms| Some(tokio::time::Instant::now() + Duration::from_millis(ms));
@@ -484,7 +577,8 @@ mod tests {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 2,
-        });
+        })
+        .unwrap();
         // A free worker and two places in the queue: three holds, and no fourth.
         let first = pool.hold().unwrap();
         let second = pool.hold().unwrap();
@@ -535,7 +629,8 @@ mod tests {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 8,
-        });
+        })
+        .unwrap();
         let lead = Duration::from_millis(30);
         let place = pool.hold().unwrap();
         assert_eq!(
@@ -565,7 +660,8 @@ mod tests {
         let pool = VerifyPool::new(VerifyPoolOptions {
             workers: 1,
             queue: 1,
-        });
+        })
+        .unwrap();
         let (release_tx, busy) = occupy(&pool).await;
         let queued = {
             let pool = pool.clone();
