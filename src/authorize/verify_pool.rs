@@ -1,6 +1,6 @@
 //! argon2 verifies on a bounded pool: at most `workers` run at once on the pool's own
-//! threads, at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED instead of
-//! piling up memory (each verify holds m KiB) and latency. A call with a deadline
+//! threads, at most `queue` wait; past that a call is refused with RESOURCE_EXHAUSTED
+//! instead of piling up memory (each verify holds m KiB) and latency. A call with a deadline
 //! ([`crate::deadline`]) is also refused at once when the jobs ahead of it, at the pool's
 //! recent pace, would keep its own from finishing before that deadline: it would only
 //! wait, then be dropped at its deadline, its place in the queue wasted.
@@ -163,8 +163,9 @@ impl VerifyPool {
         lead.max(self.time_for(place.ahead) - job) + job
     }
 
-    /// Runs `work` on one of the pool's threads once a worker is free. Observed: queue depth, wait
-    /// and compute time, refusals; a child span when called inside a traced request.
+    /// Runs `work` on one of the pool's threads once a worker is free. Observed: queue
+    /// depth, wait and compute time, refusals; a child span when called inside a traced
+    /// request.
     pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -251,8 +252,8 @@ impl VerifyPool {
             metrics::histogram!(ARGON2_VERIFY_DURATION_SECONDS, "pool" => pool)
                 .record(started.elapsed().as_secs_f64());
             // The worker is given back by the caller, on a runtime thread: this thread wakes
-            // one task, not two, and takes no lock a runtime worker may wait on. A caller
-            // that gave up (its deadline) has the permit dropped here.
+            // one task, not two, and leaves the semaphore's lock (which runtime threads wait
+            // on) to them. A caller that gave up (its deadline) has the permit dropped here.
             let _ = done.send((output, permit));
         });
         // The threads end only with the last sender: while this pool lives they are there.
@@ -352,9 +353,16 @@ fn yield_cpu_to_everything_else() {
         libc::setpriority(libc::PRIO_PROCESS, tid, ARGON2_FALLBACK_NICE)
     };
     if niced == 0 {
-        tracing::info!(%error, nice = ARGON2_FALLBACK_NICE, "argon2 thread not in the idle class; at the lowest nice value instead");
+        tracing::info!(
+            %error,
+            nice = ARGON2_FALLBACK_NICE,
+            "argon2 thread not in the idle class; at the lowest nice value instead"
+        );
     } else {
-        tracing::warn!(%error, "argon2 thread at normal priority: verifies compete with the warm path for the cores");
+        tracing::warn!(
+            %error,
+            "argon2 thread at normal priority: verifies compete with the warm path for the cores"
+        );
     }
 }
 
