@@ -941,17 +941,20 @@ impl From<Result<(), tonic::Status>> for Answer {
 }
 
 /// A refusal's message with its numbers replaced by `N`: its reason, whatever the wait.
+/// Digits inside a word ("argon2") are part of the word and stay.
 fn shed_reason(message: &str) -> String {
     let mut reason = String::with_capacity(message.len());
     let mut in_number = false;
+    let mut in_word = false;
     for c in message.chars() {
-        if c.is_ascii_digit() || (in_number && c == '.') {
+        if !in_word && (c.is_ascii_digit() || (in_number && c == '.')) {
             if !in_number {
                 reason.push('N');
             }
             in_number = true;
         } else {
             in_number = false;
+            in_word = c.is_alphanumeric() || c == '_';
             reason.push(c);
         }
     }
@@ -1259,4 +1262,22 @@ async fn deadline_call(plan: &DeadlinePlan, client: RawClient, token: String) ->
         }
     };
     result.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shed_reason;
+
+    #[test]
+    fn a_refusals_reason_loses_its_numbers_but_not_the_digits_of_its_words() {
+        assert_eq!(
+            shed_reason("argon2 hashing would not finish before the call's deadline"),
+            "argon2 hashing would not finish before the call's deadline"
+        );
+        assert_eq!(
+            shed_reason("queue full (2048 waiting, 12.5 ms each); retry in 30s"),
+            "queue full (N waiting, N ms each); retry in Ns"
+        );
+        assert_eq!(shed_reason("v2 of 3"), "v2 of N");
+    }
 }
