@@ -126,14 +126,13 @@ def duration_buckets(rep: Replica, rpc: str) -> dict[str, float]:
 
 def limited(rep: Replica) -> dict[str, float]:
     """The replica's refusals by limit (casola_auth_limited_total), its argon2 pools' work and
-    the waits behind its calls (casola_auth_call_wait_seconds' sum and count, by how seen)."""
+    the waits behind its calls (casola_auth_call_wait_seconds, by how seen)."""
     _, body = bench.harness.http_get(f"http://127.0.0.1:{rep.admin}/metrics")
     out: dict[str, float] = {}
     for line in body.decode().splitlines():
         if line.startswith(("casola_auth_limited_total{", "casola_auth_argon2_verifies_total{",
                             "casola_auth_argon2_rejected_total{", "casola_auth_argon2_queue_wait_seconds_",
-                            "casola_auth_argon2_verify_duration_seconds_", "casola_auth_call_wait_seconds_sum",
-                            "casola_auth_call_wait_seconds_count")) or (
+                            "casola_auth_argon2_verify_duration_seconds_", "casola_auth_call_wait_seconds_")) or (
                 line.startswith("casola_auth_store_call_duration_seconds_") and "find_by_lookup_id" in line):
             name, value = line.rsplit(" ", 1)
             out[name.removeprefix("casola_auth_")] = float(value)
