@@ -2,7 +2,7 @@
 """The overload run of casola-auth (issue 11), written up in docs/reliability.md.
 
     python3 scripts/overload.py [--seconds 20] [--connections 40] [--streams 256] [--no-build]
-                                [--binary PATH] [--server-env KEY=VALUE ...] [--pin]
+                                [--binary PATH] [--server-env KEY=VALUE ...] [--pin [--pin-store]]
                                 [--rate N] [--floor] [--cold N] [--probe-concurrency 64]
                                 [--pressure authorize|check]
                                 [--via envoy [--envoy-concurrency 1] [--envoy-max-requests N]
@@ -289,6 +289,8 @@ def main() -> int:
     ap.add_argument("--binary", type=Path, default=BIN, help="the replica's binary (default: this build's)")
     ap.add_argument("--pin", action="store_true",
                     help="the replica on CPU 0, the load generators on CPU 1 (they stop taking its CPU)")
+    ap.add_argument("--pin-store", action="store_true",
+                    help="with --pin, Postgres on the load generators' CPUs too (the replica alone on CPU 0)")
     ap.add_argument("--pressure", choices=("authorize", "check"), default="authorize",
                     help="the RPC h2load floods with (check: Envoy's CheckRequest, a larger message, "
                          "so a connection's burst spans more reads); the recording client calls Authorize")
@@ -311,6 +313,10 @@ def main() -> int:
         ap.error("--envoy-cpu needs --via envoy, and not --pin")
     # With --envoy-cpu: the CPUs of everything but Envoy.
     rest = ",".join(map(str, sorted(os.sched_getaffinity(0) - {a.envoy_cpu}))) if a.envoy_cpu is not None else None
+    if a.pin_store and not a.pin:
+        ap.error("--pin-store needs --pin")
+    # Postgres's CPUs: with --envoy-cpu the rest; with --pin-store all but the replica's CPU 0.
+    store_cpus = rest or (",".join(map(str, sorted(os.sched_getaffinity(0) - {0}))) if a.pin_store else None)
     server_env = dict(kv.split("=", 1) for kv in a.server_env)
     a.replica_streams = int(server_env.get("CASOLA_AUTH_LIMITS__MAX_CONCURRENT_STREAMS", 32))
     command = "python3 scripts/overload.py " + " ".join(shlex.quote(x) for x in sys.argv[1:] if x != "--no-build")
@@ -325,11 +331,12 @@ def main() -> int:
     pg = Postgres("overload", settings={"max_connections": "100"}).start()
     rep = envoy = None
     try:
-        if rest:
+        if store_cpus:
             # The postmaster and its processes now; its backends inherit it when forked.
             for pid in (pg.proc.pid, *map(int, subprocess.run(["pgrep", "-P", str(pg.proc.pid)], text=True,
                                                               capture_output=True).stdout.split())):
-                run(["taskset", "-a", "-p", "-c", rest, str(pid)])
+                run(["taskset", "-a", "-p", "-c", store_cpus, str(pid)])
+        if rest:
             os.sched_setaffinity(0, {int(c) for c in rest.split(",")})  # inherited by the replica and the clients
         run([BIN, "migrate"], env=clean_env(DATABASE_URL=pg.url))
         warm = mint(pg, a.tokens, WORK / "warm.txt")
@@ -350,7 +357,7 @@ def main() -> int:
         res["warm_pass"] = r
         if a.pin:
             run(["taskset", "-a", "-p", "-c", "0", str(rep.pid)])
-            os.sched_setaffinity(0, {1})  # inherited by h2load and the recording client
+            os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - {0})  # inherited by h2load and the client
         frame = WORK / f"{a.pressure}.frame"
         run([BENCH, "frame", "--mode", a.pressure, "--tokens", warm, "--out", frame])
         bench.probe(rep.target, "authorize", warm)
