@@ -1024,14 +1024,11 @@ impl Outcomes {
         self.ok.add(&other.ok).expect("merge");
         self.shed.add(&other.shed).expect("merge");
         for (reason, h) in other.shed_by_reason {
-            match self.shed_by_reason.entry(reason) {
-                std::collections::hash_map::Entry::Occupied(mut mine) => {
-                    mine.get_mut().add(&h).expect("merge")
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(h);
-                }
-            }
+            self.shed_by_reason
+                .entry(reason)
+                .or_insert_with(histogram)
+                .add(&h)
+                .expect("merge");
         }
         self.expired.add(&other.expired).expect("merge");
         self.late_ok += other.late_ok;
