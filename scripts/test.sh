@@ -32,9 +32,15 @@ fi
 say "cargo test (unit, store conformance on memory and Postgres, gRPC over loopback)"
 cargo test --locked --all-targets
 
-say "building the binary for the end-to-end suites"
-cargo build --locked --bins
+# The end-to-end suites run the server binary `cargo test` has just built for the integration
+# tests (target/debug/casola-auth: the same source and features). A separate `cargo build --bins`
+# would build the whole dependency tree a second time (about 2 min): the dev-dependencies turn
+# on features of shared crates (tokio's test-util, h2's unstable) that the binary never uses.
 export CASOLA_AUTH_BIN="$PWD/target/debug/casola-auth"
+if [ ! -x "$CASOLA_AUTH_BIN" ]; then
+    echo "cargo test left no $CASOLA_AUTH_BIN to run the end-to-end suites on" >&2
+    exit 1
+fi
 
 say "end to end: Envoy ext_authz, OpenAI SDK, grpcurl"
 VENV=target/py/e2e bash scripts/test-e2e.sh
