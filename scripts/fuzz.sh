@@ -35,6 +35,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version '^0.13'
 fi
 
+# cargo-fuzz has no --locked: check fuzz/Cargo.lock the way the main build's --locked does, so
+# that a dependency added to the main crate is written to the fuzz lockfile in the same commit
+# instead of being resolved afresh in every build.
+if ! cargo tree --locked --depth 0 --manifest-path fuzz/Cargo.toml >/dev/null; then
+    echo "fuzz/Cargo.lock is out of date: run 'cargo tree --manifest-path fuzz/Cargo.toml' (it writes the missing entries) and commit it" >&2
+    exit 1
+fi
+
 echo "== building the fuzz targets (release, debug assertions, sanitizer: $sanitizer)"
 # -a keeps overflow checks and debug assertions on in the optimised build.
 RUSTC_BOOTSTRAP=1 cargo fuzz build -O -a -s "$sanitizer" --target-dir "$out"
